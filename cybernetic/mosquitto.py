@@ -1,0 +1,169 @@
+"""Run a private Mosquitto with the shipped configuration (demo, tests, benchmarks).
+
+The configuration lives in ``packaging/mosquitto/`` (in a wheel: ``cybernetic/_mosquitto``).
+:class:`MosquittoBroker` renders it for a port and a state folder, manages the password file
+with ``mosquitto_passwd`` and starts, stops and restarts the process: outage tests stop the
+broker and start it again on the same port with the same persistent state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+MOSQUITTO_BIN = "mosquitto"
+PASSWD_BIN = "mosquitto_passwd"
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be set up or did not come up."""
+
+
+def config_dir() -> Path:
+    """The folder holding the shipped broker configuration."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_mosquitto", here.parent / "packaging" / "mosquitto"):
+        if (candidate / "mosquitto.conf.template").exists():
+            return candidate
+    raise BrokerError("shipped Mosquitto configuration not found (packaging/mosquitto)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def render_config(
+    *,
+    port: int,
+    state_dir: Path,
+    password_file: Path,
+    acl_file: Path,
+    bind: str = "127.0.0.1",
+    log_file: Path | None = None,
+) -> str:
+    template = (config_dir() / "mosquitto.conf.template").read_text()
+    log_dest = f"log_dest file {log_file}" if log_file else "log_dest stderr"
+    return template.format(
+        port=port,
+        bind=bind,
+        state_dir=state_dir,
+        password_file=password_file,
+        acl_file=acl_file,
+        log_dest=log_dest,
+    )
+
+
+class MosquittoBroker:
+    """One Mosquitto process on a loopback port with its own state folder."""
+
+    def __init__(self, state_dir: Path, port: int | None = None) -> None:
+        if shutil.which(MOSQUITTO_BIN) is None:
+            raise BrokerError("mosquitto is not installed: apt-get install mosquitto")
+        self.state_dir = state_dir
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.port = port if port is not None else free_port()
+        self.host = "127.0.0.1"
+        self.password_file = state_dir / "passwd"
+        self.acl_file = state_dir / "acl"
+        self.conf_file = state_dir / "mosquitto.conf"
+        self.log_file = state_dir / "mosquitto.log"
+        self._users: dict[str, str] = {}
+        self._proc: subprocess.Popen[bytes] | None = None
+        shutil.copyfile(config_dir() / "acl", self.acl_file)
+        self.password_file.touch(mode=0o600)
+        self.conf_file.write_text(
+            render_config(
+                port=self.port,
+                state_dir=state_dir,
+                password_file=self.password_file,
+                acl_file=self.acl_file,
+                log_file=self.log_file,
+            )
+        )
+
+    # -- accounts -----------------------------------------------------------------------
+    def add_user(self, username: str, password: str) -> None:
+        """Create or update an account; a running broker reloads the password file."""
+        subprocess.run(
+            [PASSWD_BIN, "-b", str(self.password_file), username, password],
+            check=True,
+            capture_output=True,
+        )
+        self._users[username] = password
+        self.reload()
+
+    def password(self, username: str) -> str:
+        return self._users[username]
+
+    # -- process ------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        self._proc = subprocess.Popen(  # noqa: S603 - fixed binary, our own config
+            [MOSQUITTO_BIN, "-c", str(self.conf_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                log = self.log_file.read_text() if self.log_file.exists() else ""
+                raise BrokerError(f"mosquitto exited with {self._proc.returncode}: {log[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(
+                (self.host, self.port), timeout=0.2
+            ):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise BrokerError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM): the broker saves its persistent state."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL), as a crash or power cut would."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def reload(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGHUP)
+            time.sleep(0.1)  # mosquitto reloads between loop iterations
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def __enter__(self) -> MosquittoBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
