@@ -9,6 +9,7 @@ broker and start it again on the same port with the same persistent state.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import shutil
 import signal
 import socket
@@ -48,6 +49,7 @@ def render_config(
     acl_file: Path,
     bind: str = "127.0.0.1",
     log_file: Path | None = None,
+    run_as: str | None = None,
 ) -> str:
     template = (config_dir() / "mosquitto.conf.template").read_text()
     log_dest = f"log_dest file {log_file}" if log_file else "log_dest stderr"
@@ -58,6 +60,8 @@ def render_config(
         password_file=password_file,
         acl_file=acl_file,
         log_dest=log_dest,
+        # a private broker started by root keeps root's files readable (tests, demo)
+        run_as=run_as or getpass.getuser(),
     )
 
 
