@@ -39,3 +39,7 @@ imports: venv
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: deb
+deb: venv
+	bash packaging/deb/build.sh
