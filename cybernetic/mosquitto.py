@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 MOSQUITTO_BIN = "mosquitto"
-PASSWD_BIN = "mosquitto_passwd"
+PASSWD_BIN = "mosquitto_passwd"  # noqa: S105 - a program name, not a password
 
 
 class BrokerError(RuntimeError):
@@ -96,7 +96,7 @@ class MosquittoBroker:
     # -- accounts -----------------------------------------------------------------------
     def add_user(self, username: str, password: str) -> None:
         """Create or update an account; a running broker reloads the password file."""
-        subprocess.run(
+        subprocess.run(  # noqa: S603 - fixed binary; arguments are not shell-parsed
             [PASSWD_BIN, "-b", str(self.password_file), username, password],
             check=True,
             capture_output=True,
@@ -125,8 +125,9 @@ class MosquittoBroker:
             if self._proc.poll() is not None:
                 log = self.log_file.read_text() if self.log_file.exists() else ""
                 raise BrokerError(f"mosquitto exited with {self._proc.returncode}: {log[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                (self.host, self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), timeout=0.2),
             ):
                 return
             time.sleep(0.02)
@@ -165,7 +166,7 @@ class MosquittoBroker:
     def pid(self) -> int | None:
         return self._proc.pid if self.running and self._proc is not None else None
 
-    def __enter__(self) -> MosquittoBroker:
+    def __enter__(self) -> MosquittoBroker:  # noqa: PYI034
         self.start()
         return self
 

@@ -10,7 +10,9 @@ import pytest
 from cybernetic.mosquitto import MosquittoBroker
 
 
-async def _collect(broker: MosquittoBroker, topic: str, publish_as: tuple[str, str], target: str) -> list[bytes]:
+async def _collect(
+    broker: MosquittoBroker, topic: str, publish_as: tuple[str, str], target: str
+) -> list[bytes]:
     got: list[bytes] = []
     async with aiomqtt.Client(
         broker.host, broker.port, username="gateway", password=broker.password("gateway")
@@ -29,7 +31,9 @@ async def _collect(broker: MosquittoBroker, topic: str, publish_as: tuple[str, s
     return got
 
 
-async def test_device_cannot_publish_under_another_devices_topic(broker: MosquittoBroker, topic: str) -> None:
+async def test_device_cannot_publish_under_another_devices_topic(
+    broker: MosquittoBroker, topic: str
+) -> None:
     broker.add_user(f"{topic}-a", "pw-a")
     got = await _collect(broker, topic, (f"{topic}-a", "pw-a"), f"{topic}-b")
     # the forged publish is dropped by the broker; the device's own publish arrives

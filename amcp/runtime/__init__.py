@@ -1,0 +1,1 @@
+"""Runtime kernel: supervision tree, lifecycle, configuration, logging, metrics, sd_notify."""
