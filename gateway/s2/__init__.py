@@ -1,0 +1,1 @@
+"""S2 coordination: rate limits, fair share, actuator leases and zombie detection."""

@@ -1,0 +1,130 @@
+"""S2 configuration: rate limits, load-driven tightening, failure detection, stuck sensors.
+
+Every Struct forbids unknown fields and constrains its numbers, so a typo or a negative rate
+fails at start-up with its path. The same :class:`RateLimit` Struct is what a CRDT row carries
+when the cloud tunes a limit at runtime (``RateGate.set_limit``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+PositiveFloat = Annotated[float, Meta(gt=0)]
+NonNegativeFloat = Annotated[float, Meta(ge=0)]
+Fraction = Annotated[float, Meta(gt=0, le=1)]
+
+
+class RateLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A sustained ``rate`` (events per second) with room for ``burst`` events at once."""
+
+    rate: PositiveFloat
+    burst: Annotated[int, Meta(ge=1)] = 1
+
+
+class Watermark(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A load signal is *high* at or above ``high`` and *low* at or below ``low``.
+
+    The gap between the two is hysteresis: between them the limits hold still, so a signal
+    hovering around one threshold does not make the limits oscillate (S2's whole job).
+    """
+
+    high: NonNegativeFloat
+    low: NonNegativeFloat
+
+    def __post_init__(self) -> None:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+
+
+def _default_signals() -> dict[str, Watermark]:
+    return {
+        "ingest_backlog": Watermark(high=5_000, low=1_000),
+        "outbox_depth": Watermark(high=200_000, low=50_000),
+        "cpu": Watermark(high=0.85, low=0.6),
+    }
+
+
+class AdaptiveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """AIMD on a factor in ``[min_factor, 1]`` that scales every configured rate."""
+
+    decrease: Annotated[float, Meta(gt=0, lt=1)] = 0.5
+    """Multiply the factor by this when any signal is high."""
+    increase: Fraction = 0.1
+    """Add this to the factor when every signal is low."""
+    min_factor: Fraction = 0.05
+    interval_s: PositiveFloat = 1.0
+    """At most one step per interval: the gateway needs time to show the effect of a step."""
+    signals: dict[str, Watermark] = msgspec.field(default_factory=_default_signals)
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Default limits per scope, per-key overrides, the global budget and adaptation."""
+
+    device: RateLimit = RateLimit(rate=100.0, burst=200)
+    user: RateLimit = RateLimit(rate=10.0, burst=20)
+    capability: RateLimit = RateLimit(rate=50.0, burst=100)
+    total: RateLimit = RateLimit(rate=20_000.0, burst=40_000)
+    """The gateway-wide budget for readings, shared max-min fairly between devices."""
+    device_overrides: dict[str, RateLimit] = {}
+    user_overrides: dict[str, RateLimit] = {}
+    capability_overrides: dict[str, RateLimit] = {}
+    fair_share_interval_s: PositiveFloat = 1.0
+    adaptive: AdaptiveConfig = AdaptiveConfig()
+
+
+class PhiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Phi-accrual parameters (Hayashibara et al.; the defaults follow Akka's)."""
+
+    threshold: PositiveFloat = 8.0
+    """Suspicion level at which a unit is declared a zombie (8 ≈ 1e-8 chance of a mistake)."""
+    window: Annotated[int, Meta(ge=2, le=10_000)] = 100
+    min_std_s: PositiveFloat = 0.1
+    """Floor on the interval deviation so a perfectly regular sender is not judged on noise."""
+    acceptable_pause_s: NonNegativeFloat = 0.0
+    """Extra silence tolerated before suspicion grows (GC pauses, radio duty cycles)."""
+    first_interval_s: PositiveFloat = 1.0
+    """Assumed cadence before a unit has sent two heartbeats."""
+
+
+class Relation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``left op right * scale + offset`` must hold (within ``tolerance``) in every reading.
+
+    ``right`` names another metric or is a constant; e.g. power <= voltage * current * 1.05,
+    or humidity <= 100.
+    """
+
+    name: str
+    left: str
+    op: Literal["<=", "<", ">=", ">", "=="]
+    right: str | float
+    scale: float = 1.0
+    offset: float = 0.0
+    tolerance: NonNegativeFloat = 0.0
+    consecutive: Annotated[int, Meta(ge=1)] = 3
+    """Violations in a row before flagging: one glitchy sample is not an inconsistency."""
+
+
+class StuckConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A metric is stuck when unchanged for ``min_samples`` readings *and* ``min_duration_s``."""
+
+    min_samples: Annotated[int, Meta(ge=2)] = 30
+    min_duration_s: PositiveFloat = 300.0
+    epsilon: NonNegativeFloat = 0.0
+    """Changes no larger than this count as unchanged (a frozen ADC may dither in its LSB)."""
+    ignore: list[str] = []
+    """Metrics that are legitimately constant (set-points, firmware versions)."""
+    relations: list[Relation] = []
+
+
+class S2Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[s2]`` section of the gateway configuration."""
+
+    limits: LimitsConfig = LimitsConfig()
+    phi: PhiConfig = PhiConfig()
+    stuck: StuckConfig = StuckConfig()
+    lease_ttl_s: PositiveFloat = 30.0
+    lease_queue: Annotated[int, Meta(ge=0)] = 8
+    """Commands queued behind a held lease per device; 0 means refuse at once."""

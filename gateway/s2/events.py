@@ -1,0 +1,113 @@
+"""Events S2 raises for the cloud: zombies, stuck sensors, inconsistent metrics, limit changes.
+
+They are tagged msgspec Structs (one union, one decoder) so the outbox can store them as they
+are and the cloud can dispatch on ``kind``. Each carries ``ts_ms``, the wall-clock time it was
+raised, because it may travel days later in a fresh envelope. New fields get defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import msgspec
+
+UnitKind = Literal["device", "unit"]
+
+
+class ZombieDeclared(msgspec.Struct, frozen=True, tag="s2.zombie", omit_defaults=True):
+    """A device or child unit stopped its heartbeat long enough that phi crossed the threshold."""
+
+    unit: str
+    unit_kind: UnitKind
+    phi: float
+    silent_s: float
+    mean_interval_s: float
+    ts_ms: int
+    reassigned: bool = False
+
+
+class ZombieRecovered(msgspec.Struct, frozen=True, tag="s2.zombie.recovered", omit_defaults=True):
+    unit: str
+    unit_kind: UnitKind
+    silent_s: float
+    ts_ms: int
+
+
+class SensorStuck(msgspec.Struct, frozen=True, tag="s2.sensor.stuck", omit_defaults=True):
+    """A metric repeated one value for at least the configured samples and duration."""
+
+    device: str
+    metric: str
+    value: float
+    samples: int
+    frozen_s: float
+    ts_ms: int
+
+
+class SensorRecovered(msgspec.Struct, frozen=True, tag="s2.sensor.recovered", omit_defaults=True):
+    device: str
+    metric: str
+    ts_ms: int
+
+
+class MetricsInconsistent(
+    msgspec.Struct, frozen=True, tag="s2.metrics.inconsistent", omit_defaults=True
+):
+    """A configured relation between two metrics failed for several readings in a row."""
+
+    device: str
+    relation: str
+    left: float
+    right: float
+    violations: int
+    ts_ms: int
+
+
+class MetricsConsistent(
+    msgspec.Struct, frozen=True, tag="s2.metrics.consistent", omit_defaults=True
+):
+    device: str
+    relation: str
+    ts_ms: int
+
+
+class LimitsChanged(msgspec.Struct, frozen=True, tag="s2.limits", omit_defaults=True):
+    """The load factor or the fair-share cap moved (tightened or relaxed)."""
+
+    factor: float
+    previous_factor: float
+    pressure: list[str]
+    fair_cap: float | None
+    ts_ms: int
+
+
+class LeaseExpired(msgspec.Struct, frozen=True, tag="s2.lease.expired", omit_defaults=True):
+    """A holder neither finished nor renewed in time; the actuator is free again."""
+
+    device: str
+    actuator: str | None
+    holder: str
+    token: int
+    ts_ms: int
+
+
+S2Event = (
+    ZombieDeclared
+    | ZombieRecovered
+    | SensorStuck
+    | SensorRecovered
+    | MetricsInconsistent
+    | MetricsConsistent
+    | LimitsChanged
+    | LeaseExpired
+)
+
+EventSink = Callable[[S2Event], None]
+"""Where S2 sends events; the gateway routes them to the outbox. Must not block."""
+
+decoder: msgspec.msgpack.Decoder[S2Event] = msgspec.msgpack.Decoder(S2Event)
+
+
+def discard(_event: S2Event) -> None:
+    """The default sink: S2 parts work (and are testable) with no outbox attached."""
