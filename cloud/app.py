@@ -1,0 +1,59 @@
+"""The cloud process: gateway telemetry into the reading store (S3-S5 come in later waves).
+
+Tree (rest_for_one)::
+
+    cloud
+    ├── readings    the SQLite reading store
+    └── ingest      cloud broker → store → ack to the gateway
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from amcp.runtime.metrics import MetricsServer
+from amcp.runtime.service import Service
+from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
+from cloud.config import CloudConfig
+from cloud.ingest import CloudIngest
+from cloud.readings import ReadingStore
+
+
+class Cloud:
+    def __init__(self, config: CloudConfig) -> None:
+        self.config = config
+        self.registry = CollectorRegistry()
+        self.store = ReadingStore(Path(config.cloud.state_dir) / "readings.sqlite3")
+        self.ingest = CloudIngest(config, self.store, self.registry)
+        self.supervisor = Supervisor(
+            "cloud",
+            [
+                ChildSpec("readings", self._run_store, wait_ready=True, shutdown_timeout=10),
+                ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
+            ],
+            strategy=Strategy.REST_FOR_ONE,
+            intensity=5,
+            period=30,
+        )
+
+    async def _run_store(self, ctx: ChildContext) -> None:
+        await self.store.open()
+        ctx.ready()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.shield(self.store.close())
+
+    async def serve(self) -> int:
+        server = None
+        if self.config.metrics.enabled:
+            server = MetricsServer(self.registry, self.config.metrics.listen)
+            server.start()
+        try:
+            return await Service(self.supervisor).run()
+        finally:
+            if server is not None:
+                server.close()

@@ -1,0 +1,28 @@
+"""The cloud process's configuration file (TOML). Documented in docs/configuration.md."""
+
+from __future__ import annotations
+
+import msgspec
+
+from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings
+
+
+class CloudSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    id: str = "cloud"
+    state_dir: str = "/var/lib/cybernetic/cloud"
+
+
+class CloudIngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    topic_prefix: str = "cybernetic/gw"
+    session: str = "cloud-ingest"
+    """MQTT client id of the persistent session: batches wait in the broker while we are down."""
+
+
+class CloudConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    cloud: CloudSection = msgspec.field(default_factory=CloudSection)
+    broker: BrokerLink = msgspec.field(default_factory=lambda: BrokerLink(username="cloud"))
+    ingest: CloudIngestSettings = msgspec.field(default_factory=CloudIngestSettings)
+    metrics: MetricsSettings = msgspec.field(
+        default_factory=lambda: MetricsSettings(listen="127.0.0.1:9465")
+    )
+    log: LogSettings = msgspec.field(default_factory=LogSettings)

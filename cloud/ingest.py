@@ -1,0 +1,96 @@
+"""Cloud ingest: gateway batches from the cloud broker into the reading store, then the ack.
+
+The subscription is a persistent session, so batches sent while the cloud process is down wait
+in the broker. The application-level :class:`~amcp.wire.telemetry.BatchAck` is published only
+after the store committed; a gateway deletes a batch only when it sees that ack. A malformed
+batch is logged and counted, and never stops the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiomqtt
+import msgspec
+from prometheus_client import CollectorRegistry, Counter
+
+from amcp.runtime.mqtt import Backoff, enable_manual_ack, make_client
+from amcp.runtime.supervisor import ChildContext
+from amcp.wire.telemetry import BatchAck, TelemetryBatch
+from cloud.config import CloudConfig
+from cloud.readings import ReadingStore
+
+log = logging.getLogger(__name__)
+
+_batch_decoder = msgspec.msgpack.Decoder(TelemetryBatch)
+_encoder = msgspec.msgpack.Encoder()
+
+
+class CloudIngest:
+    def __init__(
+        self, config: CloudConfig, store: ReadingStore, registry: CollectorRegistry
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.prefix = config.ingest.topic_prefix
+        self.batches = Counter(
+            "cybernetic_cloud_batches", "Gateway batches committed", registry=registry
+        )
+        self.stored = Counter(
+            "cybernetic_cloud_stored_readings", "Readings stored", registry=registry
+        )
+        self.duplicates = Counter(
+            "cybernetic_cloud_duplicate_readings",
+            "Readings dropped as duplicates",
+            registry=registry,
+        )
+        self.malformed = Counter(
+            "cybernetic_cloud_malformed_batches", "Batches that failed to decode", registry=registry
+        )
+
+    async def run(self, ctx: ChildContext) -> None:
+        link = self.config.broker
+        backoff = Backoff(link.reconnect_initial, link.reconnect_max)
+        client = make_client(link, self.config.ingest.session, clean_session=False)
+        paho = enable_manual_ack(client)
+        while True:
+            try:
+                async with client:
+                    await client.subscribe(f"{self.prefix}/+/telemetry", qos=1)
+                    backoff.reset()
+                    ctx.ready()
+                    log.info("cloud ingest subscribed")
+                    async for message in client.messages:
+                        await self._handle(client, message)
+                        if message.qos:
+                            paho.ack(message.mid, message.qos)
+            except aiomqtt.MqttError as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "cloud broker connection lost",
+                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+
+    async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        topic = message.topic.value
+        parts = topic.split("/")
+        try:
+            batch = _batch_decoder.decode(message.payload)
+        except msgspec.DecodeError as exc:
+            self.malformed.inc()
+            log.warning("malformed batch", extra={"topic": topic, "error": str(exc)[:200]})
+            return
+        gateway = parts[-2] if len(parts) >= 2 else "?"
+        if batch.gateway != gateway:
+            self.malformed.inc()
+            log.warning("batch names another gateway than its topic", extra={"topic": topic})
+            return
+        stored, dups = await self.store.store(gateway, batch.readings, int(time.time() * 1000))
+        self.batches.inc()
+        self.stored.inc(stored)
+        self.duplicates.inc(dups)
+        ack = BatchAck(batch_id=batch.batch_id, stored=stored, duplicates=dups)
+        await client.publish(f"{self.prefix}/{gateway}/ack", _encoder.encode(ack), qos=1)

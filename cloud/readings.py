@@ -1,0 +1,86 @@
+"""The cloud's reading store: SQLite, one row per reading, duplicates dropped by identity.
+
+Identity is (device, boot, seq) — see docs/telemetry.md. A batch is committed in one
+transaction with ``synchronous=FULL`` before its acknowledgement is sent, so an acknowledged
+reading is on disk. One writer thread; reads open their own connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from amcp.wire.telemetry import Reading
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    device TEXT NOT NULL,
+    boot TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL,
+    stored_ms INTEGER NOT NULL,
+    gateway TEXT NOT NULL,
+    "values" TEXT NOT NULL,
+    PRIMARY KEY (device, boot, seq)
+) WITHOUT ROWID;
+"""
+
+
+class ReadingStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readings-writer")
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        self._executor.shutdown(wait=True)
+
+    async def store(
+        self, gateway: str, readings: Sequence[Reading], now_ms: int
+    ) -> tuple[int, int]:
+        """Commit a batch; returns (stored, duplicates)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._store, gateway, readings, now_ms
+        )
+
+    def _store(self, gateway: str, readings: Sequence[Reading], now_ms: int) -> tuple[int, int]:
+        assert self._db is not None
+        db = self._db
+        rows = [
+            (r.device, r.boot, r.seq, r.ts_ms, r.received_ms, now_ms, gateway, json.dumps(r.values))
+            for r in readings
+        ]
+        before = db.total_changes
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        stored = db.total_changes - before
+        return stored, len(rows) - stored
+
+
+def count_readings(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT count(*) FROM readings").fetchone()[0])

@@ -1,0 +1,32 @@
+"""`cybernetic cloud run -c FILE`: the cloud process."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from amcp.runtime.config import ConfigError, load
+from amcp.runtime.logs import setup_logging
+from amcp.runtime.service import run_loop
+from cloud.app import Cloud
+from cloud.config import CloudConfig
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser("cloud", help="the cloud tier")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    run = verbs.add_parser("run", help="run the cloud process in the foreground")
+    run.add_argument("-c", "--config", required=True, type=Path, help="cloud.toml")
+    run.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = load(args.config, CloudConfig)
+    except ConfigError as exc:
+        for err in exc.errors:
+            print(f"{exc.source}: {err}")
+        return 2
+    setup_logging(config.log.level)
+    return run_loop(Cloud(config).serve)

@@ -1,0 +1,50 @@
+"""`cybernetic config check FILE`: validate a gateway or cloud configuration file.
+
+The kind is told by the file's top-level table (``[gateway]`` or ``[cloud]``) unless
+``--kind`` says. Every error is printed with its path; the exit status is 2 when any.
+Values are never printed, so a mistyped secret does not end up in a terminal log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from amcp.runtime.config import ConfigError, load
+from cloud.config import CloudConfig
+from gateway.config import GatewayConfig
+
+KINDS: dict[str, type[msgspec.Struct]] = {"gateway": GatewayConfig, "cloud": CloudConfig}
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser("config", help="configuration tools")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    check = verbs.add_parser("check", help="validate a configuration file; exit 2 on errors")
+    check.add_argument("file", type=Path)
+    check.add_argument("--kind", choices=sorted(KINDS), help="gateway or cloud (default: guess)")
+    check.set_defaults(handler=_check)
+
+
+def _guess(path: Path) -> str | None:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    return next((k for k in KINDS if k in data), None)
+
+
+def _check(args: argparse.Namespace) -> int:
+    kind = args.kind or _guess(args.file) or "gateway"
+    try:
+        load(args.file, KINDS[kind])
+    except ConfigError as exc:
+        for err in exc.errors:
+            print(f"{exc.source}: {err}")
+        return 2
+    print(f"{args.file}: valid {kind} configuration")
+    return 0

@@ -1,0 +1,97 @@
+"""The gateway daemon: its parts wired into one supervision tree.
+
+Tree (rest_for_one: a part depends on those started before it)::
+
+    gateway
+    ├── outbox      opens the SQLite outbox; expires old rows
+    ├── uplink      outbox → cloud broker, deletes on the cloud's ack
+    └── ingest      local broker → outbox, acknowledges after commit
+
+The outbox starts first and stops last, so nothing is written to a closed database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from amcp.runtime.config import load
+from amcp.runtime.metrics import MetricsServer
+from amcp.runtime.service import Service
+from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
+from gateway.config import GatewayConfig
+from gateway.ingest import Ingest, Stage
+from gateway.metrics import GatewayMetrics
+from gateway.outbox import Outbox
+from gateway.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        config_path: Path | None = None,
+        stages: list[Stage] | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.metrics = GatewayMetrics()
+        state = Path(config.gateway.state_dir)
+        self.outbox = Outbox(
+            state / "outbox.sqlite3",
+            config.outbox,
+            on_drop=lambda reason, n: self.metrics.dropped.labels(reason).inc(n),
+            dead_letter_max_rows=config.ingest.dead_letter_max_rows,
+        )
+        self.uplink = Uplink(config, self.outbox, self.metrics)
+        self.ingest = Ingest(config, self.outbox, self.metrics, stages=stages or [])
+        self.metrics.watch(self.outbox.snapshot, self.uplink.status)
+        self.supervisor = Supervisor(
+            "gateway",
+            [
+                ChildSpec("outbox", self._run_outbox, wait_ready=True, shutdown_timeout=10),
+                ChildSpec("uplink", self.uplink.run, shutdown_timeout=5),
+                ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
+            ],
+            strategy=Strategy.REST_FOR_ONE,
+            intensity=5,
+            period=30,
+        )
+
+    async def _run_outbox(self, ctx: ChildContext) -> None:
+        await self.outbox.open()
+        ctx.ready()
+        try:
+            while True:
+                await asyncio.sleep(60)
+                await self.outbox.expire()
+        finally:
+            await asyncio.shield(self.outbox.close())
+
+    def status(self) -> str:
+        s = self.outbox.snapshot()
+        link = "up" if self.uplink.connected else "down"
+        return f"ingest {'up' if self.ingest.connected else 'down'}, uplink {link}, outbox {s.rows} rows"
+
+    async def reload(self) -> None:
+        if self.config_path is None:
+            return
+        new = load(self.config_path, GatewayConfig)
+        # live-tunable settings; a changed broker address or id needs a restart
+        self.config.ingest.devices[:] = new.ingest.devices
+        log.info("configuration reloaded", extra={"path": str(self.config_path)})
+
+    async def serve(self) -> int:
+        server = None
+        if self.config.metrics.enabled:
+            server = MetricsServer(self.metrics.registry, self.config.metrics.listen)
+            server.start()
+        try:
+            return await Service(self.supervisor, reload=self.reload, status=self.status).run()
+        finally:
+            if server is not None:
+                server.close()

@@ -1,0 +1,62 @@
+"""The gateway's configuration file (TOML). Documented in docs/configuration.md."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+
+from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings, Seconds
+
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class Overflow(enum.StrEnum):
+    DROP_OLDEST = "drop-oldest"
+    REFUSE_NEW = "refuse-new"
+
+
+class GatewaySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    id: Identifier
+    state_dir: str = "/var/lib/cybernetic/gateway"
+    zone: str = "default"
+
+
+class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    topic: str = "devices/+/telemetry"
+    max_payload_bytes: Annotated[int, msgspec.Meta(ge=64, le=1_048_576)] = 65_536
+    max_fields: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
+    devices: list[str] = msgspec.field(default_factory=list)
+    """Allow-list of device ids; empty with ``auto_register`` accepts any device."""
+    auto_register: bool = True
+    batch_max: Positive = 1000
+    batch_interval: Seconds = 0.01
+    dead_letter_max_rows: Positive = 10_000
+
+
+class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_bytes: Positive = 512 * 1024 * 1024
+    max_age: Seconds = 14 * 24 * 3600.0
+    overflow: Overflow = Overflow.DROP_OLDEST
+
+
+class UplinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    broker: BrokerLink = msgspec.field(default_factory=BrokerLink)
+    topic_prefix: str = "cybernetic/gw"
+    batch_max: Positive = 500
+    batch_interval: Seconds = 0.02
+    window: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
+    """Batches in flight (sent, not yet acknowledged by the cloud)."""
+    ack_timeout: Seconds = 15.0
+
+
+class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    gateway: GatewaySection
+    local_broker: BrokerLink = msgspec.field(default_factory=lambda: BrokerLink(username="gateway"))
+    ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
+    outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
+    uplink: UplinkSettings = msgspec.field(default_factory=UplinkSettings)
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
+    log: LogSettings = msgspec.field(default_factory=LogSettings)

@@ -1,0 +1,126 @@
+"""Decode a device's telemetry payload into a :class:`~amcp.wire.telemetry.Reading`.
+
+Accepted payloads are a JSON object or a msgpack map (told apart by the first byte: JSON
+objects start with ``{`` after optional whitespace; a msgpack map starts with 0x80-0x8f,
+0xde or 0xdf). Reserved keys:
+
+- ``seq`` (int >= 0): the reading's sequence number within the device boot;
+- ``boot`` (str): the device's boot id (a new one each time the device restarts);
+- ``ts`` (int): when the reading was taken, Unix milliseconds;
+- ``values`` (object): the measurements; without it, every other key is a measurement.
+
+Measurements are numbers, strings, booleans, null, or nested objects/lists of those. Every
+rejection raises a subclass of :class:`PayloadError` whose ``reason`` is the label counted in
+metrics and stored in the dead-letter table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+RESERVED = frozenset({"seq", "boot", "ts", "values"})
+MAX_DEPTH = 8
+MAX_SEQ = 2**63 - 1
+
+_json = msgspec.json.Decoder()
+_msgpack = msgspec.msgpack.Decoder()
+
+
+class PayloadError(Exception):
+    """A payload was refused; ``reason`` is a short stable label, the message says why."""
+
+    reason = "malformed"
+
+
+class OversizedPayload(PayloadError):
+    reason = "oversized"
+
+
+class MalformedPayload(PayloadError):
+    reason = "malformed"
+
+
+class BadShape(PayloadError):
+    reason = "bad_shape"
+
+
+class UnknownDevice(PayloadError):
+    reason = "unknown_device"
+
+
+class DecodedPayload(msgspec.Struct, frozen=True):
+    seq: int | None
+    boot: str | None
+    ts_ms: int | None
+    values: dict[str, Any]
+
+
+def _decode_bytes(payload: bytes) -> Any:
+    first = payload.lstrip()[:1]
+    try:
+        if first == b"{":
+            return _json.decode(payload)
+        if first and (0x80 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF)):
+            return _msgpack.decode(payload)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise MalformedPayload(f"cannot decode payload: {exc}") from exc
+    raise MalformedPayload("payload is neither a JSON object nor a msgpack map")
+
+
+def _count_fields(value: Any, depth: int, limit: int) -> int:
+    """Count leaf fields, refusing depth and size beyond the limits."""
+    if depth > MAX_DEPTH:
+        raise BadShape(f"values nest deeper than {MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        n = 0
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise BadShape(f"field names must be strings, got {type(key).__name__}")
+            n += _count_fields(item, depth + 1, limit)
+            if n > limit:
+                raise BadShape(f"more than {limit} fields")
+        return n
+    if isinstance(value, list):
+        n = 0
+        for item in value:
+            n += _count_fields(item, depth + 1, limit)
+            if n > limit:
+                raise BadShape(f"more than {limit} fields")
+        return max(n, 1)
+    if value is None or isinstance(value, (int, float, str, bool)):
+        return 1
+    raise BadShape(f"unsupported value type {type(value).__name__}")
+
+
+def decode_payload(payload: bytes, *, max_bytes: int, max_fields: int) -> DecodedPayload:
+    if len(payload) > max_bytes:
+        raise OversizedPayload(f"payload is {len(payload)} bytes, the limit is {max_bytes}")
+    doc = _decode_bytes(payload)
+    if not isinstance(doc, dict):
+        raise BadShape("payload must be an object")
+    seq = doc.get("seq")
+    if seq is not None and (
+        not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ
+    ):
+        raise BadShape(f"seq must be an integer >= 0, got {seq!r}"[:200])
+    boot = doc.get("boot")
+    if boot is not None and (not isinstance(boot, str) or not 0 < len(boot) <= 64):
+        raise BadShape("boot must be a string of 1 to 64 characters")
+    ts = doc.get("ts")
+    if ts is not None and (not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts < 2**53):
+        raise BadShape("ts must be an integer count of Unix milliseconds")
+    if "values" in doc:
+        values = doc["values"]
+        if not isinstance(values, dict):
+            raise BadShape("values must be an object")
+        extra = set(doc) - RESERVED
+        if extra:
+            raise BadShape(f"unexpected keys beside values: {sorted(extra)[:5]}")
+    else:
+        values = {k: v for k, v in doc.items() if k not in RESERVED}
+    if not values:
+        raise BadShape("no measurements in payload")
+    _count_fields(values, 0, max_fields)
+    return DecodedPayload(seq=seq, boot=boot, ts_ms=ts, values=values)

@@ -1,0 +1,195 @@
+"""Ingest: device telemetry from the local broker into the outbox, acknowledged after commit.
+
+The subscription is a persistent MQTT session (clean_session false), so readings published
+while the gateway is down wait in the broker. Each QoS 1 message is acknowledged to the broker
+only after its reading is committed to the outbox: a crash before the commit means the broker
+delivers it again. Backpressure needs no queue of our own: the broker stops sending once
+``max_inflight_messages`` are unacknowledged, which bounds memory.
+
+Refused payloads (see :mod:`gateway.decode`) are counted, kept in the dead-letter table and
+acknowledged; they never affect other messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiomqtt
+
+from amcp.runtime.mqtt import Backoff, enable_manual_ack, make_client
+from amcp.runtime.supervisor import ChildContext
+from amcp.wire.telemetry import Reading
+from gateway.config import GatewayConfig
+from gateway.decode import PayloadError, UnknownDevice, decode_payload
+from gateway.metrics import GatewayMetrics
+from gateway.outbox import Outbox
+
+log = logging.getLogger(__name__)
+
+
+class Stage(Protocol):
+    """A step between decoding and the outbox (S2 limits, WASM policy, GoldRush rules).
+
+    It gets the decoded readings of one ingest batch and returns those to store (possibly
+    fewer, or transformed). It runs on the event loop and must be fast.
+    """
+
+    def __call__(self, readings: list[Reading]) -> list[Reading]: ...
+
+
+@dataclass
+class _Pending:
+    readings: list[Reading] = field(default_factory=list)
+    rejected: list[tuple[str, str, str, bytes]] = field(default_factory=list)
+    acks: list[tuple[int, int]] = field(default_factory=list)
+
+
+class Ingest:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        outbox: Outbox,
+        metrics: GatewayMetrics,
+        *,
+        stages: Sequence[Stage] = (),
+        now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.config = config
+        self.settings = config.ingest
+        self.outbox = outbox
+        self.metrics = metrics
+        self.stages = list(stages)
+        self._now_ms = now_ms
+        self._allowed = frozenset(self.settings.devices)
+        # readings without a seq are numbered by the gateway under a boot id of its own,
+        # new for every gateway start (see docs/telemetry.md, "Reading identity")
+        self.boot_id = "gw-" + uuid.uuid4().hex[:12]
+        self._seq: dict[str, int] = {}
+        self._prefix, self._suffix = self._topic_shape(self.settings.topic)
+        self.connected = False
+
+    @staticmethod
+    def _topic_shape(topic: str) -> tuple[str, str]:
+        head, plus, tail = topic.partition("+")
+        if not plus or "+" in tail or "#" in topic:
+            raise ValueError(f"ingest topic must have exactly one '+' for the device: {topic!r}")
+        return head, tail
+
+    # -- decoding -------------------------------------------------------------------------
+    def device_of(self, topic: str) -> str | None:
+        if not (topic.startswith(self._prefix) and topic.endswith(self._suffix)):
+            return None
+        device = topic[len(self._prefix) : len(topic) - len(self._suffix)]
+        return device or None
+
+    def to_reading(self, topic: str, payload: bytes) -> Reading:
+        device = self.device_of(topic)
+        if device is None:
+            raise UnknownDevice(f"topic {topic!r} names no device")
+        if self._allowed and device not in self._allowed:
+            raise UnknownDevice(f"device {device!r} is not in the allow-list")
+        if not self._allowed and not self.settings.auto_register:
+            raise UnknownDevice(f"device {device!r} is not registered")
+        p = decode_payload(
+            payload, max_bytes=self.settings.max_payload_bytes, max_fields=self.settings.max_fields
+        )
+        now = self._now_ms()
+        if p.seq is None:
+            seq = self._seq.get(device, 0) + 1
+            self._seq[device] = seq
+            boot = self.boot_id
+        else:
+            seq, boot = p.seq, p.boot or "-"
+        return Reading(device, boot, seq, p.ts_ms or now, p.values, now)
+
+    def _accept(self, pending: _Pending, topic: str, payload: bytes) -> None:
+        try:
+            pending.readings.append(self.to_reading(topic, payload))
+        except PayloadError as exc:
+            pending.rejected.append((self.device_of(topic) or "?", exc.reason, str(exc), payload))
+
+    # -- running --------------------------------------------------------------------------
+    async def run(self, ctx: ChildContext) -> None:
+        link = self.config.local_broker
+        backoff = Backoff(link.reconnect_initial, link.reconnect_max)
+        client = make_client(link, f"{self.config.gateway.id}-ingest", clean_session=False)
+        paho = enable_manual_ack(client)
+        while True:
+            try:
+                async with client:
+                    await client.subscribe(self.settings.topic, qos=1)
+                    self.connected = True
+                    backoff.reset()
+                    ctx.ready()
+                    log.info("ingest subscribed", extra={"topic": self.settings.topic})
+                    await self._consume(client, paho)
+            except aiomqtt.MqttError as exc:
+                self.connected = False
+                delay = backoff.next_delay()
+                log.warning(
+                    "local broker connection lost",
+                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+            finally:
+                self.connected = False
+
+    async def _consume(self, client: aiomqtt.Client, paho: Any) -> None:
+        queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=4)
+        pending = _Pending()
+        wake = asyncio.Event()
+
+        async def receive() -> None:
+            nonlocal pending
+            async for message in client.messages:
+                self._accept(pending, message.topic.value, message.payload)
+                if message.qos:
+                    pending.acks.append((message.mid, message.qos))
+                if len(pending.acks) >= self.settings.batch_max:
+                    batch, pending = pending, _Pending()
+                    await queue.put(batch)
+                else:
+                    wake.set()
+
+        async def flush_on_time() -> None:
+            nonlocal pending
+            while True:
+                await wake.wait()
+                await asyncio.sleep(self.settings.batch_interval)
+                wake.clear()
+                if pending.acks or pending.readings or pending.rejected:
+                    batch, pending = pending, _Pending()
+                    await queue.put(batch)
+
+        async def commit() -> None:
+            while True:
+                batch = await queue.get()
+                await self._commit(batch)
+                for mid, qos in batch.acks:  # only now may the broker forget them
+                    paho.ack(mid, qos)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(receive(), name="ingest-receive")
+            tg.create_task(flush_on_time(), name="ingest-flush")
+            tg.create_task(commit(), name="ingest-commit")
+
+    async def _commit(self, batch: _Pending) -> None:
+        readings = batch.readings
+        m = self.metrics
+        m.received.inc(len(readings) + len(batch.rejected))
+        for stage in self.stages:
+            readings = stage(readings)
+        if readings:
+            stored = await self.outbox.append(readings)
+            m.stored.inc(stored)
+        if batch.rejected:
+            for _, reason, detail, _ in batch.rejected:
+                m.rejected.labels(reason).inc()
+                log.info("payload refused", extra={"reason": reason, "detail": detail[:200]})
+            await self.outbox.dead_letter(batch.rejected)

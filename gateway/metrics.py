@@ -1,0 +1,84 @@
+"""The gateway's Prometheus metrics, on a registry of its own.
+
+Counters are incremented once per batch (never per reading on the hot path); the outbox and
+uplink gauges are read when Prometheus scrapes, from in-memory figures.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.outbox import OutboxStats
+
+
+class _StateCollector(Collector):
+    def __init__(
+        self, stats: Callable[[], OutboxStats], uplink: Callable[[], tuple[bool, float]]
+    ) -> None:
+        self._stats = stats
+        self._uplink = uplink
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        s = self._stats()
+        now_ms = time.time() * 1000
+        yield GaugeMetricFamily("cybernetic_outbox_rows", "Readings waiting in the outbox", s.rows)
+        yield GaugeMetricFamily(
+            "cybernetic_outbox_bytes", "Bytes of readings in the outbox", s.bytes
+        )
+        age = (now_ms - s.oldest_ms) / 1000 if s.oldest_ms is not None else 0.0
+        yield GaugeMetricFamily(
+            "cybernetic_outbox_oldest_age_seconds",
+            "Age of the oldest reading not yet acknowledged",
+            age,
+        )
+        yield GaugeMetricFamily(
+            "cybernetic_uplink_batches_in_flight",
+            "Batches sent and not yet acknowledged",
+            s.open_batches,
+        )
+        connected, lag = self._uplink()
+        yield GaugeMetricFamily(
+            "cybernetic_uplink_connected", "1 while the cloud link is up", float(connected)
+        )
+        yield GaugeMetricFamily(
+            "cybernetic_uplink_lag_seconds",
+            "Time from ingest to cloud acknowledgement, last batch",
+            lag,
+        )
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.received = Counter(
+            "cybernetic_ingest_messages", "Telemetry messages received", registry=r
+        )
+        self.stored = Counter(
+            "cybernetic_ingest_stored_readings", "Readings committed to the outbox", registry=r
+        )
+        self.rejected = Counter(
+            "cybernetic_ingest_rejected", "Payloads refused, by reason", ["reason"], registry=r
+        )
+        self.dropped = Counter(
+            "cybernetic_outbox_dropped_readings",
+            "Readings dropped by the outbox, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.batches_sent = Counter(
+            "cybernetic_uplink_batches_sent", "Batches published to the cloud", registry=r
+        )
+        self.acked = Counter(
+            "cybernetic_uplink_acked_readings", "Readings acknowledged by the cloud", registry=r
+        )
+
+    def watch(
+        self, stats: Callable[[], OutboxStats], uplink: Callable[[], tuple[bool, float]]
+    ) -> None:
+        self.registry.register(_StateCollector(stats, uplink))

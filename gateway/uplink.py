@@ -1,0 +1,161 @@
+"""Uplink: outbox batches to the cloud, deleted only after the cloud's own commit.
+
+The cloud answers every batch with a :class:`~amcp.wire.telemetry.BatchAck` on
+``{prefix}/{gateway}/ack`` after it committed the readings; a PUBACK alone proves nothing.
+Up to ``window`` batches are in flight at once, so a backlog drains at full speed; a batch not
+acknowledged within ``ack_timeout`` is sent again with the same batch id (the cloud drops the
+duplicate readings and acknowledges again). After a reconnect every open batch is re-sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import aiomqtt
+import msgspec
+
+from amcp.runtime.mqtt import Backoff, make_client
+from amcp.runtime.supervisor import ChildContext
+from amcp.wire.telemetry import BatchAck
+from gateway.config import GatewayConfig
+from gateway.metrics import GatewayMetrics
+from gateway.outbox import Batch, Outbox
+
+log = logging.getLogger(__name__)
+
+
+class _WireBatch(msgspec.Struct, frozen=True, tag="telemetry.batch", omit_defaults=True):
+    """Encodes exactly as :class:`~amcp.wire.telemetry.TelemetryBatch`, from stored bytes."""
+
+    batch_id: str
+    gateway: str
+    readings: list[msgspec.Raw]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_ack_decoder = msgspec.msgpack.Decoder(BatchAck)
+
+
+def telemetry_topic(prefix: str, gateway: str) -> str:
+    return f"{prefix}/{gateway}/telemetry"
+
+
+def ack_topic(prefix: str, gateway: str) -> str:
+    return f"{prefix}/{gateway}/ack"
+
+
+@dataclass
+class _InFlight:
+    batch: Batch
+    sent_at: float
+
+
+class Uplink:
+    def __init__(self, config: GatewayConfig, outbox: Outbox, metrics: GatewayMetrics) -> None:
+        self.config = config
+        self.settings = config.uplink
+        self.outbox = outbox
+        self.metrics = metrics
+        self.gateway = config.gateway.id
+        self.connected = False
+        self.lag_s = 0.0
+        self._inflight: dict[str, _InFlight] = {}
+        self._slot = asyncio.Event()
+
+    def status(self) -> tuple[bool, float]:
+        return self.connected, self.lag_s
+
+    def encode(self, batch: Batch) -> bytes:
+        wire = _WireBatch(batch.batch_id, self.gateway, [msgspec.Raw(b) for b in batch.bodies])
+        return _encoder.encode(wire)
+
+    async def run(self, ctx: ChildContext) -> None:
+        link = self.settings.broker
+        backoff = Backoff(link.reconnect_initial, link.reconnect_max)
+        client = make_client(link, f"{self.gateway}-uplink", clean_session=True)
+        while True:
+            try:
+                async with client:
+                    await client.subscribe(
+                        ack_topic(self.settings.topic_prefix, self.gateway), qos=1
+                    )
+                    self.connected = True
+                    backoff.reset()
+                    ctx.ready()
+                    log.info("uplink connected", extra={"host": link.host, "port": link.port})
+                    await self._session(client)
+            except aiomqtt.MqttError as exc:
+                self.connected = False
+                delay = backoff.next_delay()
+                log.warning(
+                    "cloud link lost", extra={"error": str(exc), "retry_in_s": round(delay, 2)}
+                )
+                await asyncio.sleep(delay)
+            finally:
+                self.connected = False
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        self._inflight.clear()
+        for batch in await self.outbox.open_batches():
+            await self._send(client, batch)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._receive_acks(client), name="uplink-acks")
+            tg.create_task(self._send_loop(client), name="uplink-send")
+            tg.create_task(self._resend_stale(client), name="uplink-resend")
+
+    async def _send(self, client: aiomqtt.Client, batch: Batch) -> None:
+        if not batch.bodies:  # every row was dropped by the overflow policy: nothing to send
+            await self.outbox.ack(batch.batch_id)
+            return
+        self._inflight[batch.batch_id] = _InFlight(batch, time.monotonic())
+        await client.publish(
+            telemetry_topic(self.settings.topic_prefix, self.gateway), self.encode(batch), qos=1
+        )
+        self.metrics.batches_sent.inc()
+
+    async def _send_loop(self, client: aiomqtt.Client) -> None:
+        s = self.settings
+        while True:
+            if len(self._inflight) >= s.window:
+                self._slot.clear()
+                await self._slot.wait()
+                continue
+            batch = await self.outbox.next_batch(s.batch_max)
+            if batch is None:
+                self.outbox.appended.clear()
+                await self.outbox.appended.wait()
+                if s.batch_interval:  # let a batch fill up a little when traffic is light
+                    await asyncio.sleep(s.batch_interval)
+                continue
+            await self._send(client, batch)
+
+    async def _receive_acks(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            try:
+                ack = _ack_decoder.decode(message.payload)
+            except msgspec.DecodeError as exc:
+                log.warning("malformed ack from cloud", extra={"error": str(exc)})
+                continue
+            entry = self._inflight.pop(ack.batch_id, None)
+            n = await self.outbox.ack(ack.batch_id)
+            if n:
+                self.metrics.acked.inc(n)
+            if entry is not None:
+                self.lag_s = max(0.0, time.time() - entry.batch.oldest_ms / 1000)
+            self._slot.set()
+
+    async def _resend_stale(self, client: aiomqtt.Client) -> None:
+        timeout = self.settings.ack_timeout
+        while True:
+            await asyncio.sleep(timeout / 4)
+            now = time.monotonic()
+            for entry in list(self._inflight.values()):
+                if now - entry.sent_at > timeout:
+                    log.info(
+                        "batch not acknowledged in time; sending again",
+                        extra={"batch_id": entry.batch.batch_id},
+                    )
+                    await self._send(client, entry.batch)
