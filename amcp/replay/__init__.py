@@ -1,0 +1,6 @@
+"""Replay defence for aMCP envelopes: counter windows, Bloom generations, an exact store."""
+
+from amcp.replay.bloom import BloomFilter
+from amcp.replay.guard import ReplayGuard, Verdict
+
+__all__ = ["BloomFilter", "ReplayGuard", "Verdict"]

@@ -1,0 +1,156 @@
+"""Every message kind that travels between gateways and cloud, as one tagged union.
+
+Each kind is a ``msgspec.Struct`` with ``tag=`` (encoded as ``"type": <tag>`` in a msgpack
+map), decoded by one :data:`MESSAGE_DECODER` and dispatched with ``match``. Kinds owned by
+later issues (commands, intents, policy bundles, sync frames) are deliberately small: their
+owners extend them by the schema-evolution rules (docs/wire.md):
+
+- new fields get defaults, so older peers can decode newer messages and vice versa;
+- an existing field never changes its type or meaning, and a tag is never reused;
+- a new kind is a new tag added to :data:`Message`; a peer that does not know it refuses it
+  as :class:`~amcp.wire.errors.MalformedPayloadError` (after the signature was checked).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from amcp.wire.telemetry import BatchAck, TelemetryBatch
+
+
+class _Kind(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Base of the kinds defined here (tags are set per subclass)."""
+
+
+class Event(_Kind, frozen=True, tag="event"):
+    """Something that happened (a rule match, a security event); ``name`` is dotted."""
+
+    name: str
+    ts_ms: int
+    attrs: dict[str, Any] = {}
+    severity: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+
+class AlgedonicSignal(_Kind, frozen=True, tag="algedonic"):
+    """Pain or pleasure that bypasses the hierarchy and goes straight to S5 (own topic)."""
+
+    valence: Literal["pain", "pleasure"]
+    intensity: float
+    """0.0 (barely) to 1.0 (as strong as it gets)."""
+    origin: str
+    """The VSM system or unit that felt it, e.g. ``s1/gw-7/pump-3``."""
+    reason: str
+    ts_ms: int
+
+
+class Command(_Kind, frozen=True, tag="command"):
+    """An instruction for a device or capability; S1/S2 own its semantics (extensible)."""
+
+    command_id: str
+    target: str
+    action: str
+    args: dict[str, Any] = {}
+    deadline_ms: int | None = None
+
+
+class Intent(_Kind, frozen=True, tag="intent"):
+    """A user's intent entering S1's dispatcher; answered by IntentUpdates with its id."""
+
+    intent_id: str
+    text: str
+    capability: str | None = None
+    args: dict[str, Any] = {}
+
+
+IntentState = Literal["accepted", "running", "result", "done", "failed"]
+
+
+class IntentUpdate(_Kind, frozen=True, tag="intent.update"):
+    """One step of an intent's lifecycle (accepted → running → streamed results → done/failed)."""
+
+    intent_id: str
+    state: IntentState
+    data: Any = None
+    error: str | None = None
+
+
+class CapabilityAnnouncement(_Kind, frozen=True, tag="capability.announce"):
+    """A node's capabilities, published retained: judged by ``version``, never by nonce."""
+
+    node: str
+    version: int
+    capabilities: list[str] = []
+
+
+class PolicyBundle(_Kind, frozen=True, tag="policy.bundle"):
+    """A versioned, expiring policy for the gateways (the WASM issue defines ``body``)."""
+
+    name: str
+    version: int
+    expires_ms: int
+    body: bytes = b""
+
+
+class Heartbeat(_Kind, frozen=True, tag="heartbeat"):
+    """Liveness for failure detectors (phi-accrual); ``seq`` lets them see gaps."""
+
+    node: str
+    seq: int
+    ts_ms: int
+    uptime_s: float = 0.0
+
+
+class SyncFrame(_Kind, frozen=True, tag="sync.frame"):
+    """An opaque CRDT sync frame; the store/sync issue owns ``data``'s format per ``stream``."""
+
+    stream: str
+    data: bytes
+
+
+Message = (
+    TelemetryBatch
+    | BatchAck
+    | Event
+    | AlgedonicSignal
+    | Command
+    | Intent
+    | IntentUpdate
+    | CapabilityAnnouncement
+    | PolicyBundle
+    | Heartbeat
+    | SyncFrame
+)
+
+MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
+    TelemetryBatch,
+    BatchAck,
+    Event,
+    AlgedonicSignal,
+    Command,
+    Intent,
+    IntentUpdate,
+    CapabilityAnnouncement,
+    PolicyBundle,
+    Heartbeat,
+    SyncFrame,
+)
+
+RETAINED_KINDS = frozenset({"capability.announce"})
+"""Kinds that may arrive as retained MQTT messages (old envelopes): version-gated instead."""
+
+MESSAGE_DECODER: msgspec.msgpack.Decoder[Message] = msgspec.msgpack.Decoder(Message)
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+def kind_of(message: Message | msgspec.Struct) -> str:
+    """The tag of ``message``'s kind (what the envelope header's ``kind`` carries)."""
+    tag = message.__struct_config__.tag
+    if not isinstance(tag, str):
+        raise TypeError(f"{type(message).__name__} is not a tagged message kind")
+    return tag
+
+
+def encode_message(message: Message) -> bytes:
+    return _ENCODER.encode(message)
