@@ -203,10 +203,10 @@ class LeaseTable:
         return list(self._held.get(device, []))
 
     def active(self) -> int:
-        return sum(len(v) for v in self._held.values())
+        return sum(len(v) for v in list(self._held.values()))
 
     def waiting(self) -> int:
-        return sum(len(q) for q in self._queues.values())
+        return sum(len(q) for q in list(self._queues.values()))
 
     def sweep(self) -> None:
         """Expire overdue leases and waiters on every device (and grant whoever is next)."""

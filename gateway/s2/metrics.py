@@ -1,0 +1,163 @@
+"""Prometheus export of S2 state, read from plain integers when scraped.
+
+Counting a decision with ``labels(...).inc()`` costs a lock and a dictionary lookup, more than
+the GCRA decision itself. The S2 parts instead keep plain integer attributes; this collector
+turns them into metric families only when Prometheus scrapes. Scrapes run on the metrics
+server's thread, so everything here reads atomically copied snapshots (``list(dict)``) and
+never iterates a live dictionary in Python code.
+
+Per-key series would be unbounded (thousands of devices), so keys appear only in the
+``s2_rate_top_refused`` gauge, limited to the worst few offenders of the current window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from gateway.s2.admission import RateGate
+from gateway.s2.leases import LeaseTable
+from gateway.s2.stuck import StuckDetector
+from gateway.s2.zombies import ZombieDetector
+
+TOP_KEYS = 5
+
+
+class S2Collector:
+    """Register with ``registry.register(S2Collector(gate=..., leases=..., ...))``."""
+
+    def __init__(
+        self,
+        *,
+        gate: RateGate | None = None,
+        leases: LeaseTable | None = None,
+        zombies: ZombieDetector | None = None,
+        stuck: StuckDetector | None = None,
+    ) -> None:
+        self._gate = gate
+        self._leases = leases
+        self._zombies = zombies
+        self._stuck = stuck
+
+    def describe(self) -> Iterable[Metric]:
+        """Names only (no samples), so the registry can detect clashes at registration."""
+        return [Metric(m.name, m.documentation, m.type) for m in self._families(describe_only=True)]
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(describe_only=False)
+
+    def _families(self, *, describe_only: bool) -> list[Metric]:
+        out: list[Metric] = []
+        if self._gate is not None:
+            out.extend(self._rate(self._gate, describe_only=describe_only))
+        if self._leases is not None:
+            out.extend(self._lease(self._leases, describe_only=describe_only))
+        if self._zombies is not None:
+            out.extend(self._zombie(self._zombies, describe_only=describe_only))
+        if self._stuck is not None:
+            out.extend(self._sensor(self._stuck, describe_only=describe_only))
+        return out
+
+    @staticmethod
+    def _rate(gate: RateGate, *, describe_only: bool) -> list[Metric]:
+        decisions = CounterMetricFamily(
+            "s2_rate_decisions",
+            "Rate-limit decisions by scope and result.",
+            labels=["scope", "result"],
+        )
+        limit = GaugeMetricFamily(
+            "s2_rate_limit_per_second",
+            "Effective default rate per key (after load factor and fair share).",
+            labels=["scope"],
+        )
+        limited = GaugeMetricFamily(
+            "s2_rate_limited_keys",
+            "Keys refused at least once in the current window.",
+            labels=["scope"],
+        )
+        top = GaugeMetricFamily(
+            "s2_rate_top_refused",
+            f"Refusals this window of the {TOP_KEYS} most refused keys per scope.",
+            labels=["scope", "key"],
+        )
+        factor = GaugeMetricFamily(
+            "s2_rate_load_factor", "AIMD factor applied to every limit (1 = untightened)."
+        )
+        fair = GaugeMetricFamily(
+            "s2_fair_share_cap_per_second",
+            "Per-device cap from max-min fair sharing of the budget (0 when not engaged).",
+        )
+        signals = GaugeMetricFamily(
+            "s2_load_signal", "Latest value of each load signal.", labels=["signal"]
+        )
+        families: list[Metric] = [decisions, limit, limited, top, factor, fair, signals]
+        if describe_only:
+            return families
+        for scope, limiter in gate.limiters.items():
+            decisions.add_metric([scope.value, "allowed"], limiter.allowed)
+            decisions.add_metric([scope.value, "refused"], limiter.denied)
+            limit.add_metric([scope.value], limiter.effective_rate())
+            limited.add_metric([scope.value], limiter.limited_keys())
+            for key, count in limiter.top_denied(TOP_KEYS):
+                top.add_metric([scope.value, key], count)
+        decisions.add_metric(["total", "allowed"], gate.budget.allowed)
+        decisions.add_metric(["total", "refused"], gate.budget.denied)
+        limit.add_metric(["total"], gate.budget.rate)
+        factor.add_metric([], gate.adaptive.factor)
+        fair.add_metric([], gate.fair.cap or 0.0)
+        for name, value in gate.adaptive.values().items():
+            signals.add_metric([name], value)
+        return families
+
+    @staticmethod
+    def _lease(leases: LeaseTable, *, describe_only: bool) -> list[Metric]:
+        active = GaugeMetricFamily("s2_leases_active", "Actuator leases held now.")
+        waiting = GaugeMetricFamily("s2_leases_waiting", "Commands queued behind a lease.")
+        granted = CounterMetricFamily("s2_lease_grants", "Leases granted.")
+        expired = CounterMetricFamily("s2_lease_expiries", "Leases that expired unreleased.")
+        refused = CounterMetricFamily(
+            "s2_lease_refusals", "Lease requests refused, by reason.", labels=["reason"]
+        )
+        families: list[Metric] = [active, waiting, granted, expired, refused]
+        if describe_only:
+            return families
+        active.add_metric([], leases.active())
+        waiting.add_metric([], leases.waiting())
+        granted.add_metric([], leases.granted)
+        expired.add_metric([], leases.expired)
+        for reason, count in list(leases.refused.items()):
+            refused.add_metric([reason.value], count)
+        return families
+
+    @staticmethod
+    def _zombie(zombies: ZombieDetector, *, describe_only: bool) -> list[Metric]:
+        current = GaugeMetricFamily(
+            "s2_zombies", "Units currently declared zombies.", labels=["kind"]
+        )
+        declared = CounterMetricFamily("s2_zombies_declared", "Zombie declarations.")
+        tracked = GaugeMetricFamily("s2_units_tracked", "Units with a heartbeat history.")
+        phi = GaugeMetricFamily("s2_phi_max", "Highest phi-accrual suspicion of any unit.")
+        families: list[Metric] = [current, declared, tracked, phi]
+        if describe_only:
+            return families
+        for kind, count in zombies.counts().items():
+            current.add_metric([kind], count)
+        declared.add_metric([], zombies.declared)
+        tracked.add_metric([], len(zombies.phi))
+        phi.add_metric([], zombies.phi.max_phi())
+        return families
+
+    @staticmethod
+    def _sensor(stuck: StuckDetector, *, describe_only: bool) -> list[Metric]:
+        frozen = GaugeMetricFamily("s2_sensors_stuck", "Metrics currently flagged as stuck.")
+        inconsistent = GaugeMetricFamily(
+            "s2_metrics_inconsistent", "Device relations currently flagged as inconsistent."
+        )
+        families: list[Metric] = [frozen, inconsistent]
+        if describe_only:
+            return families
+        frozen.add_metric([], stuck.stuck_count)
+        inconsistent.add_metric([], len(stuck.inconsistent()))
+        return families
