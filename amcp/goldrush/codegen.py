@@ -1,0 +1,333 @@
+"""Compilation of reduced queries to Python functions (goldrush's ``glc_code``, in Python).
+
+A pattern becomes one ``if`` over an ``and`` chain of its conjuncts, inside ``try``:
+
+    def p0(e, M=M, ...):
+        try:
+            if (v0 := e.get('device', M)) == 'd-17' and (v1 := e.get('temp', M)) > 90:
+                return True
+        except TypeError:
+            pass
+        return False
+
+- Each field is read once, at its first use, through an assignment expression; later
+  conjuncts reuse the variable, and a conjunct that fails stops the reading (short-circuit).
+  Fields shared by several patterns of a group (:func:`compile_group`) are read once for all.
+- A conjunct of the top-level chain may compare raw: ``"a" > 90`` raises ``TypeError``,
+  which means "no match" for the whole pattern, exactly as the semantics say. Inside ``any``
+  or ``not`` a test must not raise, so it is emitted in a guarded form instead.
+- Constants are specialised at compile time: ``x > 90`` needs no bool guard (neither
+  ``True`` nor ``False`` exceeds 90), ``x > 0`` does; ``x == 'a'`` needs no type check.
+- Names the code needs (sentinels, regexes, helpers) are module globals of the generated
+  code; CPython 3.11 specialises those loads, so they cost about what a local does.
+
+All functions of one build are emitted into one source text and compiled with a single
+``compile()`` call, which keeps rebuilding 1000 patterns cheap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from amcp.goldrush import semantics as sem
+from amcp.goldrush.interpret import compile_regex
+from amcp.goldrush.query import (
+    All,
+    Cond,
+    Contains,
+    Eq,
+    Exists,
+    FieldCmp,
+    Gt,
+    Gte,
+    In,
+    Lt,
+    Lte,
+    Missing,
+    Neq,
+    Not,
+    NotIn,
+    Null,
+    Path,
+    Prefix,
+    Regex,
+    Scalar,
+)
+from amcp.goldrush.query import Any as AnyOf
+
+Matcher = Callable[[Mapping[str, Any]], bool]
+GroupFn = Callable[[Mapping[str, Any], list[str]], None]
+
+_ORD_OPS = {Gt: ">", Gte: ">=", Lt: "<", Lte: "<="}
+_NUM = frozenset({int, float})
+
+
+def _eq_in(v: object, values: tuple[Scalar, ...]) -> bool:
+    return any(sem.equal(v, x) for x in values)
+
+
+_NEVER = object()
+_BASE_NS: dict[str, object] = {
+    "NEVER": _NEVER,
+    "M": sem.MISSING,
+    "G": sem.get_key,
+    "NUM": _NUM,
+    "EQ": sem.equal,
+    "CMP": sem.compare,
+    "IN": _eq_in,
+    "CONTAINS": sem.contains,
+}
+
+
+class Program:
+    """Accumulates generated functions and the constants they need, then compiles them."""
+
+    def __init__(self) -> None:
+        self._ns: dict[str, object]
+        self._chunks: list[str] = []
+        self._ns: dict[str, object] = dict(_BASE_NS)
+        self._const_ids: dict[int, str] = {}
+        self._count = 0
+
+    def const(self, value: object) -> str:
+        """A name bound to ``value`` in the generated code's namespace."""
+        name = self._const_ids.get(id(value))
+        if name is None:
+            name = f"K{len(self._ns)}"
+            self._ns[name] = value
+            self._const_ids[id(value)] = name
+        return name
+
+    def new_name(self, prefix: str) -> str:
+        self._count += 1
+        return f"{prefix}{self._count}"
+
+    def add(self, source: str) -> None:
+        self._chunks.append(source)
+
+    def build(self) -> dict[str, object]:
+        """Compile everything added so far; returns the namespace holding the functions."""
+        code = compile("\n".join(self._chunks), "<goldrush>", "exec")
+        exec(code, self._ns)  # noqa: S102 - source generated here from a validated AST
+        return self._ns
+
+
+def _lit(program: Program, value: object) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return program.const(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return repr(value)
+    return program.const(value)
+
+
+class _Scope:
+    """Field variables already bound at the current point of the generated code."""
+
+    def __init__(self, program: Program, bound: dict[Path, str] | None = None) -> None:
+        self.program = program
+        self.bound: dict[Path, str] = dict(bound or {})
+
+    def read(self, path: Path) -> str:
+        """An expression giving the field's value, binding it at first use."""
+        var = self.bound.get(path)
+        if var is not None:
+            return var
+        if len(path) == 1:
+            source = f"e.get({path[0]!r}, M)"
+        else:
+            first = self.read(path[:-1])  # binds the parent in the condition, evaluated first
+            parent = self.bound[path[:-1]]
+            k = repr(path[-1])
+            source = f"({parent}.get({k}, M) if {first}.__class__ is dict else G({parent}, {k}))"
+        var = self.program.new_name("v")
+        self.bound[path] = var
+        return f"({var} := {source})"
+
+    def var(self, path: Path) -> str:
+        return self.bound[path]
+
+
+def _paths(node: Cond) -> list[Path]:
+    """Every field a node reads, parents before children."""
+    match node:
+        case All(conds=conds) | AnyOf(conds=conds):
+            return [p for c in conds for p in _paths(c)]
+        case Not(cond=c):
+            return _paths(c)
+        case Null():
+            return []
+        case FieldCmp(left=left, right=right):
+            return [left, right]
+    return [node.path]  # type: ignore[union-attr]
+
+
+def _bool_can_pass(op: str, value: Scalar) -> bool:
+    """Whether True or False would satisfy ``x op value`` under Python's raw comparison."""
+    if not sem.is_number(value):
+        return False
+    checks = {">": lambda b: b > value, ">=": lambda b: b >= value}
+    checks |= {"<": lambda b: b < value, "<=": lambda b: b <= value, "==": lambda b: b == value}
+    return bool(checks[op](True) or checks[op](False))  # noqa: FBT003
+
+
+def _eq_expr(x: str, v: str, value: Scalar, program: Program) -> str:
+    """``x`` is the first mention (may bind), ``v`` the variable afterwards."""
+    if value is None or isinstance(value, bool):
+        return f"{x} is {value!r}"
+    if isinstance(value, float) and math.isnan(value):
+        return f"({x} is M and False)"
+    if isinstance(value, str):
+        return f"{x} == {value!r}"
+    guard = f" and {v}.__class__ is not bool" if _bool_can_pass("==", value) else ""
+    return f"({x} == {_lit(program, value)}{guard})"
+
+
+def _ord_expr(op: str, x: str, v: str, value: Scalar, program: Program, raw: bool) -> str:
+    if value is None or isinstance(value, bool):
+        return f"({x} is M and False)"
+    if isinstance(value, float) and math.isnan(value):
+        return f"({x} is M and False)"
+    lit = _lit(program, value)
+    if isinstance(value, str):
+        if raw:
+            return f"{x} {op} {lit}"
+        return f"({x}.__class__ is str and {v} {op} {lit})"
+    guard = f" and {v}.__class__ is not bool" if _bool_can_pass(op, value) else ""
+    if raw:
+        return f"({x} {op} {lit}{guard})"
+    return f"({x}.__class__ in NUM and {v} {op} {lit}{guard})"
+
+
+def _leaf(node: Cond, scope: _Scope, raw: bool) -> str:  # noqa: C901, PLR0911
+    program = scope.program
+    match node:
+        case Null(value=value):
+            return repr(value)
+        case FieldCmp(cmp=op, left=left, right=right):
+            a, b = scope.read(left), scope.read(right)
+            return f"CMP({op!r}, {a}, {b})"
+        case Not(cond=c):
+            return f"not {_expr(c, scope, raw=False)}"
+        case All(conds=conds):
+            return "(" + " and ".join(_expr(c, scope, raw=False) for c in conds) + ")"
+        case AnyOf(conds=conds):
+            return "(" + " or ".join(_expr(c, scope, raw=False) for c in conds) + ")"
+    path: Path = node.path  # type: ignore[union-attr]
+    x = scope.read(path)
+    v = scope.var(path)
+    match node:
+        case Eq(value=value):
+            return _eq_expr(x, v, value, program)
+        case Neq(value=value):
+            return f"({x} is not M and not {_eq_expr(v, v, value, program)})"
+        case Gt(value=value) | Gte(value=value) | Lt(value=value) | Lte(value=value):
+            return _ord_expr(_ORD_OPS[type(node)], x, v, value, program, raw)
+        case Exists():
+            return f"{x} is not M"
+        case Missing():
+            return f"{x} is M"
+        case In(values=values):
+            return f"IN({x}, {program.const(values)})"
+        case NotIn(values=values):
+            return f"({x} is not M and not IN({v}, {program.const(values)}))"
+        case Contains(value=value):
+            return f"CONTAINS({x}, {_lit(program, value)})"
+        case Prefix(value=value):
+            return f"({x}.__class__ is str and {v}.startswith({value!r}))"
+        case Regex(pattern=pattern):
+            rx = program.const(compile_regex(pattern))
+            return f"({x}.__class__ is str and {rx}.search({v}) is not None)"
+    raise AssertionError(node)
+
+
+def _expr(node: Cond, scope: _Scope, raw: bool) -> str:
+    """A guarded expression; compound nodes pre-bind their fields so `or` never skips one."""
+    if isinstance(node, All | AnyOf | Not):
+        pre = [scope.read(p) for p in _paths(node) if p not in scope.bound]
+        body = _leaf(node, scope, raw)
+        if pre:
+            binds = " and ".join(f"{b} is not NEVER" for b in pre)
+            return f"({binds} and {body})"
+        return body
+    return _leaf(node, scope, raw)
+
+
+def chain(conds: Sequence[Cond], scope: _Scope) -> str:
+    """The ``and`` chain of a pattern's conjuncts; raw comparisons allowed at this level."""
+    if not conds:
+        return "True"
+    return " and ".join(_expr(c, scope, raw=True) for c in conds)
+
+
+def conjuncts(cond: Cond) -> list[Cond]:
+    if isinstance(cond, All):
+        return list(cond.conds)
+    if isinstance(cond, Null) and cond.value:
+        return []
+    return [cond]
+
+
+def compile_matcher(program: Program, cond: Cond) -> str:
+    """Add a ``f(event) -> bool`` for ``cond``; returns its name in the built namespace."""
+    name = program.new_name("match")
+    scope = _Scope(program)
+    test = chain(conjuncts(cond), scope)
+    program.add(
+        f"def {name}(e):\n"
+        f"    try:\n"
+        f"        if {test}:\n"
+        f"            return True\n"
+        f"    except TypeError:\n"
+        f"        pass\n"
+        f"    return False\n"
+    )
+    return name
+
+
+def compile_group(program: Program, members: Sequence[tuple[str, Cond]]) -> str:
+    """Add a ``g(event, out)`` that appends the id of every member that matches.
+
+    Fields used by two or more members are read once at the top (goldrush ``union``:
+    conditions shared by queries are evaluated once).
+    """
+    name = program.new_name("group")
+    uses: dict[Path, int] = {}
+    for _, cond in members:
+        for p in dict.fromkeys(_paths(cond)):
+            uses[p] = uses.get(p, 0) + 1
+    top = _Scope(program)
+    lines = [f"def {name}(e, out):"]
+    for p, n in uses.items():
+        if n > 1:
+            for i in range(1, len(p) + 1):
+                if p[:i] not in top.bound:
+                    lines.append("    " + top.read(p[:i])[1:-1].replace(" := ", " = ", 1))
+    for pid, cond in members:
+        scope = _Scope(program, top.bound)
+        test = chain(conjuncts(cond), scope)
+        lines += [
+            "    try:",
+            f"        if {test}:",
+            f"            out.append({pid!r})",
+            "    except TypeError:",
+            "        pass",
+        ]
+    if len(lines) == 1:
+        lines.append("    pass")
+    program.add("\n".join(lines) + "\n")
+    return name
+
+
+def finish(program: Program) -> dict[str, object]:
+    """Compile the program; the namespace returned holds every function added."""
+    return program.build()
+
+
+def compile_query(cond: Cond) -> Matcher:
+    """One compiled matcher for one (already reduced) condition."""
+    program = Program()
+    name = compile_matcher(program, cond)
+    fn: Matcher = finish(program)[name]  # type: ignore[assignment]
+    return fn
