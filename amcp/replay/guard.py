@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Self
+from typing import Protocol, Self
 
 from amcp.replay.bloom import BloomFilter
 
@@ -43,6 +43,12 @@ CREATE TABLE IF NOT EXISTS versions (
     scope TEXT PRIMARY KEY, version INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+class WallClock(Protocol):
+    """Anything with ``time()`` in Unix seconds (``amcp.runtime.clock`` clocks qualify)."""
+
+    def time(self) -> float: ...
 
 
 class Verdict(enum.Enum):
@@ -64,6 +70,7 @@ class ReplayGuard:
         expected_nonces: int = 100_000,
         bloom_bits: int | None = None,
         flush_every: int = 1024,
+        clock: WallClock | None = None,
     ) -> None:
         """``path=None`` keeps state in memory (tests, benchmarks); ``bloom_bits`` overrides
         the per-generation filter size computed from ``expected_nonces`` per window."""
@@ -73,6 +80,7 @@ class ReplayGuard:
         self._counter_mask = (1 << counter_window) - 1
         self._bloom_bits = bloom_bits or expected_nonces * 16
         self._flush_every = flush_every
+        self._clock: WallClock = clock or time
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             ":memory:" if path is None else str(path), check_same_thread=False
@@ -102,7 +110,7 @@ class ReplayGuard:
             self._set_meta("salt", salt)
         self._salt = salt
         if self._meta("clean") == b"0":
-            self.floor_ms = time.time_ns() // 1_000_000
+            self.floor_ms = int(self._clock.time() * 1000) + 1  # refuse up to restart
         self._set_meta("clean", b"0")
         self._db.commit()
         for sender, epoch, top, bitmap, last_ts in self._db.execute("SELECT * FROM counters"):

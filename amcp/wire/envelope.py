@@ -91,7 +91,7 @@ def decode_frame(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> tuple[Frame, 
         raise OversizedEnvelopeError("frame", len(data), max_bytes)
     try:
         frame = _FRAME_DECODER.decode(data)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
         raise MalformedEnvelopeError(f"not an aMCP frame: {exc}") from None
     if frame.version != WIRE_VERSION:
         raise UnsupportedVersionError(frame.version)
@@ -99,6 +99,6 @@ def decode_frame(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> tuple[Frame, 
         raise OversizedEnvelopeError("header", len(frame.header), MAX_HEADER_BYTES)
     try:
         header = _HEADER_DECODER.decode(frame.header)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
         raise MalformedEnvelopeError(f"bad envelope header: {exc}") from None
     return frame, header

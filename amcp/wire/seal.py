@@ -16,13 +16,12 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Protocol
 
 import msgspec
 
 from amcp.crypto.keyring import Keyring
 from amcp.crypto.keys import Signer
-from amcp.replay.guard import ReplayGuard, Verdict
+from amcp.replay.guard import ReplayGuard, Verdict, WallClock
 from amcp.wire.context import Context, new_traceparent
 from amcp.wire.envelope import (
     MAX_FRAME_BYTES,
@@ -48,17 +47,6 @@ from amcp.wire.errors import (
 from amcp.wire.messages import MESSAGE_DECODER, RETAINED_KINDS, Message, encode_message, kind_of
 
 DEFAULT_WINDOW_S = 90.0
-
-
-class WallClock(Protocol):
-    """Anything with ``time()`` in Unix seconds (``amcp.runtime.clock`` clocks qualify)."""
-
-    def time(self) -> float: ...
-
-
-class _SystemTime:
-    def time(self) -> float:
-        return time.time()
 
 
 class Verified(msgspec.Struct, frozen=True):
@@ -90,7 +78,7 @@ class Sealer:
     def __init__(self, signer: Signer, *, zone: str = "", clock: WallClock | None = None) -> None:
         self._signer = signer
         self._zone = zone
-        self._clock = clock or _SystemTime()
+        self._clock = clock or time
         self.epoch = int.from_bytes(os.urandom(8), "big") >> 1
         self._counter = itertools.count(1)
 
@@ -142,7 +130,7 @@ class Opener:
     ) -> None:
         self.keyring = keyring
         self.replay_guard = replay_guard
-        self._clock = clock or _SystemTime()
+        self._clock = clock or time
         self._window_ms = int(window_s * 1000)
         self._max_bytes = max_bytes
 
@@ -204,7 +192,7 @@ def decode_payload(header: Header, payload: bytes) -> Message:
     """The message inside an envelope; its kind must match the (signed) header's kind."""
     try:
         message = MESSAGE_DECODER.decode(payload)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, ValueError, RecursionError) as exc:
         raise MalformedPayloadError(f"{header.kind} payload: {exc}") from None
     if kind_of(message) != header.kind:
         raise MalformedPayloadError(f"header says {header.kind!r}, payload is {kind_of(message)!r}")
