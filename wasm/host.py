@@ -1,0 +1,327 @@
+"""Running policy agents under wasmtime: sandboxed, bounded, and cheap per reading.
+
+One :class:`PolicyAgent` owns one store with one instance of one module. The store has a
+fuel budget per call (``fuel_per_call + fuel_per_row * rows``) so a runaway agent is stopped
+within that many wasm instructions; a memory limit, and room for exactly one instance,
+memory and table. An agent that traps is re-instantiated from its compiled module before
+the error reaches the caller, so the next call is served (its rate windows start over).
+
+Readings are written row by row into the agent's memory with one ``struct.pack_into`` per
+batch; decisions come back as u16 codes mapped through a table of shared
+:class:`Decision` objects, so only transforms allocate.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain, repeat
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from amcp.wire.telemetry import Reading
+from wasm import abi
+from wasm._fastcall import FastCall
+from wasm.ast import StrTest
+from wasm.compiler import CompiledPolicy, compile_policy, compile_policy_file
+from wasm.decision import Decision, make_decision
+from wasm.errors import AbiError, AgentFault, MalformedModuleError, ResourceLimitError
+from wasm.reference import str_test
+from wasm.values import NAN, as_number, clamp_i64
+
+_TS = attrgetter("ts_ms")
+_RECV = attrgetter("received_ms")
+_DEV = attrgetter("device")
+_VALUES = attrgetter("values")
+_GET = dict.get
+_ENGINE: wasmtime.Engine | None = None
+_ENGINE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class AgentLimits:
+    """What one agent may use. A runaway call stops after at most
+    ``fuel_per_call + fuel_per_row * rows`` fuel units (about one per wasm instruction)."""
+
+    memory_bytes: int = 16 << 20
+    fuel_per_call: int = 100_000
+    fuel_per_row: int = 20_000
+    table_elements: int = 10_000
+
+
+def engine() -> wasmtime.Engine:
+    """The process-wide engine: fuel metering on, a small wasm stack (agents need little)."""
+    global _ENGINE  # noqa: PLW0603 - one engine per process, made on first use
+    with _ENGINE_LOCK:
+        if _ENGINE is None:
+            config = wasmtime.Config()
+            config.consume_fuel = True
+            config.max_wasm_stack = 512 << 10
+            _ENGINE = wasmtime.Engine(config)
+        return _ENGINE
+
+
+def load_module(binary: bytes) -> wasmtime.Module:
+    """Compile wasm bytes, refusing anything that is not a module with no imports."""
+    try:
+        module = wasmtime.Module(engine(), binary)
+    except wasmtime.WasmtimeError as exc:
+        raise MalformedModuleError(f"not a valid wasm module: {exc}") from exc
+    if module.imports:
+        names = [f"{i.module}.{i.name}" for i in module.imports]
+        raise AbiError(f"a policy agent imports nothing; this one imports {names}")
+    exports = {e.name: e.type for e in module.exports}
+    want = {abi.MEMORY: wasmtime.MemoryType, abi.EVALUATE: wasmtime.FuncType,
+            abi.MANIFEST_PTR: wasmtime.GlobalType, abi.MANIFEST_LEN: wasmtime.GlobalType}  # fmt: skip
+    for name, kind in want.items():
+        if not isinstance(exports.get(name), kind):
+            raise AbiError(f"a policy agent exports {kind.__name__} {name!r}; this one does not")
+    i32 = wasmtime.ValType.i32()
+    func_type = exports[abi.EVALUATE]
+    assert isinstance(func_type, wasmtime.FuncType)
+    if func_type.params != [i32] or func_type.results != [i32]:
+        raise AbiError(f"{abi.EVALUATE} must be (i32) -> i32, not {func_type.params} -> {func_type.results}")
+    return module
+
+
+class PolicyAgent:
+    """A loaded policy agent. Not re-entrant: a lock serialises calls from several threads."""
+
+    def __init__(
+        self,
+        module: wasmtime.Module,
+        *,
+        zones: Mapping[str, str] | Callable[[str], str] | None = None,
+        limits: AgentLimits | None = None,
+    ) -> None:
+        self.module = module
+        self.limits = limits or AgentLimits()
+        self._lock = threading.Lock()
+        self._zone_of = _zone_fn(zones)
+        self._instantiate()
+
+    @classmethod
+    def load(
+        cls,
+        source: str | bytes | Path | CompiledPolicy,
+        *,
+        zones: Mapping[str, str] | Callable[[str], str] | None = None,
+        limits: AgentLimits | None = None,
+    ) -> PolicyAgent:
+        """Load from policy source text, a ``.policy``/``.wasm`` path, wasm bytes or a compiled
+        policy. A ``str`` naming an existing file is read as a path. Blocking (compiles)."""
+        if isinstance(source, str) and "\n" not in source and Path(source).is_file():
+            source = Path(source)
+        if isinstance(source, Path):
+            binary = (
+                source.read_bytes()
+                if source.suffix == ".wasm"
+                else compile_policy_file(source).wasm
+            )
+        elif isinstance(source, CompiledPolicy):
+            binary = source.wasm
+        elif isinstance(source, bytes):
+            binary = source
+        else:
+            binary = compile_policy(source).wasm
+        return cls(load_module(binary), zones=zones, limits=limits)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _instantiate(self) -> None:
+        lim = self.limits
+        store = wasmtime.Store(engine())
+        store.set_limits(memory_size=lim.memory_bytes, table_elements=lim.table_elements,
+                         instances=1, tables=1, memories=1)  # fmt: skip
+        store.set_fuel(lim.fuel_per_call)  # bounds a start function too
+        try:
+            instance = wasmtime.Instance(store, self.module, [])
+        except wasmtime.Trap as exc:
+            raise AgentFault(f"agent trapped while starting: {exc.message}") from exc
+        except wasmtime.WasmtimeError as exc:
+            raise ResourceLimitError(f"agent could not be instantiated within limits: {exc}") from exc
+        exports = instance.exports(store)
+        memory = exports[abi.MEMORY]
+        assert isinstance(memory, wasmtime.Memory)
+        mem_type = memory.type(store)
+        self._growable = mem_type.limits.max != mem_type.limits.min
+        ptr, length = exports[abi.MANIFEST_PTR], exports[abi.MANIFEST_LEN]
+        assert isinstance(ptr, wasmtime.Global) and isinstance(length, wasmtime.Global)
+        start, size = ptr.value(store), length.value(store)
+        if not (isinstance(start, int) and isinstance(size, int)):
+            raise AbiError("manifest globals must be i32")
+        if not (0 <= start and 0 < size <= abi.MAX_MANIFEST_BYTES and start + size <= memory.data_len(store)):
+            raise AbiError(f"manifest [{start}, {start + size}) is outside the agent's memory")
+        manifest = abi.decode_manifest(bytes(memory.read(store, start, start + size)))
+        manifest.check(memory.data_len(store))
+        evaluate = exports[abi.EVALUATE]
+        assert isinstance(evaluate, wasmtime.Func)
+        self._store, self._memory, self.manifest = store, memory, manifest
+        self._call = FastCall(store, evaluate)
+        self._map_memory()
+        self._prepare(manifest)
+
+    def _map_memory(self) -> None:
+        store, memory = self._store, self._memory
+        self._base = ctypes.addressof(memory.data_ptr(store).contents)
+        buf = (ctypes.c_ubyte * memory.data_len(store)).from_address(self._base)
+        self._mem = memoryview(buf).cast("B")
+        m = self.manifest
+        self._codes = self._mem[m.output_offset : m.output_offset + 2 * m.batch_capacity].cast("H")
+
+    def _prepare(self, m: abi.Manifest) -> None:
+        self._chunk = min(m.batch_capacity, m.device_capacity)
+        self._columns = [(c.kind, c.name) for c in m.columns]
+        self._rowfmt = "".join("d" if k == "field" else "q" for k, _ in self._columns)
+        self._packers: dict[int, struct.Struct] = {}
+        self._preds = [StrTest(p.subject, p.op, tuple(p.values)) for p in m.predicates]
+        self._slots: dict[str, int] = {}
+        self._table: dict[int, Decision] = {
+            abi.decision_code(m.default_action, 0): make_decision(m.default_action, 0, None, m.default_reason, None)
+        }
+        for rule_id, rule in enumerate(m.rules, start=1):
+            self._table[abi.decision_code(rule.action, rule_id)] = make_decision(
+                rule.action, rule_id, rule.name, rule.reason, None
+            )
+        self._tx_row = struct.Struct(f"<{len(m.targets)}d")
+
+    def set_zones(self, zones: Mapping[str, str] | Callable[[str], str] | None) -> None:
+        """Replace the device → zone lookup; device tests are recomputed on next sight."""
+        with self._lock:
+            self._zone_of = _zone_fn(zones)
+            self._forget_devices()
+
+    def _forget_devices(self) -> None:
+        m = self.manifest
+        ctypes.memset(self._base + m.device_table_offset, 0, m.device_capacity * 8)
+        ctypes.memset(self._base + m.rate_offset, 0, m.device_capacity * 16 * len(m.rate_windows))
+        self._slots.clear()
+
+    def _intern(self, devices: Sequence[str]) -> None:
+        new = [d for d in dict.fromkeys(devices) if d not in self._slots]
+        if len(self._slots) + len(new) > self.manifest.device_capacity:
+            self._forget_devices()
+            new = list(dict.fromkeys(devices))
+        table = self.manifest.device_table_offset
+        for device in new:
+            slot = self._slots[device] = len(self._slots)
+            zone = self._zone_of(device)
+            bits = sum(1 << i for i, p in enumerate(self._preds) if str_test(p, device, zone))
+            struct.pack_into("<Q", self._mem, table + 8 * slot, bits)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, reading: Reading) -> Decision:
+        """Decide one reading."""
+        return self.evaluate_batch((reading,))[0]
+
+    def evaluate_batch(self, readings: Sequence[Reading]) -> list[Decision]:
+        """Decide every reading, in order. On :class:`AgentFault` no decision is returned for
+        this call and the agent has been reset."""
+        step = self._chunk
+        with self._lock:
+            if len(readings) <= step:
+                return self._run(readings)
+            out: list[Decision] = []
+            for start in range(0, len(readings), step):
+                out += self._run(readings[start : start + step])
+            return out
+
+    def _encode(self, chunk: Sequence[Reading], n: int) -> list[list[Any]]:
+        cols: list[list[Any]] = []
+        values: list[dict[str, Any]] | None = None
+        for kind, name in self._columns:
+            if kind == "field":
+                if values is None:
+                    values = list(map(_VALUES, chunk))
+                cols.append(list(map(_GET, values, repeat(name, n), repeat(NAN, n))))
+            elif kind == "ts":
+                cols.append(list(map(_TS, chunk)))
+            elif kind == "recv":
+                cols.append(list(map(_RECV, chunk)))
+            else:
+                devices = list(map(_DEV, chunk))
+                try:
+                    cols.append(list(map(self._slots.__getitem__, devices)))
+                except KeyError:
+                    self._intern(devices)
+                    cols.append(list(map(self._slots.__getitem__, devices)))
+        return cols
+
+    def _run(self, chunk: Sequence[Reading]) -> list[Decision]:
+        n = len(chunk)
+        if n == 0:
+            return []
+        if self._columns:
+            cols = self._encode(chunk, n)
+            packer = self._packers.get(n)
+            if packer is None:
+                packer = struct.Struct("<" + self._rowfmt * n)
+                if len(self._packers) < 64:
+                    self._packers[n] = packer
+            offset = self.manifest.input_offset
+            try:
+                packer.pack_into(self._mem, offset, *(cols[0] if len(cols) == 1 else chain.from_iterable(zip(*cols))))
+            except struct.error:
+                cols = self._sanitize(cols)
+                packer.pack_into(self._mem, offset, *chain.from_iterable(zip(*cols)))
+        try:
+            transforms = self._call(n, self.limits.fuel_per_call + self.limits.fuel_per_row * n)
+        except AgentFault:
+            self._reset()
+            raise
+        if self._growable:
+            self._map_memory()
+        try:
+            decisions = list(map(self._table.__getitem__, self._codes[:n]))
+        except KeyError as exc:
+            raise AgentFault(f"agent returned decision code {exc.args[0]}, which it never declared") from exc
+        if transforms:
+            self._apply_transforms(chunk, decisions, transforms)
+        elif transforms < 0:
+            raise AgentFault(f"agent refused a batch of {n} rows (returned {transforms})")
+        return decisions
+
+    def _sanitize(self, cols: list[list[Any]]) -> list[list[Any]]:
+        fixed = []
+        for (kind, _), col in zip(self._columns, cols, strict=True):
+            fixed.append([as_number(v) for v in col] if kind == "field" else
+                         [clamp_i64(v) for v in col] if kind in ("ts", "recv") else col)  # fmt: skip
+        return fixed
+
+    def _apply_transforms(self, chunk: Sequence[Reading], decisions: list[Decision], count: int) -> None:
+        m = self.manifest
+        stride = self._tx_row.size
+        rows = [i for i, d in enumerate(decisions) if d.action == "transform"]
+        if len(rows) != count:
+            raise AgentFault(f"agent reported {count} transforms but coded {len(rows)}")
+        for i in rows:
+            shared = decisions[i]
+            out = self._tx_row.unpack_from(self._mem, m.transform_offset + i * stride)
+            values = dict(chunk[i].values)
+            for t in m.rules[shared.rule_id - 1].targets:
+                values[m.targets[t]] = out[t]
+            decisions[i] = make_decision("transform", shared.rule_id, shared.rule, shared.reason, values)
+
+    def _reset(self) -> None:
+        """Throw the faulted instance away and start a fresh one from the same module."""
+        self._mem.release()
+        self._codes.release()
+        self._instantiate()
+
+    def raw_call(self, n: int = 0) -> int:
+        """One bare call of ``evaluate(n)`` (no encoding, no fuel reset): for benchmarks."""
+        return self._call.raw(n)
+
+
+def _zone_fn(zones: Mapping[str, str] | Callable[[str], str] | None) -> Callable[[str], str]:
+    if zones is None:
+        return lambda _device: ""
+    if callable(zones):
+        return zones
+    table = dict(zones)
+    return lambda device: table.get(device, "")
