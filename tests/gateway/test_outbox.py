@@ -1,0 +1,136 @@
+"""The outbox: durable append, batches with stable ids, acks, overflow policies, expiry."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from amcp.wire.telemetry import Reading
+from gateway.config import OutboxSettings, Overflow
+from gateway.outbox import Outbox, OutboxError
+
+
+def _readings(n: int, start: int = 1, device: str = "d") -> list[Reading]:
+    return [Reading(device, "b", s, 1000 + s, {"v": s}) for s in range(start, start + n)]
+
+
+def _seqs(bodies: list[bytes]) -> list[int]:
+    return [msgspec.msgpack.decode(b, type=Reading).seq for b in bodies]
+
+
+async def _outbox(path: Path, **kw: object) -> Outbox:
+    drops: list[tuple[str, int]] = []
+    ob = Outbox(path, OutboxSettings(**kw), on_drop=lambda r, n: drops.append((r, n)))  # type: ignore[arg-type]
+    ob.drops_seen = drops  # type: ignore[attr-defined]
+    await ob.open()
+    return ob
+
+
+async def test_batches_keep_their_ids_across_a_restart_until_acknowledged(tmp_path: Path) -> None:
+    ob = await _outbox(tmp_path / "o.db")
+    await ob.append(_readings(25))
+    b1 = await ob.next_batch(10)
+    b2 = await ob.next_batch(10)
+    assert b1 is not None
+    assert b2 is not None
+    assert _seqs(b1.bodies) == list(range(1, 11))
+    assert _seqs(b2.bodies) == list(range(11, 21))
+    assert await ob.ack(b1.batch_id) == 10
+    await ob.close()
+
+    ob = await _outbox(tmp_path / "o.db")
+    reopened = await ob.open_batches()
+    assert [b.batch_id for b in reopened] == [b2.batch_id]
+    assert _seqs(reopened[0].bodies) == list(range(11, 21))
+    b3 = await ob.next_batch(100)  # the rows never batched come next, none twice
+    assert b3 is not None
+    assert _seqs(b3.bodies) == list(range(21, 26))
+    assert ob.snapshot().rows == 15
+    assert await ob.ack(b2.batch_id) == 10
+    assert await ob.ack(b3.batch_id) == 5
+    assert await ob.ack(b3.batch_id) == 0  # a repeated ack is harmless
+    assert ob.snapshot().rows == 0
+    assert ob.snapshot().bytes == 0
+    assert await ob.next_batch(10) is None
+    await ob.close()
+
+
+async def test_drop_oldest_makes_room_and_counts(tmp_path: Path) -> None:
+    one = len(msgspec.msgpack.encode(_readings(1)[0]))
+    ob = await _outbox(tmp_path / "o.db", max_bytes=one * 10, overflow=Overflow.DROP_OLDEST)
+    assert await ob.append(_readings(8)) == 8
+    assert await ob.append(_readings(5, start=9)) == 5
+    assert ob.snapshot().rows == 10
+    assert ob.snapshot().bytes <= one * 10
+    b = await ob.next_batch(100)
+    assert b is not None
+    assert _seqs(b.bodies) == list(range(4, 14))  # the three oldest went
+    assert await ob.drop_counts() == {"overflow_oldest": 3}
+    assert ob.drops_seen == [("overflow_oldest", 3)]  # type: ignore[attr-defined]
+    await ob.close()
+
+
+async def test_refuse_new_keeps_the_oldest_and_counts(tmp_path: Path) -> None:
+    one = len(msgspec.msgpack.encode(_readings(1)[0]))
+    ob = await _outbox(tmp_path / "o.db", max_bytes=one * 10, overflow=Overflow.REFUSE_NEW)
+    assert await ob.append(_readings(8)) == 8
+    assert await ob.append(_readings(5, start=9)) == 2
+    b = await ob.next_batch(100)
+    assert b is not None
+    assert _seqs(b.bodies) == list(range(1, 11))
+    assert await ob.drop_counts() == {"overflow_new": 3}
+    await ob.close()
+
+
+async def test_rows_older_than_max_age_expire_and_are_counted(tmp_path: Path) -> None:
+    now = [1_000_000]
+    ob = Outbox(tmp_path / "o.db", OutboxSettings(max_age=60), now_ms=lambda: now[0])
+    await ob.open()
+    await ob.append(_readings(3))
+    now[0] += 30_000
+    await ob.append(_readings(2, start=4))
+    now[0] += 40_000  # the first three are now 70 s old
+    assert await ob.expire() == 3
+    assert ob.snapshot().rows == 2
+    assert await ob.drop_counts() == {"expired": 3}
+    await ob.close()
+
+
+async def test_dead_letters_are_bounded(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db", OutboxSettings(), dead_letter_max_rows=5)
+    await ob.open()
+    for i in range(4):
+        await ob.dead_letter(
+            [(f"d{i}", "malformed", "bad", b"x"), (f"e{i}", "oversized", "big", b"y")]
+        )
+    rows = await ob.dead_letters(100)
+    assert len(rows) == 5
+    assert rows[0] == ("e3", "oversized", "big")
+    await ob.close()
+
+
+async def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    ob = await _outbox(tmp_path / "o.db")
+    await ob.close()
+    with sqlite3.connect(tmp_path / "o.db") as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(OutboxError, match="schema 99 is newer"):
+        await _outbox(tmp_path / "o.db")
+
+
+async def test_stats_survive_a_restart(tmp_path: Path) -> None:
+    ob = await _outbox(tmp_path / "o.db")
+    await ob.append(_readings(7))
+    before = ob.snapshot()
+    await ob.close()
+    ob = await _outbox(tmp_path / "o.db")
+    after = ob.snapshot()
+    assert (after.rows, after.bytes, after.oldest_ms) == (
+        before.rows,
+        before.bytes,
+        before.oldest_ms,
+    )
+    await ob.close()
