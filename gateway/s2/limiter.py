@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from gateway.s2.config import RateLimit
 
 _INF = float("inf")
+_SLACK = 1e-6
+"""Fraction of an emission interval forgiven, so float rounding in TAT sums never costs a burst."""
 
 
 class _Override:
@@ -120,7 +122,7 @@ class KeyedLimiter:
     def _recompute(self) -> None:
         rate = min(self._default.rate * self._factor, self._cap)
         self._interval = 1.0 / rate
-        self._tau = (self._default.burst - 1) * self._interval
+        self._tau = (self._default.burst - 1 + _SLACK) * self._interval
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -181,7 +183,7 @@ class KeyedLimiter:
         rate = min(override.limit.rate * self._factor, self._cap)
         interval = 1.0 / rate
         tat = max(now, override.tat)
-        if tat - now <= (override.limit.burst - 1) * interval:
+        if tat - now <= (override.limit.burst - 1 + _SLACK) * interval:
             override.tat = tat + interval
             return True
         return False
@@ -197,7 +199,7 @@ class KeyedLimiter:
         override = self._overrides.get(key)
         if override is not None:
             rate = min(override.limit.rate * self._factor, self._cap)
-            tau = (override.limit.burst - 1) / rate
+            tau = (override.limit.burst - 1 + _SLACK) / rate
             return max(0.0, override.tat - now - tau)
         tat = self._tats.get(key)
         if tat is None:
@@ -272,7 +274,7 @@ class Budget:
         now = self._clock()
         interval = 1.0 / self.rate
         tat = max(now, self._tat)
-        room = math.floor((now + (self._limit.burst - 1) * interval - tat) / interval + 1e-9) + 1
+        room = math.floor((now + (self._limit.burst - 1) * interval - tat) / interval + _SLACK) + 1
         granted = min(n, max(0, room))
         self._tat = tat + granted * interval
         self.allowed += granted
