@@ -1,0 +1,107 @@
+"""`cybernetic keys gen|show|rotate|revoke`: a node's Ed25519 signing keys.
+
+Keys live in a key directory (``--dir``, default ``$CYBERNETIC_KEY_DIR`` or ``./state/keys``);
+see :mod:`amcp.crypto.keystore` for the layout. ``keyring.json`` holds only public halves and
+is what a peer imports to trust this node until enrolment (issue #5) distributes keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from amcp.crypto.keys import now_ms
+from amcp.crypto.keystore import KeyStore, KeyStoreError
+
+DEFAULT_OVERLAP_S = 24 * 3600.0
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser("keys", help="manage node signing keys")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(os.environ.get("CYBERNETIC_KEY_DIR", "state/keys")),
+        help="key directory (default: $CYBERNETIC_KEY_DIR or ./state/keys)",
+    )
+    verbs = parser.add_subparsers(dest="keys_verb", metavar="VERB", required=True)
+    gen = verbs.add_parser("gen", help="create this node's first key")
+    gen.add_argument("--node", required=True, help="node id (the envelope source)")
+    gen.add_argument("--force", action="store_true", help="replace an existing identity")
+    gen.set_defaults(handler=_gen)
+    show = verbs.add_parser("show", help="list keys and their status")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_show)
+    rot = verbs.add_parser("rotate", help="new active key; the old one verifies for --overlap")
+    rot.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP_S, metavar="SECONDS")
+    rot.set_defaults(handler=_rotate)
+    rev = verbs.add_parser("revoke", help="revoke a (non-active) key now")
+    rev.add_argument("key_id")
+    rev.set_defaults(handler=_revoke)
+
+
+def _fail(exc: KeyStoreError) -> int:
+    print(f"error: {exc}")
+    return 2
+
+
+def _gen(args: argparse.Namespace) -> int:
+    try:
+        signer = KeyStore(args.dir).generate(args.node, force=args.force)
+    except KeyStoreError as exc:
+        return _fail(exc)
+    print(f"generated {signer.key_id} for node {args.node} in {args.dir}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    store = KeyStore(args.dir)
+    try:
+        ident = store.identity()
+        entries = store.keyring().entries()
+    except KeyStoreError as exc:
+        return _fail(exc)
+    now = now_ms()
+    rows = [
+        {
+            "key_id": e.key_id,
+            "alg": e.alg,
+            "owner": e.owner,
+            "status": e.status(now),
+            "active": e.key_id == ident.active,
+            "created_ms": e.created_ms,
+            "not_after_ms": e.not_after_ms,
+            "revoked_ms": e.revoked_ms,
+            "public_hex": e.material.hex(),
+        }
+        for e in sorted(entries, key=lambda e: e.created_ms)
+    ]
+    if args.json:
+        print(json.dumps({"node": ident.node, "keys": rows}, sort_keys=True))
+        return 0
+    print(f"node {ident.node}")
+    for r in rows:
+        mark = "*" if r["active"] else " "
+        print(f"{mark} {r['key_id']}  {r['alg']}  {r['status']}")
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    try:
+        old, signer = KeyStore(args.dir).rotate(args.overlap)
+    except KeyStoreError as exc:
+        return _fail(exc)
+    print(f"rotated {old} -> {signer.key_id}; {old} verifies for {args.overlap:g} s more")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    try:
+        KeyStore(args.dir).revoke(args.key_id)
+    except KeyStoreError as exc:
+        return _fail(exc)
+    print(f"revoked {args.key_id}")
+    return 0
