@@ -34,7 +34,12 @@ async def publish_readings(
     sent = 0
     start = time.monotonic()
     async with aiomqtt.Client(
-        host, port, username=device, password=password, max_inflight_messages=window
+        host,
+        port,
+        username=device,
+        password=password,
+        max_inflight_messages=window,
+        pending_calls_threshold=window * 2,
     ) as client:
         pending: set[asyncio.Task[None]] = set()
         for seq in seqs:
