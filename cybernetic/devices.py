@@ -39,8 +39,8 @@ async def publish_readings(
         username=device,
         password=password,
         max_inflight_messages=window,
-        pending_calls_threshold=window * 2,
     ) as client:
+        client.pending_calls_threshold = window * 2  # many QoS 1 publishes in flight is the point
         pending: set[asyncio.Task[None]] = set()
         for seq in seqs:
             payload = reading_payload(seq, boot, temp=20.0 + seq % 10, load=seq % 100)
