@@ -83,10 +83,21 @@ class PhiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     window: Annotated[int, Meta(ge=2, le=10_000)] = 100
     min_std_s: PositiveFloat = 0.1
     """Floor on the interval deviation so a perfectly regular sender is not judged on noise."""
-    acceptable_pause_s: NonNegativeFloat = 0.0
-    """Extra silence tolerated before suspicion grows (GC pauses, radio duty cycles)."""
-    first_interval_s: PositiveFloat = 1.0
-    """Assumed cadence before a unit has sent two heartbeats."""
+    acceptable_pause_s: NonNegativeFloat = 3.0
+    """Extra silence tolerated before suspicion grows (Wi-Fi retries, broker hiccups, GC).
+
+    Akka's default. With a 1 s cadence and the defaults, a silent unit is declared after
+    about 1 + 3 + 5.22 * 0.1 ≈ 4.5 s of silence (see ``ZombieDetector.bound``)."""
+    first_interval_s: PositiveFloat = 30.0
+    """Assumed cadence of a new unit (when its first heartbeat names none), used only until
+    ``min_intervals`` real intervals are known: generous, so a slow sensor is not declared
+    dead before its cadence has been learnt."""
+    min_intervals: Annotated[int, Meta(ge=1)] = 8
+    """Real intervals needed before the seed estimate is dropped (a deviation estimated from
+    two or three samples is too often far too small)."""
+    min_std_ratio: Annotated[float, Meta(ge=0, lt=1)] = 0.05
+    """Floor on the deviation relative to the mean interval: a 30 s reporter's timer jitters
+    by more than a 1 s one's, and ``min_std_s`` alone would judge it on milliseconds."""
 
 
 class Relation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -59,6 +59,7 @@ class _History:
         "inv_std",
         "last",
         "mean",
+        "seeded",
         "std",
         "sum",
         "sum_sq",
@@ -67,7 +68,9 @@ class _History:
     def __init__(self, now: float, first_interval: float, window: int) -> None:
         self.last = now
         # Seed like Akka: two intervals around the first estimate so the first real
-        # interval is judged against a plausible cadence, not against nothing.
+        # intervals are judged against a plausible cadence, not against nothing. Unlike
+        # Akka, the seeds are dropped once enough real intervals exist, so a generous
+        # estimate never slows detection once the cadence is known.
         spread = first_interval / 4
         self.intervals: deque[float] = deque(
             (first_interval - spread, first_interval + spread), maxlen=window
@@ -79,6 +82,7 @@ class _History:
         self.inv_std = 0.0
         self.deadline = 0.0
         self.appended = 0
+        self.seeded = True
 
 
 class PhiAccrual:
@@ -103,11 +107,13 @@ class PhiAccrual:
     def units(self) -> Iterator[str]:
         return iter(self._histories)
 
-    def heartbeat(self, unit: str) -> None:
+    def heartbeat(self, unit: str, expected_interval_s: float | None = None) -> None:
+        """Record a heartbeat; ``expected_interval_s`` seeds a new unit's cadence if known."""
         now = self._clock()
         history = self._histories.get(unit)
         if history is None:
-            history = _History(now, self._config.first_interval_s, self._config.window)
+            first = expected_interval_s or self._config.first_interval_s
+            history = _History(now, first, self._config.window)
             self._histories[unit] = history
             self._refresh(history)
             return
@@ -128,13 +134,20 @@ class PhiAccrual:
             history.sum += interval
             history.sum_sq += interval * interval
         history.last = now
+        if history.seeded and history.appended >= self._config.min_intervals:
+            history.seeded = False
+            real = list(intervals)[-history.appended :]
+            intervals.clear()
+            intervals.extend(real)
+            history.sum = math.fsum(real)
+            history.sum_sq = math.fsum(x * x for x in real)
         self._refresh(history)
 
     def _refresh(self, history: _History) -> None:
         n = len(history.intervals)
         mean = history.sum / n
         variance = max(0.0, history.sum_sq / n - mean * mean)
-        std = max(math.sqrt(variance), self._config.min_std_s)
+        std = max(math.sqrt(variance), self._config.min_std_s, self._config.min_std_ratio * mean)
         history.mean = mean + self._config.acceptable_pause_s
         history.std = std
         history.inv_std = 1.0 / std

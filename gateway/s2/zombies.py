@@ -55,8 +55,13 @@ class ZombieDetector:
         self.declared = 0
         self.recovered = 0
 
-    def heartbeat(self, unit: str, kind: UnitKind = "device") -> None:
-        """A sign of life: an explicit heartbeat, or any reading from a device."""
+    def heartbeat(
+        self, unit: str, kind: UnitKind = "device", expected_interval_s: float | None = None
+    ) -> None:
+        """A sign of life: an explicit heartbeat, or any reading from a device.
+
+        ``expected_interval_s`` (a unit's announced cadence) seeds a new unit's history.
+        """
         self._kinds[unit] = kind
         if unit in self._zombies:
             silence = self.phi.silence(unit)
@@ -67,7 +72,7 @@ class ZombieDetector:
                     unit=unit, unit_kind=kind, silent_s=silence, ts_ms=int(self._wall() * 1000)
                 )
             )
-        self.phi.heartbeat(unit)
+        self.phi.heartbeat(unit, expected_interval_s)
 
     def heartbeats(self, devices: Iterable[str]) -> None:
         """Signs of life from a batch of readings (one per device however many readings)."""
