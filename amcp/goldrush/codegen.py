@@ -60,6 +60,8 @@ from amcp.goldrush.query import Any as AnyOf
 Matcher = Callable[[Mapping[str, Any]], bool]
 GroupFn = Callable[[Mapping[str, Any], list[str]], None]
 
+_T = Null(value=True)
+_F = Null(value=False)
 _ORD_OPS = {Gt: ">", Gte: ">=", Lt: "<", Lte: "<="}
 _NUM = frozenset({int, float})
 
@@ -211,9 +213,9 @@ def _leaf(node: Cond, scope: _Scope, raw: bool) -> str:  # noqa: C901, PLR0911
         case Not(cond=c):
             return f"not {_expr(c, scope, raw=False)}"
         case All(conds=conds):
-            return "(" + " and ".join(_expr(c, scope, raw=False) for c in conds) + ")"
+            return "(" + " and ".join(_expr(c, scope, raw=False) for c in conds or [_T]) + ")"
         case AnyOf(conds=conds):
-            return "(" + " or ".join(_expr(c, scope, raw=False) for c in conds) + ")"
+            return "(" + " or ".join(_expr(c, scope, raw=False) for c in conds or [_F]) + ")"
     path: Path = node.path  # type: ignore[union-attr]
     x = scope.read(path)
     v = scope.var(path)

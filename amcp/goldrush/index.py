@@ -109,13 +109,14 @@ _Plan = _GroupPlan | _EqPlan | _ThresholdPlan
 class Planner:
     """Turns (pattern id, conjuncts) items into a plan, adding code to one program."""
 
-    def __init__(self, program: codegen.Program) -> None:
+    def __init__(self, program: codegen.Program, leaf_size: int = LEAF_SIZE) -> None:
         self.program = program
+        self.leaf_size = leaf_size
 
     def plan(self, items: list[Item], depth: int = 0) -> _Plan | None:
         if not items:
             return None
-        if len(items) <= LEAF_SIZE or depth >= MAX_DEPTH:
+        if len(items) <= self.leaf_size or depth >= MAX_DEPTH:
             return self._group(items)
         eq_plan = self._split_eq(items, depth)
         if eq_plan is not None:
@@ -164,7 +165,7 @@ class Planner:
         if not counts:
             return None
         path = max(counts, key=lambda p: counts[p])
-        if counts[path] <= LEAF_SIZE:
+        if counts[path] <= self.leaf_size:
             return None
         entries: dict[str, list[tuple[float, str, str | None]]] = {}
         rest: list[Item] = []

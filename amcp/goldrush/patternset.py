@@ -21,7 +21,7 @@ from typing import Any
 
 from amcp.goldrush import codegen
 from amcp.goldrush.errors import GoldrushError, QueryError
-from amcp.goldrush.index import Item, NodeFn, Planner, instantiate
+from amcp.goldrush.index import LEAF_SIZE, Item, NodeFn, Planner, instantiate
 from amcp.goldrush.parse import parse
 from amcp.goldrush.query import Cond, Null, Query, split_with
 from amcp.goldrush.reduce import reduce_cond
@@ -92,12 +92,14 @@ class PatternSet:
         actions: Mapping[str, Action] | None = None,
         *,
         carry: PatternSet | None = None,
+        leaf_size: int = LEAF_SIZE,
     ) -> PatternSet:
         """Build a set from pattern id → query (AST or text).
 
         Raises :class:`ParseError` or :class:`QueryError` (with ``pattern_id`` set) for the
         first bad pattern; nothing is built then, so the caller keeps its previous set.
-        ``carry`` copies the counters of patterns that are also in that set.
+        ``carry`` copies the counters of patterns that are also in that set. ``leaf_size``
+        tunes the index (tests use 1 to force every split).
         """
         actions = actions or {}
         compiled: dict[str, CompiledPattern] = {}
@@ -121,7 +123,7 @@ class PatternSet:
                 items.append((pid, codegen.conjuncts(reduced)))
         program = codegen.Program()
         try:
-            plan = Planner(program).plan(items)
+            plan = Planner(program, leaf_size).plan(items)
             root = instantiate(plan, codegen.finish(program))
         except GoldrushError:
             raise
