@@ -189,6 +189,9 @@ class PolicyAgent:
                 rule.action, rule_id, rule.name, rule.reason, None
             )
         self._tx_row = struct.Struct(f"<{len(m.targets)}d")
+        self._row1 = struct.Struct("<" + self._rowfmt)
+        self._in_off = m.input_offset
+        self._fuel1 = self.limits.fuel_per_call + self.limits.fuel_per_row
 
     def set_zones(self, zones: Mapping[str, str] | Callable[[str], str] | None) -> None:
         """Replace the device → zone lookup; device tests are recomputed on next sight."""
@@ -216,8 +219,47 @@ class PolicyAgent:
 
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, reading: Reading) -> Decision:
-        """Decide one reading."""
-        return self.evaluate_batch((reading,))[0]
+        """Decide one reading: the batch path without the per-batch lists."""
+        with self._lock:
+            row: list[Any] = []
+            for kind, name in self._columns:
+                if kind == "field":
+                    row.append(reading.values.get(name, NAN))
+                elif kind == "ts":
+                    row.append(reading.ts_ms)
+                elif kind == "recv":
+                    row.append(reading.received_ms)
+                else:
+                    slot = self._slots.get(reading.device)
+                    if slot is None:
+                        self._intern((reading.device,))
+                        slot = self._slots[reading.device]
+                    row.append(slot)
+            try:
+                self._row1.pack_into(self._mem, self._in_off, *row)
+            except struct.error:
+                self._row1.pack_into(self._mem, self._in_off, *self._sanitize([[v] for v in row])[0])
+            try:
+                transforms = self._call(1, self._fuel1)
+            except AgentFault:
+                self._reset()
+                raise
+            if self._growable:
+                self._map_memory()
+            decision = self._table.get(self._codes[0])
+            if decision is None or transforms:
+                return self._finish_one(reading, transforms)
+            return decision
+
+    def _finish_one(self, reading: Reading, transforms: int) -> Decision:
+        code = self._codes[0]
+        if code not in self._table:
+            raise AgentFault(f"agent returned decision code {code}, which it never declared")
+        if transforms < 0:
+            raise AgentFault(f"agent refused a single row (returned {transforms})")
+        decisions = [self._table[code]]
+        self._apply_transforms((reading,), decisions, transforms)
+        return decisions[0]
 
     def evaluate_batch(self, readings: Sequence[Reading]) -> list[Decision]:
         """Decide every reading, in order. On :class:`AgentFault` no decision is returned for
@@ -267,8 +309,7 @@ class PolicyAgent:
             try:
                 packer.pack_into(self._mem, offset, *(cols[0] if len(cols) == 1 else chain.from_iterable(zip(*cols))))
             except struct.error:
-                cols = self._sanitize(cols)
-                packer.pack_into(self._mem, offset, *chain.from_iterable(zip(*cols)))
+                packer.pack_into(self._mem, offset, *chain.from_iterable(self._sanitize(cols)))
         try:
             transforms = self._call(n, self.limits.fuel_per_call + self.limits.fuel_per_row * n)
         except AgentFault:
@@ -286,12 +327,13 @@ class PolicyAgent:
             raise AgentFault(f"agent refused a batch of {n} rows (returned {transforms})")
         return decisions
 
-    def _sanitize(self, cols: list[list[Any]]) -> list[list[Any]]:
+    def _sanitize(self, cols: list[list[Any]]) -> list[Any]:
+        """Columns → rows with every value made packable (the rare path: odd values)."""
         fixed = []
         for (kind, _), col in zip(self._columns, cols, strict=True):
             fixed.append([as_number(v) for v in col] if kind == "field" else
                          [clamp_i64(v) for v in col] if kind in ("ts", "recv") else col)  # fmt: skip
-        return fixed
+        return list(zip(*fixed))
 
     def _apply_transforms(self, chunk: Sequence[Reading], decisions: list[Decision], count: int) -> None:
         m = self.manifest

@@ -149,7 +149,8 @@ class _Parser:
         if name_tok.text in ast.IDENT_KEYWORDS:
             raise self.error(f"{name_tok.text!r} is a keyword, not a rule name", name_tok)
         self.expect("when")
-        when = self.boolean(self.expr(0))
+        start = self.tok
+        when = self.boolean(self.expr(0), start)
         self.expect("then")
         act_tok = self.tok
         if act_tok.text not in _ACTIONS or act_tok.kind != "ident":
@@ -163,7 +164,8 @@ class _Parser:
                 if any(t == target for t, _ in assigns):
                     raise self.error(f"field {target!r} is assigned twice")
                 self.expect("=")
-                assigns.append((target, self.number(self.expr(0))))
+                start = self.tok
+                assigns.append((target, self.number(self.expr(0), start)))
                 if not self.at(","):
                     break
                 self.take()
