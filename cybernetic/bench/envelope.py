@@ -115,9 +115,9 @@ def _replay_run(checks: int, nonce_fraction: float, counts: _Counter) -> tuple[f
         if int((i + 1) * nonce_fraction) > int(i * nonce_fraction):  # evenly interleaved
             args.append((f"hm:n{i % 1000:04}", ts, os.urandom(16), None, None))
         else:
-            sender = i % 1000
-            args.append((f"ed:c{sender:04}", ts, b"", 7, next_counter[sender]))
-            next_counter[sender] += 1
+            who = i % 1000
+            args.append((f"ed:c{who:04}", ts, b"", 7, next_counter[who]))
+            next_counter[who] += 1
     with tempfile.TemporaryDirectory() as d:
         guard = ReplayGuard(Path(d) / "replay.db", expected_nonces=checks)
         check = guard.check
