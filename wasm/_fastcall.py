@@ -18,7 +18,7 @@ from typing import Any
 
 import wasmtime
 
-from wasm.errors import AgentFault, AgentRunaway, BindingsChangedError
+from wasm.errors import AgentFaultError, AgentRunawayError, BindingsChangedError
 
 SUPPORTED_MAJOR = 50
 _c = ctypes.c_void_p
@@ -29,7 +29,8 @@ def check_bindings() -> Any:
     major = int(version("wasmtime").split(".")[0])
     if major != SUPPORTED_MAJOR:
         raise BindingsChangedError(
-            f"the fast call path supports wasmtime-py {SUPPORTED_MAJOR}.x, found {version('wasmtime')}"
+            f"the fast call path supports wasmtime-py {SUPPORTED_MAJOR}.x, "
+            f"found {version('wasmtime')}"
         )
     try:
         from wasmtime import _ffi as ffi  # noqa: PLC0415 - private, imported only after the check
@@ -50,6 +51,13 @@ def check_bindings() -> Any:
     if ctypes.sizeof(ffi.wasmtime_val_raw_t) != 16:
         raise BindingsChangedError("wasmtime_val_raw_t is no longer 16 bytes")
     return ffi
+
+
+def _address(function: Any) -> int:
+    address = ctypes.cast(function, _c).value
+    if address is None:
+        raise BindingsChangedError(f"{function!r} has no address")
+    return address
 
 
 class FastCall:
@@ -76,15 +84,15 @@ class FastCall:
         # PYFUNCTYPE keeps the GIL: calls are microseconds, and releasing it costs more.
         call_t = ctypes.PYFUNCTYPE(_c, _c, _c, _c, ctypes.c_size_t, _c)
         fuel_t = ctypes.PYFUNCTYPE(_c, _c, ctypes.c_uint64)
-        self._call = call_t(ctypes.cast(ffi.dll.wasmtime_func_call_unchecked, _c).value)
-        self._set_fuel = fuel_t(ctypes.cast(ffi.dll.wasmtime_context_set_fuel, _c).value)
+        self._call = call_t(_address(ffi.dll.wasmtime_func_call_unchecked))
+        self._set_fuel = fuel_t(_address(ffi.dll.wasmtime_context_set_fuel))
         self._cell_addr = ctypes.addressof(self._cell)
 
     def __call__(self, arg: int, fuel: int) -> int:
-        """Call with ``arg``, after setting the store's fuel to ``fuel``; trap → AgentFault."""
+        """Call with ``arg``, after setting the store's fuel to ``fuel``; trap → AgentFaultError."""
         ctx = self._ctx
         if self._set_fuel(ctx, fuel):
-            raise AgentFault("could not set fuel: the engine does not consume fuel")
+            raise AgentFaultError("could not set fuel: the engine does not consume fuel")
         self._arg.i32 = arg
         err = self._call(ctx, self._func, self._cell_addr, 1, self._trap_addr)
         if err or self._trap.value:
@@ -107,12 +115,12 @@ class FastCall:
             error = wasmtime.WasmtimeError._from_ptr(  # noqa: SLF001
                 ctypes.cast(err, ctypes.POINTER(ffi.wasmtime_error_t))
             )
-            raise AgentFault(f"agent call failed: {error}")
+            raise AgentFaultError(f"agent call failed: {error}")
         trap = wasmtime.Trap._from_ptr(  # noqa: SLF001
-            ctypes.cast(self._trap.value, ctypes.POINTER(ffi.wasm_trap_t))
+            ctypes.cast(_c(self._trap.value), ctypes.POINTER(ffi.wasm_trap_t))
         )
         self._trap.value = None
         code = trap.trap_code
         if code is wasmtime.TrapCode.OUT_OF_FUEL:
-            raise AgentRunaway(f"agent ran out of its fuel budget ({fuel} units)", fuel)
-        raise AgentFault(f"agent trapped: {trap.message}", code.name if code else None)
+            raise AgentRunawayError(f"agent ran out of its fuel budget ({fuel} units)", fuel)
+        raise AgentFaultError(f"agent trapped: {trap.message}", code.name if code else None)

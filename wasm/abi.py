@@ -8,10 +8,12 @@ A module is a policy agent when it imports nothing and exports
 - ``cyb_manifest_ptr`` / ``cyb_manifest_len``: immutable i32 globals locating a JSON
   :class:`Manifest` in memory that says where every region is and what each code means.
 
-Each input row is ``len(columns)`` 8-byte little-endian slots (ts/recv/slot: i64, field: f64).
+Input is column-major: column ``c`` is an array of ``batch_capacity`` 8-byte little-endian
+values at ``input_offset + c * 8 * batch_capacity`` (ts/recv/slot: i64, field: f64).
 Each output is a u16 decision code ``action | rule_id << 2`` (action: allow 0, deny 1, flag 2,
-transform 3; rule_id 0 = the default). A transform row writes one f64 per transform target
-at ``transform_offset + row * 8 * len(targets)``. docs/policy-language.md is the full text.
+transform 3; rule_id 0 = the default). The j-th transform of a call writes an entry at
+``transform_offset + j * 8 * (1 + len(targets))``: the row index (i64), then one f64 per
+target (only the rule's own targets are meaningful). docs/policy-language.md is the full text.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ ROW_SLOT = 8
 
 
 class Column(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One 8-byte slot of an input row: ``ts``/``recv`` (i64 ms), ``slot`` (i64 device slot),
+    """One input column, 8 bytes per row: ``ts``/``recv`` (i64 ms), ``slot`` (i64 device slot),
     or ``field`` (f64 value of ``values[name]``, NaN when missing)."""
 
     kind: Literal["ts", "recv", "slot", "field"]
@@ -84,7 +86,7 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return [
             ("input", self.input_offset, cap * self.row_stride),
             ("output", self.output_offset, cap * 2),
-            ("transform", self.transform_offset, cap * ROW_SLOT * len(self.targets)),
+            ("transform", self.transform_offset, cap * ROW_SLOT * (1 + len(self.targets))),
             ("device table", self.device_table_offset, dev * 8),
             ("rate tables", self.rate_offset, dev * 16 * len(self.rate_windows)),
         ]

@@ -139,9 +139,12 @@ class Policy:
 # --- printer -----------------------------------------------------------------------------
 
 IDENT_KEYWORDS = frozenset(
-    "policy version default rule when then because allow deny flag transform and or not "
-    "true false in matches has device zone hour minute weekday rate lag_ms abs min max "
-    "field".split()
+    [
+        *("policy", "version", "default", "rule", "when", "then", "because"),
+        *("allow", "deny", "flag", "transform", "and", "or", "not", "true", "false"),
+        *("in", "matches", "has", "device", "zone", "hour", "minute", "weekday"),
+        *("rate", "lag_ms", "abs", "min", "max", "field"),
+    ]
 )
 
 
@@ -209,7 +212,7 @@ def to_source(policy: Policy) -> str:
     lines = [f"policy {_str(policy.name)} version {policy.version}"]
     lines.append(f"default {policy.default} because {_str(policy.default_reason)}")
     for rule in policy.rules:
-        action = rule.action
+        action: str = rule.action
         if rule.assigns:
             action += " " + ", ".join(f"{_field_src(f)} = {num_src(e)}" for f, e in rule.assigns)
         lines.append(

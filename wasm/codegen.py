@@ -10,6 +10,8 @@ gives the same answers as short-circuiting, with fewer branches.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import msgspec
 
@@ -48,9 +50,13 @@ class _Gen:
             {n.name for n in nodes if isinstance(n, ast.Field)}
             | {n.field for n in nodes if isinstance(n, ast.Has)}
         )
-        self.preds: list[ast.StrTest] = list(dict.fromkeys(n for n in nodes if isinstance(n, ast.StrTest)))
+        self.preds: list[ast.StrTest] = list(
+            dict.fromkeys(n for n in nodes if isinstance(n, ast.StrTest))
+        )
         if len(self.preds) > 64:
-            raise PolicyCompileError(f"at most 64 distinct device/zone tests, found {len(self.preds)}")
+            raise PolicyCompileError(
+                f"at most 64 distinct device/zone tests, found {len(self.preds)}"
+            )
         self.windows: list[int] = sorted({n.window_ms for n in nodes if isinstance(n, ast.Rate)})
         if len(self.windows) > 16:
             raise PolicyCompileError(f"at most 16 distinct rate windows, found {len(self.windows)}")
@@ -89,7 +95,8 @@ class _Gen:
                 return f"(f64.eq {f} {f})"
             case ast.StrTest():
                 bit = self.preds.index(node)
-                return f"(i32.wrap_i64 (i64.and (i64.shr_u (local.get $bits) (i64.const {bit})) (i64.const 1)))"
+                shifted = f"(i64.shr_u (local.get $bits) (i64.const {bit}))"
+                return f"(i32.wrap_i64 (i64.and {shifted} (i64.const 1)))"
             case ast.Not(operand):
                 return f"(i32.eqz {self.test(operand)})"
             case ast.And(left, right):
@@ -106,6 +113,110 @@ def _rule_nodes(rule: ast.Rule) -> list[object]:
     return nodes
 
 
+@dataclass(frozen=True)
+class _Layout:
+    columns: Mapping[tuple[str, str], int]
+    """(kind, name) → byte offset of that column's array."""
+    device_table: int
+    rates: int
+    output: int
+    transforms: int
+    tx_entry: int
+    end: int
+
+
+def _layout(g: _Gen, columns: list[abi.Column], batch: int, devices: int) -> _Layout:
+    rates = devices * 8  # the device table sits at 0
+    inputs = rates + devices * 16 * len(g.windows)
+    output = inputs + batch * abi.ROW_SLOT * len(columns)
+    transforms = _align(output + batch * 2)
+    tx_entry = 8 + 8 * len(g.targets)  # row index (i64), then one f64 per target
+    offsets: dict[tuple[str, str], int] = {
+        (c.kind, c.name): inputs + i * 8 * batch for i, c in enumerate(columns)
+    }
+    return _Layout(offsets, 0, rates, output, transforms, tx_entry, transforms + batch * tx_entry)
+
+
+_HOUR_MINUTE = f"""(local.set $q (i64.rem_s (local.get $ts) (i64.const {DAY_MS})))
+        (if (i64.lt_s (local.get $q) (i64.const 0))
+          (then (local.set $q (i64.add (local.get $q) (i64.const {DAY_MS})))))
+        (local.set $hour (f64.convert_i64_s (i64.div_u (local.get $q) (i64.const 3600000))))
+        (local.set $minute (f64.convert_i64_s
+          (i64.rem_u (i64.div_u (local.get $q) (i64.const 60000)) (i64.const 60))))"""
+_WEEKDAY = """(local.set $q (i64.rem_s (i64.add (local.get $q) (i64.const 3)) (i64.const 7)))
+        (if (i64.lt_s (local.get $q) (i64.const 0))
+          (then (local.set $q (i64.add (local.get $q) (i64.const 7)))))
+        (local.set $weekday (f64.convert_i64_s (local.get $q)))"""
+_RATE = """(local.set $p (i32.add (i32.const {base}) (i32.shl (local.get $slot) (i32.const 4))))
+        (local.set $cnt (if (result i64) (i64.eq (i64.load (local.get $p)) (local.get $q))
+          (then (i64.add (i64.load offset=8 (local.get $p)) (i64.const 1))) (else (i64.const 1))))
+        (i64.store (local.get $p) (local.get $q))
+        (i64.store offset=8 (local.get $p) (local.get $cnt))
+        (local.set $r{k} (f64.convert_i64_s (local.get $cnt)))"""
+_LOCALS = """(local $row i32) (local $in i32) (local $slot i32) (local $p i32) (local $code i32)
+    (local $tx i32) (local $ts i64) (local $q i64) (local $cnt i64) (local $bits i64)
+    (local $lag f64) (local $hour f64) (local $minute f64) (local $weekday f64)"""
+
+
+def _prelude(g: _Gen, lay: _Layout, device_capacity: int) -> list[str]:
+    """Per-row loads and derived values: columns, clock, lag, device bits, rate windows."""
+    col = lay.columns
+    body = ["(local.set $in (i32.shl (local.get $row) (i32.const 3)))"]
+    if ("ts", "") in col:
+        body.append(f"(local.set $ts (i64.load offset={col['ts', '']} (local.get $in)))")
+    if g.lag:
+        recv = f"(i64.load offset={col['recv', '']} (local.get $in))"
+        body.append(
+            f"(local.set $lag (f64.sub (f64.convert_i64_s {recv})"
+            " (f64.convert_i64_s (local.get $ts))))"
+        )
+    if ("slot", "") in col:
+        slot = f"(i32.wrap_i64 (i64.load offset={col['slot', '']} (local.get $in)))"
+        body.append(f"(local.set $slot (i32.rem_u {slot} (i32.const {device_capacity})))")
+        body.append(
+            f"(local.set $bits (i64.load offset={lay.device_table}"
+            " (i32.shl (local.get $slot) (i32.const 3))))"
+        )
+    body += [
+        f"(local.set $f{i} (f64.load offset={col['field', name]} (local.get $in)))"
+        for i, name in enumerate(g.fields)
+    ]
+    if g.clocks:
+        body.append(_HOUR_MINUTE)
+        if "weekday" in g.clocks:
+            body += [_floor_div("$ts", DAY_MS), _WEEKDAY]
+    for k, window in enumerate(g.windows):
+        base = lay.rates + k * device_capacity * 16
+        body += [_floor_div("$ts", window), _RATE.format(base=base, k=k)]
+    return body
+
+
+def _rules(g: _Gen, policy: ast.Policy, lay: _Layout) -> list[str]:
+    """The rules in order inside ``$decided``; the first match sets ``$code`` and leaves."""
+    body = ["(block $decided"]
+    for rule_id, rule in enumerate(policy.rules, start=1):
+        then = [f"(local.set $code (i32.const {abi.decision_code(rule.action, rule_id)}))"]
+        if rule.assigns:
+            then.append(
+                f"(local.set $p (i32.add (i32.const {lay.transforms})"
+                f" (i32.mul (local.get $tx) (i32.const {lay.tx_entry}))))"
+            )
+            then.append("(i64.store (local.get $p) (i64.extend_i32_u (local.get $row)))")
+            then.extend(
+                f"(f64.store offset={8 + 8 * g.targets.index(f)} (local.get $p) {g.num(e)})"
+                for f, e in rule.assigns
+            )
+            then.append("(local.set $tx (i32.add (local.get $tx) (i32.const 1)))")
+        then.append("(br $decided)")
+        body.append(f"  (if {g.test(rule.when)} (then {' '.join(then)}))")
+    body.append(f"  (local.set $code (i32.const {abi.decision_code(policy.default, 0)})))")
+    body.append(
+        f"(i32.store16 offset={lay.output} (i32.shl (local.get $row) (i32.const 1))"
+        " (local.get $code))"
+    )
+    return body
+
+
 def generate(
     policy: ast.Policy,
     batch_capacity: int = DEFAULT_BATCH_CAPACITY,
@@ -114,23 +225,14 @@ def generate(
     """Compile ``policy`` to WAT text and the manifest embedded in it."""
     g = _Gen(policy)
     columns: list[abi.Column] = []
-    needs_ts = bool(g.clocks or g.windows or g.lag)
-    needs_slot = bool(g.preds or g.windows)
-    if needs_ts:
+    if g.clocks or g.windows or g.lag:
         columns.append(abi.Column("ts"))
     if g.lag:
         columns.append(abi.Column("recv"))
-    if needs_slot:
+    if g.preds or g.windows:
         columns.append(abi.Column("slot"))
     columns.extend(abi.Column("field", f) for f in g.fields)
-    stride = abi.ROW_SLOT * len(columns)
-
-    dev_off = 0
-    rate_off = dev_off + device_capacity * 8
-    in_off = rate_off + device_capacity * 16 * len(g.windows)
-    out_off = in_off + batch_capacity * stride
-    tx_off = _align(out_off + batch_capacity * 2)
-    end = tx_off + batch_capacity * 8 * len(g.targets)
+    lay = _layout(g, columns, batch_capacity, device_capacity)
     rules = [
         abi.RuleInfo(r.name, r.action, r.reason, [g.targets.index(f) for f, _ in r.assigns])
         for r in policy.rules
@@ -138,68 +240,22 @@ def generate(
     manifest = abi.Manifest(
         abi=abi.ABI_VERSION, policy=policy.name, version=policy.version,
         default_action=policy.default, default_reason=policy.default_reason, rules=rules,
-        batch_capacity=batch_capacity, device_capacity=device_capacity, input_offset=in_off,
-        columns=columns, output_offset=out_off, transform_offset=tx_off, targets=g.targets,
-        device_table_offset=dev_off,
+        batch_capacity=batch_capacity, device_capacity=device_capacity,
+        input_offset=min(lay.columns.values(), default=lay.output), columns=columns,
+        output_offset=lay.output, transform_offset=lay.transforms, targets=g.targets,
+        device_table_offset=lay.device_table,
         predicates=[abi.Predicate(p.subject, p.op, list(p.values)) for p in g.preds],
-        rate_offset=rate_off, rate_windows=g.windows,
+        rate_offset=lay.rates, rate_windows=g.windows,
     )  # fmt: skip
     manifest_bytes = msgspec.json.encode(manifest)
-    manifest_off = _align(end)
+    manifest_off = _align(lay.end)
     pages = max(1, -(-(manifest_off + len(manifest_bytes)) // PAGE))
-
-    col = {(c.kind, c.name): i * abi.ROW_SLOT for i, c in enumerate(columns)}
-    body: list[str] = [
-        f"(local.set $in (i32.add (i32.const {in_off}) (i32.mul (local.get $row) (i32.const {stride}))))"
-    ]
-    if needs_ts:
-        body.append(f"(local.set $ts (i64.load offset={col['ts', '']} (local.get $in)))")
-    if g.lag:
-        body.append(f"(local.set $lag (f64.sub (f64.convert_i64_s (i64.load offset={col['recv', '']} (local.get $in))) (f64.convert_i64_s (local.get $ts))))")
-    if needs_slot:
-        body.append(f"(local.set $slot (i32.rem_u (i32.wrap_i64 (i64.load offset={col['slot', '']} (local.get $in))) (i32.const {device_capacity})))")
-        body.append(f"(local.set $bits (i64.load offset={dev_off} (i32.shl (local.get $slot) (i32.const 3))))")
-    for i, name in enumerate(g.fields):
-        body.append(f"(local.set $f{i} (f64.load offset={col['field', name]} (local.get $in)))")
-    if g.clocks:
-        body.append(f"(local.set $q (i64.rem_s (local.get $ts) (i64.const {DAY_MS})))")
-        body.append(f"(if (i64.lt_s (local.get $q) (i64.const 0)) (then (local.set $q (i64.add (local.get $q) (i64.const {DAY_MS})))))")
-        body.append("(local.set $hour (f64.convert_i64_s (i64.div_u (local.get $q) (i64.const 3600000))))")
-        body.append("(local.set $minute (f64.convert_i64_s (i64.rem_u (i64.div_u (local.get $q) (i64.const 60000)) (i64.const 60))))")
-        if "weekday" in g.clocks:
-            body.append(_floor_div("$ts", DAY_MS))
-            body.append("(local.set $q (i64.rem_s (i64.add (local.get $q) (i64.const 3)) (i64.const 7)))")
-            body.append("(if (i64.lt_s (local.get $q) (i64.const 0)) (then (local.set $q (i64.add (local.get $q) (i64.const 7)))))")
-            body.append("(local.set $weekday (f64.convert_i64_s (local.get $q)))")
-    for k, window in enumerate(g.windows):
-        base = rate_off + k * device_capacity * 16
-        body.append(_floor_div("$ts", window))
-        body.append(f"(local.set $p (i32.add (i32.const {base}) (i32.shl (local.get $slot) (i32.const 4))))")
-        body.append("(local.set $cnt (if (result i64) (i64.eq (i64.load (local.get $p)) (local.get $q)) (then (i64.add (i64.load offset=8 (local.get $p)) (i64.const 1))) (else (i64.const 1))))")
-        body.append("(i64.store (local.get $p) (local.get $q))")
-        body.append("(i64.store offset=8 (local.get $p) (local.get $cnt))")
-        body.append(f"(local.set $r{k} (f64.convert_i64_s (local.get $cnt)))")
-    body.append("(block $decided")
-    for rule_id, rule in enumerate(policy.rules, start=1):
-        then = [f"(local.set $code (i32.const {abi.decision_code(rule.action, rule_id)}))"]
-        if rule.assigns:
-            then.append(f"(local.set $p (i32.add (i32.const {tx_off}) (i32.mul (local.get $row) (i32.const {8 * len(g.targets)}))))")
-            then.extend(
-                f"(f64.store offset={8 * g.targets.index(f)} (local.get $p) {g.num(e)})" for f, e in rule.assigns
-            )
-            then.append("(local.set $tx (i32.add (local.get $tx) (i32.const 1)))")
-        then.append("(br $decided)")
-        body.append(f"  (if {g.test(rule.when)} (then {' '.join(then)}))")
-    body.append(f"  (local.set $code (i32.const {abi.decision_code(policy.default, 0)})))")
-    body.append(f"(i32.store16 offset={out_off} (i32.shl (local.get $row) (i32.const 1)) (local.get $code))")
-
-    locals_ = ["(local $row i32) (local $in i32) (local $slot i32) (local $p i32) (local $code i32) (local $tx i32)",
-               "(local $ts i64) (local $q i64) (local $cnt i64) (local $bits i64)",
-               "(local $lag f64) (local $hour f64) (local $minute f64) (local $weekday f64)"]
+    locals_ = [_LOCALS]
     locals_ += [f"(local $f{i} f64)" for i in range(len(g.fields))]
     locals_ += [f"(local $r{k} f64)" for k in range(len(g.windows))]
-    row_body = "\n        ".join(body)
-    wat = f"""(module
+    row_body = "\n        ".join(_prelude(g, lay, device_capacity) + _rules(g, policy, lay))
+    return (
+        f"""(module
   (memory (export "{abi.MEMORY}") {pages} {pages})
   (global (export "{abi.MANIFEST_PTR}") i32 (i32.const {manifest_off}))
   (global (export "{abi.MANIFEST_LEN}") i32 (i32.const {len(manifest_bytes)}))
@@ -214,8 +270,9 @@ def generate(
         (local.set $row (i32.add (local.get $row) (i32.const 1)))
         (br $next)))
     (local.get $tx)))
-"""
-    return wat, manifest
+""",
+        manifest,
+    )
 
 
 def _floor_div(var: str, divisor: int) -> str:

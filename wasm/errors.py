@@ -9,8 +9,8 @@ Callers catch :class:`PolicyError` to handle anything from this package, or one 
     │   ├── MalformedModuleError  not valid WebAssembly (wasmtime refused to compile it)
     │   ├── AbiError              valid wasm, but not a policy agent (exports, imports, manifest)
     │   └── ResourceLimitError    asks for more memory, tables or instances than the host allows
-    ├── AgentFault                the agent failed during a call; the host re-instantiates it
-    │   └── AgentRunaway          ... because it ran out of fuel (an endless or too-long loop)
+    ├── AgentFaultError           the agent failed during a call; the host re-instantiates it
+    │   └── AgentRunawayError     ... because it ran out of fuel (an endless or too-long loop)
     └── BindingsChangedError      the installed wasmtime bindings no longer offer the fast call
 
 Foreign errors (``wasmtime.WasmtimeError``, ``wasmtime.Trap``) are mapped at the boundary and
@@ -55,7 +55,7 @@ class ResourceLimitError(AgentLoadError):
     """The module needs more memory, tables or instances than the store limits allow."""
 
 
-class AgentFault(PolicyError):
+class AgentFaultError(PolicyError):
     """A call into the agent trapped; the batch got no decisions and the agent was reset."""
 
     def __init__(self, message: str, trap_code: str | None = None) -> None:
@@ -63,7 +63,7 @@ class AgentFault(PolicyError):
         self.trap_code = trap_code
 
 
-class AgentRunaway(AgentFault):
+class AgentRunawayError(AgentFaultError):
     """The agent used up its fuel budget for one call (``fuel`` units) and was stopped."""
 
     def __init__(self, message: str, fuel: int) -> None:

@@ -18,8 +18,7 @@ import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
-from operator import attrgetter
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +30,10 @@ from wasm._fastcall import FastCall
 from wasm.ast import StrTest
 from wasm.compiler import CompiledPolicy, compile_policy, compile_policy_file
 from wasm.decision import Decision, make_decision
-from wasm.errors import AbiError, AgentFault, MalformedModuleError, ResourceLimitError
+from wasm.errors import AbiError, AgentFaultError, MalformedModuleError, ResourceLimitError
 from wasm.reference import str_test
 from wasm.values import NAN, as_number, clamp_i64
 
-_TS = attrgetter("ts_ms")
-_RECV = attrgetter("received_ms")
-_DEV = attrgetter("device")
-_VALUES = attrgetter("values")
 _GET = dict.get
 _ENGINE: wasmtime.Engine | None = None
 _ENGINE_LOCK = threading.Lock()
@@ -77,8 +72,12 @@ def load_module(binary: bytes) -> wasmtime.Module:
         names = [f"{i.module}.{i.name}" for i in module.imports]
         raise AbiError(f"a policy agent imports nothing; this one imports {names}")
     exports = {e.name: e.type for e in module.exports}
-    want = {abi.MEMORY: wasmtime.MemoryType, abi.EVALUATE: wasmtime.FuncType,
-            abi.MANIFEST_PTR: wasmtime.GlobalType, abi.MANIFEST_LEN: wasmtime.GlobalType}  # fmt: skip
+    want = {
+        abi.MEMORY: wasmtime.MemoryType,
+        abi.EVALUATE: wasmtime.FuncType,
+        abi.MANIFEST_PTR: wasmtime.GlobalType,
+        abi.MANIFEST_LEN: wasmtime.GlobalType,
+    }
     for name, kind in want.items():
         if not isinstance(exports.get(name), kind):
             raise AbiError(f"a policy agent exports {kind.__name__} {name!r}; this one does not")
@@ -86,7 +85,9 @@ def load_module(binary: bytes) -> wasmtime.Module:
     func_type = exports[abi.EVALUATE]
     assert isinstance(func_type, wasmtime.FuncType)
     if func_type.params != [i32] or func_type.results != [i32]:
-        raise AbiError(f"{abi.EVALUATE} must be (i32) -> i32, not {func_type.params} -> {func_type.results}")
+        raise AbiError(
+            f"{abi.EVALUATE} must be (i32) -> i32, not {func_type.params} -> {func_type.results}"
+        )
     return module
 
 
@@ -142,20 +143,27 @@ class PolicyAgent:
         try:
             instance = wasmtime.Instance(store, self.module, [])
         except wasmtime.Trap as exc:
-            raise AgentFault(f"agent trapped while starting: {exc.message}") from exc
+            raise AgentFaultError(f"agent trapped while starting: {exc.message}") from exc
         except wasmtime.WasmtimeError as exc:
-            raise ResourceLimitError(f"agent could not be instantiated within limits: {exc}") from exc
+            raise ResourceLimitError(
+                f"agent could not be instantiated within limits: {exc}"
+            ) from exc
         exports = instance.exports(store)
         memory = exports[abi.MEMORY]
         assert isinstance(memory, wasmtime.Memory)
         mem_type = memory.type(store)
         self._growable = mem_type.limits.max != mem_type.limits.min
         ptr, length = exports[abi.MANIFEST_PTR], exports[abi.MANIFEST_LEN]
-        assert isinstance(ptr, wasmtime.Global) and isinstance(length, wasmtime.Global)
+        assert isinstance(ptr, wasmtime.Global)
+        assert isinstance(length, wasmtime.Global)
         start, size = ptr.value(store), length.value(store)
         if not (isinstance(start, int) and isinstance(size, int)):
             raise AbiError("manifest globals must be i32")
-        if not (0 <= start and 0 < size <= abi.MAX_MANIFEST_BYTES and start + size <= memory.data_len(store)):
+        if not (
+            start >= 0
+            and 0 < size <= abi.MAX_MANIFEST_BYTES
+            and start + size <= memory.data_len(store)
+        ):
             raise AbiError(f"manifest [{start}, {start + size}) is outside the agent's memory")
         manifest = abi.decode_manifest(bytes(memory.read(store, start, start + size)))
         manifest.check(memory.data_len(store))
@@ -163,6 +171,7 @@ class PolicyAgent:
         assert isinstance(evaluate, wasmtime.Func)
         self._store, self._memory, self.manifest = store, memory, manifest
         self._call = FastCall(store, evaluate)
+        self.evaluate_func = evaluate  # the generic path, for benchmarks and tests
         self._map_memory()
         self._prepare(manifest)
 
@@ -178,19 +187,23 @@ class PolicyAgent:
         self._chunk = min(m.batch_capacity, m.device_capacity)
         self._columns = [(c.kind, c.name) for c in m.columns]
         self._rowfmt = "".join("d" if k == "field" else "q" for k, _ in self._columns)
-        self._packers: dict[int, struct.Struct] = {}
+        self._packers: dict[tuple[str, int], struct.Struct] = {}
         self._preds = [StrTest(p.subject, p.op, tuple(p.values)) for p in m.predicates]
         self._slots: dict[str, int] = {}
         self._table: dict[int, Decision] = {
-            abi.decision_code(m.default_action, 0): make_decision(m.default_action, 0, None, m.default_reason, None)
+            abi.decision_code(m.default_action, 0): make_decision(
+                m.default_action, 0, None, m.default_reason, None
+            )
         }
         for rule_id, rule in enumerate(m.rules, start=1):
             self._table[abi.decision_code(rule.action, rule_id)] = make_decision(
                 rule.action, rule_id, rule.name, rule.reason, None
             )
-        self._tx_row = struct.Struct(f"<{len(m.targets)}d")
-        self._row1 = struct.Struct("<" + self._rowfmt)
-        self._in_off = m.input_offset
+        self._tx_entry = struct.Struct(f"<q{len(m.targets)}d")
+        self._col_offsets = [
+            m.input_offset + 8 * m.batch_capacity * i for i in range(len(m.columns))
+        ]
+        self._single = [struct.Struct("<" + c).pack_into for c in self._rowfmt]
         self._fuel1 = self.limits.fuel_per_call + self.limits.fuel_per_row
 
     def set_zones(self, zones: Mapping[str, str] | Callable[[str], str] | None) -> None:
@@ -235,13 +248,18 @@ class PolicyAgent:
                         self._intern((reading.device,))
                         slot = self._slots[reading.device]
                     row.append(slot)
+            mem = self._mem
             try:
-                self._row1.pack_into(self._mem, self._in_off, *row)
+                for pack, offset, value in zip(self._single, self._col_offsets, row, strict=True):
+                    pack(mem, offset, value)
             except struct.error:
-                self._row1.pack_into(self._mem, self._in_off, *self._sanitize([[v] for v in row])[0])
+                for pack, offset, col in zip(
+                    self._single, self._col_offsets, self._sanitize([[v] for v in row]), strict=True
+                ):
+                    pack(mem, offset, col[0])
             try:
                 transforms = self._call(1, self._fuel1)
-            except AgentFault:
+            except AgentFaultError:
                 self._reset()
                 raise
             if self._growable:
@@ -254,15 +272,15 @@ class PolicyAgent:
     def _finish_one(self, reading: Reading, transforms: int) -> Decision:
         code = self._codes[0]
         if code not in self._table:
-            raise AgentFault(f"agent returned decision code {code}, which it never declared")
+            raise AgentFaultError(f"agent returned decision code {code}, which it never declared")
         if transforms < 0:
-            raise AgentFault(f"agent refused a single row (returned {transforms})")
+            raise AgentFaultError(f"agent refused a single row (returned {transforms})")
         decisions = [self._table[code]]
         self._apply_transforms((reading,), decisions, transforms)
         return decisions[0]
 
     def evaluate_batch(self, readings: Sequence[Reading]) -> list[Decision]:
-        """Decide every reading, in order. On :class:`AgentFault` no decision is returned for
+        """Decide every reading, in order. On :class:`AgentFaultError` no decision is returned for
         this call and the agent has been reset."""
         step = self._chunk
         with self._lock:
@@ -279,14 +297,14 @@ class PolicyAgent:
         for kind, name in self._columns:
             if kind == "field":
                 if values is None:
-                    values = list(map(_VALUES, chunk))
+                    values = [r.values for r in chunk]
                 cols.append(list(map(_GET, values, repeat(name, n), repeat(NAN, n))))
             elif kind == "ts":
-                cols.append(list(map(_TS, chunk)))
+                cols.append([r.ts_ms for r in chunk])
             elif kind == "recv":
-                cols.append(list(map(_RECV, chunk)))
+                cols.append([r.received_ms for r in chunk])
             else:
-                devices = list(map(_DEV, chunk))
+                devices = [r.device for r in chunk]
                 try:
                     cols.append(list(map(self._slots.__getitem__, devices)))
                 except KeyError:
@@ -299,55 +317,67 @@ class PolicyAgent:
         if n == 0:
             return []
         if self._columns:
-            cols = self._encode(chunk, n)
-            packer = self._packers.get(n)
-            if packer is None:
-                packer = struct.Struct("<" + self._rowfmt * n)
-                if len(self._packers) < 64:
-                    self._packers[n] = packer
-            offset = self.manifest.input_offset
-            try:
-                packer.pack_into(self._mem, offset, *(cols[0] if len(cols) == 1 else chain.from_iterable(zip(*cols))))
-            except struct.error:
-                packer.pack_into(self._mem, offset, *chain.from_iterable(self._sanitize(cols)))
+            mem = self._mem
+            for code, offset, col in zip(
+                self._rowfmt, self._col_offsets, self._encode(chunk, n), strict=True
+            ):
+                packer = self._packers.get((code, n))
+                if packer is None:
+                    packer = struct.Struct(f"<{n}{code}")
+                    if len(self._packers) < 256:
+                        self._packers[code, n] = packer
+                try:
+                    packer.pack_into(mem, offset, *col)
+                except struct.error:
+                    packer.pack_into(mem, offset, *self._sanitize_column(code, col))
         try:
             transforms = self._call(n, self.limits.fuel_per_call + self.limits.fuel_per_row * n)
-        except AgentFault:
+        except AgentFaultError:
             self._reset()
             raise
         if self._growable:
             self._map_memory()
         try:
-            decisions = list(map(self._table.__getitem__, self._codes[:n]))
+            decisions = list(map(self._table.__getitem__, self._codes[:n].tolist()))
         except KeyError as exc:
-            raise AgentFault(f"agent returned decision code {exc.args[0]}, which it never declared") from exc
+            raise AgentFaultError(
+                f"agent returned decision code {exc.args[0]}, which it never declared"
+            ) from exc
         if transforms:
             self._apply_transforms(chunk, decisions, transforms)
         elif transforms < 0:
-            raise AgentFault(f"agent refused a batch of {n} rows (returned {transforms})")
+            raise AgentFaultError(f"agent refused a batch of {n} rows (returned {transforms})")
         return decisions
 
-    def _sanitize(self, cols: list[list[Any]]) -> list[Any]:
-        """Columns → rows with every value made packable (the rare path: odd values)."""
-        fixed = []
-        for (kind, _), col in zip(self._columns, cols, strict=True):
-            fixed.append([as_number(v) for v in col] if kind == "field" else
-                         [clamp_i64(v) for v in col] if kind in ("ts", "recv") else col)  # fmt: skip
-        return list(zip(*fixed))
+    @staticmethod
+    def _sanitize_column(code: str, col: list[Any]) -> list[Any]:
+        """Make every value of a column packable (the rare path: odd values)."""
+        return [as_number(v) for v in col] if code == "d" else [clamp_i64(v) for v in col]
 
-    def _apply_transforms(self, chunk: Sequence[Reading], decisions: list[Decision], count: int) -> None:
+    def _sanitize(self, cols: list[list[Any]]) -> list[list[Any]]:
+        return [
+            self._sanitize_column(code, col) for code, col in zip(self._rowfmt, cols, strict=True)
+        ]
+
+    def _apply_transforms(
+        self, chunk: Sequence[Reading], decisions: list[Decision], count: int
+    ) -> None:
+        """Read the agent's compact transform list: ``count`` entries of (row, target values)."""
         m = self.manifest
-        stride = self._tx_row.size
-        rows = [i for i, d in enumerate(decisions) if d.action == "transform"]
-        if len(rows) != count:
-            raise AgentFault(f"agent reported {count} transforms but coded {len(rows)}")
-        for i in rows:
-            shared = decisions[i]
-            out = self._tx_row.unpack_from(self._mem, m.transform_offset + i * stride)
+        entry = self._tx_entry
+        if count > len(chunk):
+            raise AgentFaultError(f"agent reported {count} transforms for {len(chunk)} rows")
+        for j in range(count):
+            i, *out = entry.unpack_from(self._mem, m.transform_offset + j * entry.size)
+            shared = decisions[i] if 0 <= i < len(chunk) else None
+            if shared is None or shared.action != "transform":
+                raise AgentFaultError(f"agent listed row {i} as a transform but did not code it so")
             values = dict(chunk[i].values)
             for t in m.rules[shared.rule_id - 1].targets:
                 values[m.targets[t]] = out[t]
-            decisions[i] = make_decision("transform", shared.rule_id, shared.rule, shared.reason, values)
+            decisions[i] = make_decision(
+                "transform", shared.rule_id, shared.rule, shared.reason, values
+            )
 
     def _reset(self) -> None:
         """Throw the faulted instance away and start a fresh one from the same module."""

@@ -41,9 +41,12 @@ _ACTIONS = frozenset(["allow", "deny", "flag", "transform"])
 Expr = ast.NumExpr | ast.BoolExpr
 
 
+TokenKind = Literal["duration", "number", "string", "ident", "op", "eof"]
+
+
 @dataclass(frozen=True)
 class Token:
-    kind: Literal["duration", "number", "string", "ident", "op", "eof"]
+    kind: TokenKind
     text: str
     line: int
     column: int
@@ -63,7 +66,8 @@ def tokenize(source: str, source_name: str = "<policy>") -> list[Token]:
             line, line_start = line + 1, m.end()
         elif kind != "ws":
             text = m.group()
-            tokens.append(Token(cast("Token.kind", kind), text, line, m.start() - line_start + 1))  # type: ignore[name-defined]
+            column = m.start() - line_start + 1
+            tokens.append(Token(cast("TokenKind", kind), text, line, column))
         pos = m.end()
     tokens.append(Token("eof", "", line, pos - line_start + 1))
     return tokens
@@ -303,7 +307,7 @@ class _Parser:
         for op in ("==", "!=", "matches"):
             if self.at(op):
                 self.take()
-                return ast.StrTest(subject, cast("ast.StrOp", op), (self.string(),))
+                return ast.StrTest(subject, op, (self.string(),))
         raise self.error(f"after {subject!r} expected ==, !=, in or matches")
 
 

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from wasm_policy_strategies import ZONES, policies, readings, same_decision
 
+from amcp.wire.telemetry import Reading
 from wasm import ast
 from wasm.compiler import compile_policy
 from wasm.host import PolicyAgent
@@ -17,9 +18,11 @@ def _zone(device: str) -> str:
     return ZONES.get(device, "")
 
 
-@given(policy=policies(), batch=st.lists(readings, max_size=12), singles=st.lists(readings, max_size=4))
+@given(
+    policy=policies(), batch=st.lists(readings, max_size=12), singles=st.lists(readings, max_size=4)
+)
 def test_compiled_agent_agrees_with_reference(
-    policy: ast.Policy, batch: list, singles: list
+    policy: ast.Policy, batch: list[Reading], singles: list[Reading]
 ) -> None:
     source = ast.to_source(policy)
     compiled = compile_policy(source, batch_capacity=5, device_capacity=8)

@@ -10,9 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wasm._fastcall import SUPPORTED_MAJOR, FastCall, check_bindings
-from wasm.errors import AgentFault, AgentRunaway
+from wasm.errors import AgentFaultError, AgentRunawayError
 from wasm.host import engine
 
+Inst = tuple[wasmtime.Store, wasmtime.Instance]
 WAT = """(module
   (func (export "mix") (param $x i32) (result i32)
     (i32.xor (i32.mul (local.get $x) (i32.const 2654435761)) (i32.const 12345)))
@@ -22,13 +23,15 @@ WAT = """(module
 
 
 @pytest.fixture(scope="module")
-def instance() -> tuple[wasmtime.Store, wasmtime.Instance]:
+def instance() -> Inst:
     store = wasmtime.Store(engine())
     store.set_fuel(10**9)
-    return store, wasmtime.Instance(store, wasmtime.Module(engine(), wasmtime.wat2wasm(WAT)), [])
+    return store, wasmtime.Instance(
+        store, wasmtime.Module(engine(), bytes(wasmtime.wat2wasm(WAT))), []
+    )
 
 
-def _fast(instance: tuple[wasmtime.Store, wasmtime.Instance], name: str) -> FastCall:
+def _fast(instance: Inst, name: str) -> FastCall:
     store, inst = instance
     func = inst.exports(store)[name]
     assert isinstance(func, wasmtime.Func)
@@ -44,25 +47,26 @@ def test_installed_wasmtime_is_the_pinned_major_version() -> None:
 
 
 @given(st.integers(-(2**31), 2**31 - 1))
-def test_fast_call_returns_what_func_call_returns(instance: tuple, x: int) -> None:
+def test_fast_call_returns_what_func_call_returns(instance: Inst, x: int) -> None:
     store, inst = instance
     generic = inst.exports(store)["mix"]
+    assert isinstance(generic, wasmtime.Func)
     assert _fast(instance, "mix")(x, 10_000) == generic(store, x)
 
 
-def test_every_trap_is_reported_and_the_trap_cell_is_cleared(instance: tuple) -> None:
+def test_every_trap_is_reported_and_the_trap_cell_is_cleared(instance: Inst) -> None:
     boom = _fast(instance, "boom")
-    with pytest.raises(AgentFault) as info:
+    with pytest.raises(AgentFaultError) as info:
         boom(0, 10_000)
     assert info.value.trap_code == "UNREACHABLE"
     assert boom(7, 10_000) == 1  # a stale trap cell would raise again here
-    with pytest.raises(AgentFault) as info:
+    with pytest.raises(AgentFaultError) as info:
         boom(0, 10_000)
     assert info.value.trap_code == "UNREACHABLE"
 
 
-def test_out_of_fuel_is_a_runaway(instance: tuple) -> None:
-    with pytest.raises(AgentRunaway) as info:
+def test_out_of_fuel_is_a_runaway(instance: Inst) -> None:
+    with pytest.raises(AgentRunawayError) as info:
         _fast(instance, "spin")(0, 5_000)
     assert info.value.fuel == 5_000
     assert _fast(instance, "mix")(1, 100) == _fast(instance, "mix")(1, 100)
@@ -70,7 +74,9 @@ def test_out_of_fuel_is_a_runaway(instance: tuple) -> None:
 
 def test_signature_is_checked_once_at_construction() -> None:
     store = wasmtime.Store(engine())
-    module = wasmtime.Module(engine(), wasmtime.wat2wasm('(module (func (export "f") (param i64)))'))
+    module = wasmtime.Module(
+        engine(), bytes(wasmtime.wat2wasm('(module (func (export "f") (param i64)))'))
+    )
     func = wasmtime.Instance(store, module, []).exports(store)["f"]
     assert isinstance(func, wasmtime.Func)
     with pytest.raises(TypeError):

@@ -34,7 +34,9 @@ EXAMPLES = sorted((Path(__file__).parents[2] / "examples" / "policies").glob("*.
         ('rule a when "x" == t then deny', 1, 13, "string"),
     ],
 )
-def test_syntax_errors_name_line_and_column(source: str, line: int, column: int, fragment: str) -> None:
+def test_syntax_errors_name_line_and_column(
+    source: str, line: int, column: int, fragment: str
+) -> None:
     with pytest.raises(PolicySyntaxError) as info:
         parse(source)
     assert (info.value.line, info.value.column) == (line, column), str(info.value)

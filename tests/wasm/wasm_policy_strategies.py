@@ -24,7 +24,7 @@ numbers = st.one_of(
 num_leaf = st.one_of(
     numbers.map(ast.Num),
     st.sampled_from(FIELDS).map(ast.Field),
-    st.sampled_from(["hour", "minute", "weekday"]).map(ast.Clock),
+    st.sampled_from([ast.Clock("hour"), ast.Clock("minute"), ast.Clock("weekday")]),
     st.just(ast.Lag()),
     st.sampled_from([1, 1000, 60_000, 3_600_000]).map(ast.Rate),
 )
@@ -40,7 +40,8 @@ num_expr = st.recursive(
 )
 str_test = st.one_of(
     st.builds(ast.StrTest, st.sampled_from(["device", "zone"]),
-              st.sampled_from(["==", "!=", "matches"]), st.sampled_from(PATTERNS).map(lambda p: (p,))),
+              st.sampled_from(["==", "!=", "matches"]),
+              st.sampled_from(PATTERNS).map(lambda p: (p,))),
     st.builds(ast.StrTest, st.sampled_from(["device", "zone"]), st.just("in"),
               st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=3).map(tuple)),
 )  # fmt: skip
@@ -61,10 +62,13 @@ bool_expr = st.recursive(
 
 @st.composite
 def rules(draw: st.DrawFn, name: str) -> ast.Rule:
-    action = draw(st.sampled_from(["allow", "deny", "flag", "transform"]))
+    actions: list[ast.Action] = ["allow", "deny", "flag", "transform"]
+    action = draw(st.sampled_from(actions))
     assigns: tuple[tuple[str, ast.NumExpr], ...] = ()
     if action == "transform":
-        targets = draw(st.lists(st.sampled_from([*FIELDS, "new"]), min_size=1, max_size=3, unique=True))
+        targets = draw(
+            st.lists(st.sampled_from([*FIELDS, "new"]), min_size=1, max_size=3, unique=True)
+        )
         assigns = tuple((t, draw(num_expr)) for t in targets)
     reason = draw(st.text(max_size=12))
     return ast.Rule(name, draw(bool_expr), action, reason, assigns)
@@ -110,8 +114,10 @@ readings = st.builds(
 def same_number(x: Any, y: Any) -> bool:
     if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
         return True
-    return bool(x == y) and type(x) is type(y) and (
-        not isinstance(x, float) or math.copysign(1, x) == math.copysign(1, y)
+    return (
+        bool(x == y)
+        and type(x) is type(y)
+        and (not isinstance(x, float) or math.copysign(1, x) == math.copysign(1, y))
     )
 
 
@@ -120,4 +126,6 @@ def same_decision(x: Decision, y: Decision) -> bool:
         return False
     if x.values is None or y.values is None:
         return x.values is y.values
-    return x.values.keys() == y.values.keys() and all(same_number(x.values[k], y.values[k]) for k in x.values)
+    return x.values.keys() == y.values.keys() and all(
+        same_number(x.values[k], y.values[k]) for k in x.values
+    )
