@@ -102,6 +102,10 @@ class Program:
             self._const_ids[id(value)] = name
         return name
 
+    def bind(self, name: str, value: object) -> None:
+        """Make ``name`` mean ``value`` in the generated code."""
+        self._ns[name] = value
+
     def new_name(self, prefix: str) -> str:
         self._count += 1
         return f"{prefix}{self._count}"
@@ -186,6 +190,29 @@ def _eq_expr(x: str, v: str, value: Scalar, program: Program) -> str:
     return f"({x} == {_lit(program, value)}{guard})"
 
 
+def _in_expr(x: str, v: str, values: tuple[Scalar, ...], program: Program) -> str:
+    """Membership by kind: a str set, a number set, then bool/None identities."""
+    strs = frozenset(c for c in values if isinstance(c, str))
+    nums = frozenset(
+        c for c in values if sem.is_number(c) and not (isinstance(c, float) and math.isnan(c))
+    )
+    idents = [repr(c) for c in dict.fromkeys(c for c in values if c is None or isinstance(c, bool))]
+    parts: list[str] = []
+    first = x
+    if strs:
+        parts.append(f"({first}.__class__ is str and {v} in {program.const(strs)})")
+        first = v
+    if nums:
+        parts.append(f"({first}.__class__ in NUM and {v} in {program.const(nums)})")
+        first = v
+    for ident in idents:
+        parts.append(f"{first} is {ident}")
+        first = v
+    if not parts:
+        return f"({x} is M and False)"
+    return "(" + " or ".join(parts) + ")"
+
+
 def _ord_expr(op: str, x: str, v: str, value: Scalar, program: Program, raw: bool) -> str:
     if value is None or isinstance(value, bool):
         return f"({x} is M and False)"
@@ -231,9 +258,9 @@ def _leaf(node: Cond, scope: _Scope, raw: bool) -> str:  # noqa: C901, PLR0911
         case Missing():
             return f"{x} is M"
         case In(values=values):
-            return f"IN({x}, {program.const(values)})"
+            return _in_expr(x, v, values, program)
         case NotIn(values=values):
-            return f"({x} is not M and not IN({v}, {program.const(values)}))"
+            return f"({x} is not M and not {_in_expr(v, v, values, program)})"
         case Contains(value=value):
             return f"CONTAINS({x}, {_lit(program, value)})"
         case Prefix(value=value):
@@ -288,36 +315,40 @@ def compile_matcher(program: Program, cond: Cond) -> str:
     return name
 
 
-def compile_group(program: Program, members: Sequence[tuple[str, Cond]]) -> str:
-    """Add a ``g(event, out)`` that appends the id of every member that matches.
+def group_lines(program: Program, members: Sequence[tuple[str, Cond]], pad: str) -> list[str]:
+    """Statements appending the id of every member that matches (needs ``e`` and ``out``).
 
     Fields used by two or more members are read once at the top (goldrush ``union``:
     conditions shared by queries are evaluated once).
     """
-    name = program.new_name("group")
     uses: dict[Path, int] = {}
     for _, cond in members:
         for p in dict.fromkeys(_paths(cond)):
             uses[p] = uses.get(p, 0) + 1
     top = _Scope(program)
-    lines = [f"def {name}(e, out):"]
+    lines: list[str] = []
     for p, n in uses.items():
         if n > 1:
             for i in range(1, len(p) + 1):
                 if p[:i] not in top.bound:
-                    lines.append("    " + top.read(p[:i])[1:-1].replace(" := ", " = ", 1))
+                    lines.append(pad + top.read(p[:i])[1:-1].replace(" := ", " = ", 1))
     for pid, cond in members:
         scope = _Scope(program, top.bound)
         test = chain(conjuncts(cond), scope)
         lines += [
-            "    try:",
-            f"        if {test}:",
-            f"            out.append({pid!r})",
-            "    except TypeError:",
-            "        pass",
+            f"{pad}try:",
+            f"{pad}    if {test}:",
+            f"{pad}        out.append({pid!r})",
+            f"{pad}except TypeError:",
+            f"{pad}    pass",
         ]
-    if len(lines) == 1:
-        lines.append("    pass")
+    return lines
+
+
+def compile_group(program: Program, members: Sequence[tuple[str, Cond]]) -> str:
+    """Add a ``g(event, out)`` running :func:`group_lines`; returns its name."""
+    name = program.new_name("group")
+    lines = [f"def {name}(e, out):", *group_lines(program, members, "    "), "    pass"]
     program.add("\n".join(lines) + "\n")
     return name
 

@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from amcp.goldrush import codegen
 from amcp.goldrush import semantics as sem
-from amcp.goldrush.query import Cond, Eq, Gt, Gte, In, Lt, Lte, Path, Scalar
+from amcp.goldrush.query import All, Cond, Eq, Gt, Gte, In, Lt, Lte, Null, Path, Scalar
 
 NodeFn = Callable[[Mapping[str, Any], list[str]], None]
 Item = tuple[str, list[Cond]]
@@ -85,7 +85,7 @@ def _threshold(cond: Cond) -> tuple[str, Path, float] | None:
 
 @dataclass
 class _GroupPlan:
-    name: str
+    members: list[tuple[str, Cond]]
 
 
 @dataclass
@@ -98,8 +98,8 @@ class _EqPlan:
 @dataclass
 class _ThresholdPlan:
     path: Path
-    # op -> (sorted constants, [(pattern id, residual matcher name or None)])
-    lists: dict[str, tuple[list[float], list[tuple[str, str | None]]]] = field(default_factory=dict)
+    # op -> [(constant, pattern id, what is left to test or None)], sorted by constant
+    lists: dict[str, list[tuple[float, str, Cond | None]]] = field(default_factory=dict)
     rest: _Plan | None = None
 
 
@@ -107,10 +107,9 @@ _Plan = _GroupPlan | _EqPlan | _ThresholdPlan
 
 
 class Planner:
-    """Turns (pattern id, conjuncts) items into a plan, adding code to one program."""
+    """Decides how to split (pattern id, conjuncts) items: equality, thresholds, groups."""
 
-    def __init__(self, program: codegen.Program, leaf_size: int = LEAF_SIZE) -> None:
-        self.program = program
+    def __init__(self, leaf_size: int = LEAF_SIZE) -> None:
         self.leaf_size = leaf_size
 
     def plan(self, items: list[Item], depth: int = 0) -> _Plan | None:
@@ -127,8 +126,7 @@ class Planner:
         return self._group(items)
 
     def _group(self, items: list[Item]) -> _GroupPlan:
-        members = [(pid, _and(conds)) for pid, conds in items]
-        return _GroupPlan(codegen.compile_group(self.program, members))
+        return _GroupPlan([(pid, _and(conds)) for pid, conds in items])
 
     def _split_eq(self, items: list[Item], depth: int) -> _EqPlan | None:
         counts: dict[Path, int] = {}
@@ -155,7 +153,9 @@ class Planner:
         if not buckets:
             return None
         table = {k: self.plan(b, depth + 1) for k, b in buckets.items()}
-        return _EqPlan(path, {k: v for k, v in table.items() if v is not None}, self.plan(rest))
+        return _EqPlan(
+            path, {k: v for k, v in table.items() if v is not None}, self.plan(rest, depth + 1)
+        )
 
     def _split_threshold(self, items: list[Item], depth: int) -> _ThresholdPlan | None:
         counts: dict[Path, int] = {}
@@ -167,107 +167,137 @@ class Planner:
         path = max(counts, key=lambda p: counts[p])
         if counts[path] <= self.leaf_size:
             return None
-        entries: dict[str, list[tuple[float, str, str | None]]] = {}
+        plan = _ThresholdPlan(path)
         rest: list[Item] = []
         for pid, conds in items:
             for i, c in enumerate(conds):
                 t = _threshold(c)
                 if t is not None and t[1] == path:
                     residual = conds[:i] + conds[i + 1 :]
-                    name = codegen.compile_matcher(self.program, _and(residual)) if residual else None
-                    entries.setdefault(t[0], []).append((t[2], pid, name))
+                    plan.lists.setdefault(t[0], []).append(
+                        (t[2], pid, _and(residual) if residual else None)
+                    )
                     break
             else:
                 rest.append((pid, conds))
-        plan = _ThresholdPlan(path, rest=self.plan(rest, depth + 1))
-        for op, rows in entries.items():
+        for rows in plan.lists.values():
             rows.sort(key=lambda r: r[0])
-            plan.lists[op] = ([r[0] for r in rows], [(r[1], r[2]) for r in rows])
+        plan.rest = self.plan(rest, depth + 1)
         return plan
 
 
 def _and(conds: list[Cond]) -> Cond:
-    from amcp.goldrush.query import All, Null  # noqa: PLC0415 - tiny helper, avoids clutter
-
     if not conds:
         return Null(value=True)
     return conds[0] if len(conds) == 1 else All(tuple(conds))
 
 
-def _reader(path: Path) -> Callable[[Mapping[str, Any]], Any]:
-    if len(path) == 1:
-        key = path[0]
-        missing = sem.MISSING
-        return lambda e: e.get(key, missing)
-    return lambda e: sem.lookup(e, path)
+# ---- code for a plan ----------------------------------------------------------------------
+# The whole plan becomes generated code too: a split is a few inline statements, the
+# patterns left at a leaf are inlined as a group, and only the sub-plans behind an equality
+# table are separate functions (one per constant). No closures, no per-node calls.
+
+_CUTS = {"gt": ("BL", False), "gte": ("BR", False), "lt": ("BR", True), "lte": ("BL", True)}
 
 
-def instantiate(plan: _Plan | None, ns: Mapping[str, object]) -> NodeFn | None:
-    """Turn a plan into closures over the compiled functions in ``ns``."""
-    if plan is None:
-        return None
-    if isinstance(plan, _GroupPlan):
-        fn: NodeFn = ns[plan.name]  # type: ignore[assignment]
+class Emitter:
+    """Writes a plan into a :class:`codegen.Program`."""
+
+    def __init__(self, program: codegen.Program) -> None:
+        self.program = program
+        self.fixups: list[dict[object, object]] = []
+        program.bind("BL", bisect_left)
+        program.bind("BR", bisect_right)
+        program.bind("TRUE_KEY", TRUE_KEY)
+        program.bind("FALSE_KEY", FALSE_KEY)
+        program.bind("LOOKUP", sem.lookup)
+
+    def function(self, plan: _Plan | None) -> str:
+        """Add ``def name(e, out)`` for ``plan``; returns the name."""
+        name = self.program.new_name("node")
+        body = self.lines(plan, "    ") if plan is not None else []
+        self.program.add("\n".join([f"def {name}(e, out):", *body, "    pass"]) + "\n")
+        return name
+
+    def lines(self, plan: _Plan, pad: str) -> list[str]:
+        if isinstance(plan, _GroupPlan):
+            return codegen.group_lines(self.program, plan.members, pad)
+        if isinstance(plan, _EqPlan):
+            return self._eq(plan, pad)
+        return self._threshold(plan, pad)
+
+    def _read(self, path: Path, pad: str) -> tuple[str, list[str]]:
+        var = self.program.new_name("k")
+        if len(path) == 1:
+            return var, [f"{pad}{var} = e.get({path[0]!r}, M)"]
+        return var, [f"{pad}{var} = LOOKUP(e, {self.program.const(path)})"]
+
+    def _eq(self, plan: _EqPlan, pad: str) -> list[str]:
+        table: dict[object, object] = {k: self.function(sub) for k, sub in plan.table.items()}
+        self.fixups.append(table)
+        t = self.program.const(table)
+        v, lines = self._read(plan.path, pad)
+        c = self.program.new_name("c")
+        lines += [
+            f"{pad}if {v}.__class__ is bool:",
+            f"{pad}    {v} = TRUE_KEY if {v} else FALSE_KEY",
+            f"{pad}try:",
+            f"{pad}    {c} = {t}.get({v})",
+            f"{pad}except TypeError:",  # unhashable (list, mapping): equals no constant
+            f"{pad}    {c} = None",
+            f"{pad}if {c} is not None:",
+            f"{pad}    {c}(e, out)",
+        ]
+        if plan.rest is not None:
+            lines += self.lines(plan.rest, pad)
+        return lines
+
+    def _threshold(self, plan: _ThresholdPlan, pad: str) -> list[str]:
+        v, lines = self._read(plan.path, pad)
+        # numbers only: not bool, not NaN (NaN passes no threshold)
+        lines.append(f"{pad}if ({v}.__class__ is int or {v}.__class__ is float) and {v} == {v}:")
+        inner = pad + "    "
+        for op, rows in plan.lists.items():
+            cut, tail = _CUTS[op]
+            bare = [(c, pid) for c, pid, rest in rows if rest is None]
+            tested = [(c, pid, rest) for c, pid, rest in rows if rest is not None]
+            if bare:
+                consts = self.program.const([c for c, _ in bare])
+                ids = self.program.const([pid for _, pid in bare])
+                sl = f"{cut}({consts}, {v}):" if tail else f":{cut}({consts}, {v})"
+                lines.append(f"{inner}out.extend({ids}[{sl}])")
+            if tested:
+                consts = self.program.const([c for c, _, _ in tested])
+                names = [(pid, codegen.compile_matcher(self.program, r)) for _, pid, r in tested]
+                fns: list[object] = list(names)
+                self.fixups.append(fns)  # type: ignore[arg-type]
+                rows_name = self.program.const(fns)
+                sl = f"{cut}({consts}, {v}):" if tail else f":{cut}({consts}, {v})"
+                lines += [
+                    f"{inner}for pid, fn in {rows_name}[{sl}]:",
+                    f"{inner}    if fn(e):",
+                    f"{inner}        out.append(pid)",
+                ]
+        lines.append(f"{inner}pass")
+        if plan.rest is not None:
+            lines += self.lines(plan.rest, pad)
+        return lines
+
+    def finish(self, root: str) -> NodeFn:
+        """Compile, then swap function names in the tables for the functions themselves."""
+        ns = codegen.finish(self.program)
+        for fixup in self.fixups:
+            if isinstance(fixup, dict):
+                for k, name in fixup.items():
+                    fixup[k] = ns[name]  # type: ignore[index]
+            else:
+                fixup[:] = [(pid, ns[name]) for pid, name in fixup]  # type: ignore[misc]
+        fn: NodeFn = ns[root]  # type: ignore[assignment]
         return fn
-    if isinstance(plan, _EqPlan):
-        return _eq_node(plan, ns)
-    return _threshold_node(plan, ns)
 
 
-def _eq_node(plan: _EqPlan, ns: Mapping[str, object]) -> NodeFn:
-    read = _reader(plan.path)
-    table: dict[object, NodeFn] = {}
-    for k, sub in plan.table.items():
-        fn = instantiate(sub, ns)
-        if fn is not None:
-            table[k] = fn
-    rest = instantiate(plan.rest, ns)
-    get = table.get
-
-    def eq_node(e: Mapping[str, Any], out: list[str]) -> None:
-        v = read(e)
-        if v.__class__ is bool:
-            v = TRUE_KEY if v else FALSE_KEY
-        try:
-            child = get(v)
-        except TypeError:  # unhashable value (list, mapping): equals no constant
-            child = None
-        if child is not None:
-            child(e, out)
-        if rest is not None:
-            rest(e, out)
-
-    return eq_node
-
-
-def _threshold_node(plan: _ThresholdPlan, ns: Mapping[str, object]) -> NodeFn:
-    read = _reader(plan.path)
-    rest = instantiate(plan.rest, ns)
-    resolved: dict[str, tuple[list[float], list[tuple[str, codegen.Matcher | None]]]] = {}
-    for op, (consts, rows) in plan.lists.items():
-        fns = [(pid, None if name is None else ns[name]) for pid, name in rows]
-        resolved[op] = (consts, fns)  # type: ignore[assignment]
-    empty: tuple[list[float], list[tuple[str, codegen.Matcher | None]]] = ([], [])
-    gt, gte, lt, lte = (resolved.get(op, empty) for op in ("gt", "gte", "lt", "lte"))
-
-    def run(e: Mapping[str, Any], out: list[str], rows: list[Any]) -> None:
-        for pid, fn in rows:
-            if fn is None or fn(e):
-                out.append(pid)
-
-    def threshold_node(e: Mapping[str, Any], out: list[str]) -> None:
-        v = read(e)
-        cls = v.__class__
-        if (cls is int or cls is float) and v == v:  # numbers, not bool, not NaN
-            if gt[0]:
-                run(e, out, gt[1][: bisect_left(gt[0], v)])
-            if gte[0]:
-                run(e, out, gte[1][: bisect_right(gte[0], v)])
-            if lt[0]:
-                run(e, out, lt[1][bisect_right(lt[0], v) :])
-            if lte[0]:
-                run(e, out, lte[1][bisect_left(lte[0], v) :])
-        if rest is not None:
-            rest(e, out)
-
-    return threshold_node
+def build(items: list[Item], leaf_size: int = LEAF_SIZE) -> NodeFn:
+    """The matcher ``fn(event, out)`` for (pattern id, conjuncts) items."""
+    emitter = Emitter(codegen.Program())
+    root = emitter.function(Planner(leaf_size).plan(items))
+    return emitter.finish(root)

@@ -21,7 +21,7 @@ from typing import Any
 
 from amcp.goldrush import codegen
 from amcp.goldrush.errors import GoldrushError, QueryError
-from amcp.goldrush.index import LEAF_SIZE, Item, NodeFn, Planner, instantiate
+from amcp.goldrush.index import LEAF_SIZE, Item, NodeFn, build
 from amcp.goldrush.parse import parse
 from amcp.goldrush.query import Cond, Null, Query, split_with
 from amcp.goldrush.reduce import reduce_cond
@@ -121,10 +121,8 @@ class PatternSet:
                 bound[pid] = tuple(actions[n] for n in names)
             if not (isinstance(reduced, Null) and not reduced.value):
                 items.append((pid, codegen.conjuncts(reduced)))
-        program = codegen.Program()
         try:
-            plan = Planner(program, leaf_size).plan(items)
-            root = instantiate(plan, codegen.finish(program))
+            root = build(items, leaf_size) if items else None
         except GoldrushError:
             raise
         except (SyntaxError, RecursionError, MemoryError) as exc:  # pragma: no cover

@@ -17,7 +17,7 @@ from amcp.goldrush import (
 )
 from amcp.goldrush import query as q
 from amcp.goldrush.index import _EqPlan, _ThresholdPlan, Planner
-from amcp.goldrush.codegen import Program, conjuncts
+from amcp.goldrush.codegen import conjuncts
 
 
 def red(text: str) -> str:
@@ -76,12 +76,12 @@ def test_goldrush_common_step_left_out_because_it_changes_meaning() -> None:
 
 def test_index_splits_on_equality_then_thresholds() -> None:
     items = [(f"d{i}", conjuncts(parse(f"device == 'd{i % 50}' and temp > {i}"))) for i in range(200)]
-    plan = Planner(Program()).plan(items)  # type: ignore[arg-type]
+    plan = Planner().plan(items)  # type: ignore[arg-type]
     assert isinstance(plan, _EqPlan)
     assert plan.path == ("device",)
     assert len(plan.table) == 50
     thresholds = [(f"t{i}", conjuncts(parse(f"temp > {i} and cpu > 1"))) for i in range(50)]
-    tplan = Planner(Program()).plan(thresholds)  # type: ignore[arg-type]
+    tplan = Planner().plan(thresholds)  # type: ignore[arg-type]
     assert isinstance(tplan, _ThresholdPlan)
 
 
