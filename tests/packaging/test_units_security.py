@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from deb_support import REPO, run
 
 UNITS = REPO / "systemd"

@@ -1,0 +1,142 @@
+"""The Debian package on this machine: install, run, upgrade, downgrade, remove, purge.
+
+This machine has no running systemd (a container), which is itself a case the package must
+handle: the maintainer scripts configure everything and start nothing. The package built here
+is real (build.sh, with the venv cached between runs); two builds differ in version and in the
+reader schema their preinst accepts.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import Builds
+from deb_support import CACHE, HostDpkg, project_version, run
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+OPT = Path("/opt/cybernetic-edge")
+ETC = Path("/etc/cybernetic")
+STATE = Path("/var/lib/cybernetic")
+CLI = OPT / "bin/cybernetic"
+
+
+def write_marker(schema: int, min_reader: int) -> Path:
+    """The marker the daemon keeps next to its database (contract in debian/preinst)."""
+    marker = STATE / "gateway/SCHEMA_VERSION"
+    marker.write_text(f"schema={schema}\nmin_reader={min_reader}\n")
+    return marker
+
+
+def test_fresh_install(host_dpkg: HostDpkg, debs: Builds) -> None:
+    """One installation, every check that only reads (installations are the slow part)."""
+    host_dpkg.install(debs.old)
+    assert host_dpkg.version() == debs.old_version
+
+    # runs, from the venv and from PATH
+    assert run(CLI, "--version").stdout.strip() == f"cybernetic {project_version()}"
+    assert run("/usr/bin/cybernetic", "--version").returncode == 0
+    # the shipped configuration is valid for the daemon it ships with
+    for name in ("gateway.toml", "cloud.toml"):
+        assert "valid" in run(CLI, "config", "check", ETC / name).stdout
+    # the venv is Debian's interpreter at its final path, with no trace of the build folder
+    prefix = run(OPT / "bin/python", "-c", "import sys; print(sys.prefix, sys.base_prefix)")
+    assert prefix.stdout.split() == [str(OPT), "/usr"]
+    leaks = run("grep", "-rIl", str(CACHE), OPT, check=False)
+    assert leaks.stdout == "", f"build paths baked into the venv:\n{leaks.stdout}"
+
+    # account, folders and secrets
+    assert run("id", "-un", "cybernetic").stdout.strip() == "cybernetic"
+    mode = lambda path: run("stat", "-c", "%U:%G %a", path).stdout.split()  # noqa: E731
+    assert mode(STATE / "gateway") == ["cybernetic:cybernetic", "750"]
+    assert mode(ETC / "secrets") == ["root:cybernetic", "750"]
+    password = ETC / "secrets/local-broker.password"
+    assert mode(password) == ["root:cybernetic", "640"]
+    assert len(password.read_text().strip()) >= 32
+    assert mode(ETC / "mosquitto/passwd") == ["root:mosquitto", "640"]
+    broker_users = (ETC / "mosquitto/passwd").read_text()
+    assert re.search(r"^gateway:\$", broker_users, re.MULTILINE), broker_users
+    conf = (ETC / "mosquitto.conf").read_text()
+    assert "password_file /etc/cybernetic/mosquitto/passwd" in conf
+    assert "allow_anonymous false" in conf
+
+    # enabled for the next boot, not started: there is no running systemd here
+    wants = Path("/etc/systemd/system/multi-user.target.wants")
+    assert (wants / "cybernetic-gateway.service").is_symlink()
+    assert not (wants / "cybernetic-cloud.service").exists()
+    # the installed units verify against the real binary
+    for unit in ("cybernetic-gateway.service", "cybernetic-cloud.service"):
+        proc = run("systemd-analyze", "verify", f"/lib/systemd/system/{unit}", check=False)
+        assert (proc.returncode, proc.stdout + proc.stderr) == (0, ""), unit
+    conffiles = run("dpkg-query", "-W", "-f=${Conffiles}", "cybernetic-edge").stdout
+    assert {line.split()[0] for line in conffiles.strip().splitlines()} == {
+        "/etc/cybernetic/gateway.toml",
+        "/etc/cybernetic/cloud.toml",
+        "/etc/cybernetic/mosquitto.conf",
+        "/etc/cybernetic/mosquitto/acl",
+    }
+
+
+def test_upgrade_keeps_configuration_and_state(host_dpkg: HostDpkg, debs: Builds) -> None:
+    host_dpkg.install(debs.old)
+    gateway_toml = ETC / "gateway.toml"
+    edited = gateway_toml.read_text().replace('id = "gw-1"', 'id = "gw-edited"')
+    assert edited != gateway_toml.read_text()
+    gateway_toml.write_text(edited)
+    password = (ETC / "secrets/local-broker.password").read_text()
+    outbox = STATE / "gateway/outbox.sqlite3"
+    outbox.write_bytes(b"state that must survive")
+    write_marker(schema=1, min_reader=1)
+
+    host_dpkg.install(debs.new)
+
+    assert host_dpkg.version() == debs.new_version
+    assert gateway_toml.read_text() == edited
+    assert (ETC / "secrets/local-broker.password").read_text() == password
+    assert outbox.read_bytes() == b"state that must survive"
+    assert run(CLI, "config", "check", gateway_toml).returncode == 0
+
+
+def test_downgrade_refused_when_state_is_too_new(host_dpkg: HostDpkg, debs: Builds) -> None:
+    host_dpkg.install(debs.new)
+    write_marker(schema=debs.new_schema, min_reader=debs.new_schema)
+
+    proc = host_dpkg.install(debs.old, check=False)
+
+    assert proc.returncode != 0
+    assert "refusing to install" in proc.stderr
+    assert f"schema {debs.new_schema}" in proc.stderr
+    assert f"reads up to schema {debs.old_schema}" in proc.stderr
+    # the newer version stays installed and working
+    assert host_dpkg.version() == debs.new_version
+    assert run(CLI, "--version").returncode == 0
+
+
+def test_downgrade_allowed_when_older_code_reads_the_state(
+    host_dpkg: HostDpkg, debs: Builds
+) -> None:
+    host_dpkg.install(debs.new)
+    write_marker(schema=debs.new_schema, min_reader=debs.old_schema)
+
+    host_dpkg.install(debs.old)
+
+    assert host_dpkg.version() == debs.old_version
+
+
+def test_remove_keeps_configuration_and_purge_deletes_it(host_dpkg: HostDpkg, debs: Builds) -> None:
+    host_dpkg.install(debs.old)
+    (STATE / "gateway/outbox.sqlite3").write_bytes(b"x")
+
+    host_dpkg.remove()
+    assert not CLI.exists()
+    assert (ETC / "gateway.toml").is_file()
+    assert (STATE / "gateway/outbox.sqlite3").is_file()
+    assert host_dpkg.status().startswith("deinstall ok config-files")
+
+    host_dpkg.purge()
+    assert not ETC.exists()
+    assert not STATE.exists()
+    assert not OPT.exists()
+    assert host_dpkg.version() is None
