@@ -1,0 +1,127 @@
+"""One gateway↔cloud link's envelopes: who seals with which key, who is trusted to open.
+
+Every message between a gateway and the cloud travels in an aMCP envelope (``docs/wire.md``),
+signed with the link's HMAC session keys: ``up`` (gateway → cloud) and ``down`` (cloud →
+gateway), both derived with HKDF from one shared link secret. Until enrolment provides that
+secret by key agreement it comes from configuration (a file readable only by the service).
+
+- :class:`GatewayLink`: a gateway's side (one cloud).
+- :class:`CloudLinks`: the cloud's side (many gateways; a gateway's keys are loaded the first
+  time it is heard from). It also checks that the envelope's signer is the gateway the topic
+  names, so one gateway can never speak for another.
+
+Envelopes are made when a message is *sent*: call :meth:`seal` right before publishing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from amcp.crypto import Keyring, derive_link_keys
+from amcp.replay import ReplayGuard
+from amcp.wire import Context, Opened, Opener, Sealer, SourceMismatchError, UnknownKeyError
+from amcp.wire.messages import Message
+
+DEFAULT_CLOUD_ID = "cloud"
+
+
+def read_secret(path: str | Path) -> bytes:
+    """A link secret file: hex (as written by the tools) or raw bytes, at least 16 bytes."""
+    raw = Path(path).read_bytes().strip()
+    try:
+        secret = bytes.fromhex(raw.decode())
+    except (UnicodeDecodeError, ValueError):
+        secret = raw
+    if len(secret) < 16:
+        raise ValueError(f"link secret in {path} is shorter than 16 bytes")
+    return secret
+
+
+class GatewayLink:
+    def __init__(
+        self,
+        gateway: str,
+        secret: bytes,
+        replay_db: Path | None,
+        *,
+        cloud: str = DEFAULT_CLOUD_ID,
+        zone: str = "",
+        window_s: float = 90.0,
+    ) -> None:
+        keys = derive_link_keys(secret, gateway=gateway, cloud=cloud)
+        self.gateway = gateway
+        self.sealer = Sealer(keys.up, zone=zone)
+        self.guard = ReplayGuard(replay_db, window_s=window_s)
+        self.opener = Opener(Keyring([keys.down.entry()]), self.guard, window_s=window_s)
+
+    def seal(self, message: Message, topic: str, context: Context | None = None) -> bytes:
+        return self.sealer.seal(message, topic, context)
+
+    def open(self, data: bytes, topic: str) -> Opened:
+        opened = self.opener.open(data, topic)
+        assert opened is not None  # only retained announcements return None
+        return opened
+
+    def close(self) -> None:
+        self.guard.close()
+
+
+class CloudLinks:
+    def __init__(
+        self,
+        secrets: Callable[[str], bytes | None],
+        replay_db: Path | None,
+        *,
+        cloud: str = DEFAULT_CLOUD_ID,
+        window_s: float = 90.0,
+    ) -> None:
+        self.cloud = cloud
+        self._secrets = secrets
+        self._keyring = Keyring()
+        self.guard = ReplayGuard(replay_db, window_s=window_s)
+        self.opener = Opener(self._keyring, self.guard, window_s=window_s)
+        self._sealers: dict[str, Sealer] = {}
+        self._lock = threading.Lock()
+
+    def _ensure(self, gateway: str) -> Sealer:
+        with self._lock:
+            sealer = self._sealers.get(gateway)
+            if sealer is None:
+                secret = self._secrets(gateway)
+                if secret is None:
+                    raise UnknownKeyError(f"link:{gateway}")
+                keys = derive_link_keys(secret, gateway=gateway, cloud=self.cloud)
+                self._keyring.add(keys.up.entry())
+                sealer = self._sealers[gateway] = Sealer(keys.down)
+            return sealer
+
+    def open(self, gateway: str, data: bytes, topic: str) -> Opened:
+        """Verify an envelope received on ``topic`` from ``gateway`` (named by the topic)."""
+        self._ensure(gateway)
+        opened = self.opener.open(data, topic)
+        assert opened is not None
+        if opened.header.source != gateway:
+            raise SourceMismatchError(opened.header.key_id, gateway, opened.header.source)
+        return opened
+
+    def seal(
+        self, gateway: str, message: Message, topic: str, context: Context | None = None
+    ) -> bytes:
+        return self._ensure(gateway).seal(message, topic, context)
+
+    def close(self) -> None:
+        self.guard.close()
+
+
+def secrets_in_dir(directory: Path) -> Callable[[str], bytes | None]:
+    """Look up a gateway's link secret as the file named after it in ``directory``."""
+
+    def lookup(gateway: str) -> bytes | None:
+        if not gateway or "/" in gateway or gateway.startswith("."):
+            return None
+        path = directory / gateway
+        return read_secret(path) if path.is_file() else None
+
+    return lookup
