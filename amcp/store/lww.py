@@ -208,7 +208,7 @@ class LWWStore:
         Raises :class:`ClockSkewError` (nothing applied) when a clock is too far ahead.
         """
         self._validate(rows, chunks)
-        self._check_skew(rows, chunks)
+        top = self._check_skew(rows, chunks)
         with self._transaction():
             ready: list[Row] = []
             if chunks:
@@ -225,13 +225,14 @@ class LWWStore:
             changes = self._apply(ready) if ready else []
             if peer is not None and peer_version is not None:
                 peers.received(self._conn, peer, peer_version, self.clock.wall_ms())
-            top = max([r.hlc for r in rows] + [c.hlc for c in chunks], default=0)
             self.clock.observe(top)
         self._notify(changes)
         return changes
 
     def _validate(self, rows: Sequence[Row], chunks: Sequence[Chunk]) -> None:
-        for row in rows:
+        limit = self.max_value_bytes
+        suspects = [r for r in rows if not r.site or r.chunks or len(r.value or b"") > limit]
+        for row in suspects:
             if not row.site:
                 raise InvalidRowError(row.namespace, row.key, "empty site")
             if row.chunks < 0 or (row.chunks > 0 and len(row.value or b"") != DIGEST_BYTES):
@@ -241,12 +242,12 @@ class LWWStore:
             if not chunk.site or chunk.index < 0 or not chunk.data:
                 raise InvalidRowError(chunk.namespace, chunk.key, "bad chunk")
 
-    def _check_skew(self, rows: Sequence[Row], chunks: Sequence[Chunk]) -> None:
-        items: list[Row | Chunk] = [*rows, *chunks]
-        if not items:
-            return
-        worst = max(items, key=lambda r: r.hlc)
-        if self.clock.too_far_ahead(worst.hlc):
+    def _check_skew(self, rows: Sequence[Row], chunks: Sequence[Chunk]) -> int:
+        """Refuse the batch if any clock is too far ahead; return its highest clock."""
+        top = max(max((r.hlc for r in rows), default=0), max((c.hlc for c in chunks), default=0))
+        if top and self.clock.too_far_ahead(top):
+            items: list[Row | Chunk] = [*rows, *chunks]
+            worst = max(items, key=lambda r: r.hlc)
             raise ClockSkewError(
                 worst.namespace,
                 worst.key,
@@ -255,6 +256,7 @@ class LWWStore:
                 local_ms=self.clock.wall_ms(),
                 max_ahead_ms=self.clock.max_ahead_ms,
             )
+        return top
 
     def _insert_chunks(self, chunks: Sequence[Chunk]) -> None:
         if not chunks:
