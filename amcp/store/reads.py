@@ -151,18 +151,22 @@ def changes_since(
         used = 0
         reached = version
         for ver, kind, r in merged:
-            row = Row(r[1], r[2], r[3], r[4], r[5], r[6]) if kind == 0 else None
-            chunk = Chunk(r[1], r[2], r[3], r[4], r[5], r[6]) if kind == 1 else None
-            size = row_size(row) if row is not None else chunk_size(chunk)  # type: ignore[arg-type]
+            item: Row | Chunk
+            if kind == 0:
+                item = Row(r[1], r[2], r[3], r[4], r[5], r[6])
+                size = row_size(item)
+            else:
+                item = Chunk(r[1], r[2], r[3], r[4], r[5], r[6])
+                size = chunk_size(item)
             if used and used + size > limit_bytes:
                 return ChangeSet(rows, chunks, reached, more=True)
             reached = ver
-            if r[5 if kind == 0 else 4] == exclude_site:
+            if item.site == exclude_site:
                 continue
             used += size
-            if row is not None:
-                rows.append(row)
-            elif chunk is not None:
-                chunks.append(chunk)
+            if isinstance(item, Row):
+                rows.append(item)
+            else:
+                chunks.append(item)
         more = horizon < top
         return ChangeSet(rows, chunks, reached if more else top, more=more)

@@ -10,7 +10,20 @@ from cybernetic.__main__ import main
 
 
 def test_bench_store_prints_its_fields(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["bench", "store", "--json", "--sites", "3", "--rows", "50", "--batch", "20", "--runs", "1"])  # fmt: skip
+    argv = [
+        "bench",
+        "store",
+        "--json",
+        "--sites",
+        "3",
+        "--rows",
+        "50",
+        "--batch",
+        "20",
+        "--runs",
+        "1",
+    ]
+    code = main(argv)
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     for field in ("local_writes_per_s", "merge_rows_per_s", "raw_upsert_rows_per_s"):
