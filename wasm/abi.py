@@ -8,8 +8,8 @@ A module is a policy agent when it imports nothing and exports
 - ``cyb_manifest_ptr`` / ``cyb_manifest_len``: immutable i32 globals locating a JSON
   :class:`Manifest` in memory that says where every region is and what each code means.
 
-Input is column-major: column ``c`` is an array of ``batch_capacity`` 8-byte little-endian
-values at ``input_offset + c * 8 * batch_capacity`` (ts/recv/slot: i64, field: f64).
+Input is row-major: row ``i`` is at ``input_offset + i * 8 * len(columns)``, one 8-byte
+little-endian value per column (ts/recv/slot: i64, field: f64).
 Each output is a u16 decision code ``action | rule_id << 2`` (action: allow 0, deny 1, flag 2,
 transform 3; rule_id 0 = the default). The j-th transform of a call writes an entry at
 ``transform_offset + j * 8 * (1 + len(targets))``: the row index (i64), then one f64 per
@@ -75,6 +75,9 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     predicates: list[Predicate]
     rate_offset: int
     rate_windows: list[int]
+    fuel_per_row: int = 0
+    """The compiler's upper bound on fuel one row costs (0: unknown). The host budgets
+    twice this, never more than its own limit, so a runaway stops sooner."""
 
     @property
     def row_stride(self) -> int:

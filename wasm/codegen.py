@@ -115,8 +115,9 @@ def _rule_nodes(rule: ast.Rule) -> list[object]:
 
 @dataclass(frozen=True)
 class _Layout:
+    inputs: int
     columns: Mapping[tuple[str, str], int]
-    """(kind, name) → byte offset of that column's array."""
+    """(kind, name) → byte offset of that column within a row."""
     device_table: int
     rates: int
     output: int
@@ -131,10 +132,9 @@ def _layout(g: _Gen, columns: list[abi.Column], batch: int, devices: int) -> _La
     output = inputs + batch * abi.ROW_SLOT * len(columns)
     transforms = _align(output + batch * 2)
     tx_entry = 8 + 8 * len(g.targets)  # row index (i64), then one f64 per target
-    offsets: dict[tuple[str, str], int] = {
-        (c.kind, c.name): inputs + i * 8 * batch for i, c in enumerate(columns)
-    }
-    return _Layout(offsets, 0, rates, output, transforms, tx_entry, transforms + batch * tx_entry)
+    offsets: dict[tuple[str, str], int] = {(c.kind, c.name): 8 * i for i, c in enumerate(columns)}
+    end = transforms + batch * tx_entry
+    return _Layout(inputs, offsets, 0, rates, output, transforms, tx_entry, end)
 
 
 _HOUR_MINUTE = f"""(local.set $q (i64.rem_s (local.get $ts) (i64.const {DAY_MS})))
@@ -161,7 +161,11 @@ _LOCALS = """(local $row i32) (local $in i32) (local $slot i32) (local $p i32) (
 def _prelude(g: _Gen, lay: _Layout, device_capacity: int) -> list[str]:
     """Per-row loads and derived values: columns, clock, lag, device bits, rate windows."""
     col = lay.columns
-    body = ["(local.set $in (i32.shl (local.get $row) (i32.const 3)))"]
+    stride = 8 * len(col)
+    row_start = (
+        f"(i32.add (i32.const {lay.inputs}) (i32.mul (local.get $row) (i32.const {stride})))"
+    )
+    body = [f"(local.set $in {row_start})"]
     if ("ts", "") in col:
         body.append(f"(local.set $ts (i64.load offset={col['ts', '']} (local.get $in)))")
     if g.lag:
@@ -237,15 +241,18 @@ def generate(
         abi.RuleInfo(r.name, r.action, r.reason, [g.targets.index(f) for f, _ in r.assigns])
         for r in policy.rules
     ]
+    body = _prelude(g, lay, device_capacity) + _rules(g, policy, lay)
+    # every instruction is written folded, one "(" each, and costs at most one unit of fuel
+    fuel_per_row = sum(line.count("(") for line in body) + 16
     manifest = abi.Manifest(
         abi=abi.ABI_VERSION, policy=policy.name, version=policy.version,
         default_action=policy.default, default_reason=policy.default_reason, rules=rules,
         batch_capacity=batch_capacity, device_capacity=device_capacity,
-        input_offset=min(lay.columns.values(), default=lay.output), columns=columns,
+        input_offset=lay.inputs, columns=columns,
         output_offset=lay.output, transform_offset=lay.transforms, targets=g.targets,
         device_table_offset=lay.device_table,
         predicates=[abi.Predicate(p.subject, p.op, list(p.values)) for p in g.preds],
-        rate_offset=lay.rates, rate_windows=g.windows,
+        rate_offset=lay.rates, rate_windows=g.windows, fuel_per_row=fuel_per_row,
     )  # fmt: skip
     manifest_bytes = msgspec.json.encode(manifest)
     manifest_off = _align(lay.end)
@@ -253,7 +260,7 @@ def generate(
     locals_ = [_LOCALS]
     locals_ += [f"(local $f{i} f64)" for i in range(len(g.fields))]
     locals_ += [f"(local $r{k} f64)" for k in range(len(g.windows))]
-    row_body = "\n        ".join(_prelude(g, lay, device_capacity) + _rules(g, policy, lay))
+    row_body = "\n        ".join(body)
     return (
         f"""(module
   (memory (export "{abi.MEMORY}") {pages} {pages})

@@ -45,8 +45,13 @@ class AgentLimits:
     ``fuel_per_call + fuel_per_row * rows`` fuel units (about one per wasm instruction)."""
 
     memory_bytes: int = 16 << 20
-    fuel_per_call: int = 100_000
-    fuel_per_row: int = 20_000
+    fuel_per_call: int = 10_000
+    fuel_per_row: int = 50_000
+    """Ceiling per row; an agent whose manifest declares ``fuel_per_row`` gets twice that."""
+    pool_calls: int = 128
+    """Single-reading calls refill fuel once per this many calls (a refill costs about half a
+    call, and refilling less than once per 100 calls keeps it out of the p99): a runaway
+    single call stops within ``pool_calls`` single-call budgets."""
     table_elements: int = 10_000
 
 
@@ -187,7 +192,7 @@ class PolicyAgent:
         self._chunk = min(m.batch_capacity, m.device_capacity)
         self._columns = [(c.kind, c.name) for c in m.columns]
         self._rowfmt = "".join("d" if k == "field" else "q" for k, _ in self._columns)
-        self._packers: dict[tuple[str, int], struct.Struct] = {}
+        self._packers: dict[int, struct.Struct] = {}
         self._preds = [StrTest(p.subject, p.op, tuple(p.values)) for p in m.predicates]
         self._slots: dict[str, int] = {}
         self._table: dict[int, Decision] = {
@@ -200,11 +205,18 @@ class PolicyAgent:
                 rule.action, rule_id, rule.name, rule.reason, None
             )
         self._tx_entry = struct.Struct(f"<q{len(m.targets)}d")
-        self._col_offsets = [
-            m.input_offset + 8 * m.batch_capacity * i for i in range(len(m.columns))
-        ]
-        self._single = [struct.Struct("<" + c).pack_into for c in self._rowfmt]
-        self._fuel1 = self.limits.fuel_per_call + self.limits.fuel_per_row
+        self._in_off = m.input_offset
+        self._pool = self.limits.pool_calls
+        kinds = [k for k, _ in self._columns]
+        head = [k for k in ("ts", "recv", "slot") if k in kinds]
+        names = tuple(n for k, n in self._columns if k == "field")
+        canonical = kinds == [*head, *(["field"] * len(names))]
+        # the compiler's column order (ts, recv, slot, fields) gets a loop-free row builder
+        self._canonical = (
+            ("ts" in head, "recv" in head, "slot" in head, names) if canonical else None
+        )
+        self._pack_row = struct.Struct("<" + self._rowfmt).pack_into
+        self._fuel1 = self.fuel_budget(1)
 
     def set_zones(self, zones: Mapping[str, str] | Callable[[str], str] | None) -> None:
         """Replace the device → zone lookup; device tests are recomputed on next sight."""
@@ -234,31 +246,29 @@ class PolicyAgent:
     def evaluate(self, reading: Reading) -> Decision:
         """Decide one reading: the batch path without the per-batch lists."""
         with self._lock:
-            row: list[Any] = []
-            for kind, name in self._columns:
-                if kind == "field":
-                    row.append(reading.values.get(name, NAN))
-                elif kind == "ts":
-                    row.append(reading.ts_ms)
-                elif kind == "recv":
+            if self._canonical:
+                ts, recv, slot_col, names = self._canonical
+                row: list[Any] = [reading.ts_ms] if ts else []
+                if recv:
                     row.append(reading.received_ms)
-                else:
+                if slot_col:
                     slot = self._slots.get(reading.device)
                     if slot is None:
                         self._intern((reading.device,))
                         slot = self._slots[reading.device]
                     row.append(slot)
-            mem = self._mem
+                values = reading.values
+                row += [values.get(name, NAN) for name in names]
+            else:
+                row = self._row_of(reading)
             try:
-                for pack, offset, value in zip(self._single, self._col_offsets, row, strict=True):
-                    pack(mem, offset, value)
+                self._pack_row(self._mem, self._in_off, *row)
             except struct.error:
-                for pack, offset, col in zip(
-                    self._single, self._col_offsets, self._sanitize([[v] for v in row]), strict=True
-                ):
-                    pack(mem, offset, col[0])
+                self._pack_row(
+                    self._mem, self._in_off, *(c[0] for c in self._sanitize([[v] for v in row]))
+                )
             try:
-                transforms = self._call(1, self._fuel1)
+                transforms = self._call.pooled(1, self._fuel1, self._pool)
             except AgentFaultError:
                 self._reset()
                 raise
@@ -268,6 +278,29 @@ class PolicyAgent:
             if decision is None or transforms:
                 return self._finish_one(reading, transforms)
             return decision
+
+    def fuel_budget(self, rows: int) -> int:
+        """Fuel one call of ``rows`` rows may burn before it is stopped as a runaway."""
+        per_row = self.limits.fuel_per_row
+        if self.manifest.fuel_per_row > 0:
+            per_row = min(per_row, 2 * self.manifest.fuel_per_row)
+        return self.limits.fuel_per_call + per_row * rows
+
+    def _row_of(self, reading: Reading) -> list[Any]:
+        """One reading's row for any column order a manifest may declare."""
+        row: list[Any] = []
+        for kind, name in self._columns:
+            if kind == "field":
+                row.append(reading.values.get(name, NAN))
+            elif kind == "ts":
+                row.append(reading.ts_ms)
+            elif kind == "recv":
+                row.append(reading.received_ms)
+            else:
+                if reading.device not in self._slots:
+                    self._intern((reading.device,))
+                row.append(self._slots[reading.device])
+        return row
 
     def _finish_one(self, reading: Reading, transforms: int) -> Decision:
         code = self._codes[0]
@@ -317,21 +350,19 @@ class PolicyAgent:
         if n == 0:
             return []
         if self._columns:
-            mem = self._mem
-            for code, offset, col in zip(
-                self._rowfmt, self._col_offsets, self._encode(chunk, n), strict=True
-            ):
-                packer = self._packers.get((code, n))
-                if packer is None:
-                    packer = struct.Struct(f"<{n}{code}")
-                    if len(self._packers) < 256:
-                        self._packers[code, n] = packer
-                try:
-                    packer.pack_into(mem, offset, *col)
-                except struct.error:
-                    packer.pack_into(mem, offset, *self._sanitize_column(code, col))
+            packer = self._packers.get(n)
+            if packer is None:
+                packer = struct.Struct("<" + self._rowfmt * n)
+                if len(self._packers) < 64:
+                    self._packers[n] = packer
+            cols = self._encode(chunk, n)
+            try:
+                packer.pack_into(self._mem, self._in_off, *_interleave(cols, n))
+            except struct.error:
+                flat = _interleave(self._sanitize(cols), n)
+                packer.pack_into(self._mem, self._in_off, *flat)
         try:
-            transforms = self._call(n, self.limits.fuel_per_call + self.limits.fuel_per_row * n)
+            transforms = self._call(n, self.fuel_budget(n))
         except AgentFaultError:
             self._reset()
             raise
@@ -355,6 +386,7 @@ class PolicyAgent:
         return [as_number(v) for v in col] if code == "d" else [clamp_i64(v) for v in col]
 
     def _sanitize(self, cols: list[list[Any]]) -> list[list[Any]]:
+        """Columns with every value made packable; :func:`_interleave` takes them as they are."""
         return [
             self._sanitize_column(code, col) for code, col in zip(self._rowfmt, cols, strict=True)
         ]
@@ -388,6 +420,17 @@ class PolicyAgent:
     def raw_call(self, n: int = 0) -> int:
         """One bare call of ``evaluate(n)`` (no encoding, no fuel reset): for benchmarks."""
         return self._call.raw(n)
+
+
+def _interleave(cols: list[list[Any]], n: int) -> list[Any]:
+    """Columns → one row-major list, by strided slice assignment (no per-row tuples)."""
+    if len(cols) == 1:
+        return cols[0]
+    width = len(cols)
+    flat: list[Any] = [None] * (n * width)
+    for i, col in enumerate(cols):
+        flat[i::width] = col
+    return flat
 
 
 def _zone_fn(zones: Mapping[str, str] | Callable[[str], str] | None) -> Callable[[str], str]:

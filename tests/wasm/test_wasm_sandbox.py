@@ -43,7 +43,8 @@ def test_runaway_agent_is_stopped_within_its_fuel_bound_and_keeps_serving() -> N
     assert [d.action for d in agent.evaluate_batch(_readings(3))] == ["flag"] * 3
     with pytest.raises(AgentRunawayError) as info:
         agent.evaluate_batch(_readings(7))
-    assert info.value.fuel == 50_000 + 7 * 1_000
+    assert info.value.fuel == agent.fuel_budget(7)
+    assert agent.fuel_budget(7) < 50_000 + 7 * 1_000  # the manifest's estimate is tighter
     assert isinstance(info.value, AgentFaultError)
     # the same agent object serves the next batch, from a fresh instance
     assert [d.action for d in agent.evaluate_batch(_readings(2, t=1.0))] == ["allow"] * 2
@@ -178,3 +179,18 @@ def test_undeclared_decision_code_is_a_fault() -> None:
         agent.evaluate_batch(_readings(2))
     with pytest.raises(AgentFaultError, match="999"):
         agent.evaluate(_readings(1)[0])
+
+
+def test_runaway_single_call_stops_within_the_pooled_bound() -> None:
+    limits = AgentLimits(fuel_per_call=10_000, fuel_per_row=1_000, pool_calls=4)
+    spin_on_hot = (
+        "(block $decided",
+        "(if (f64.gt (local.get $f0) (f64.const 100)) (then (loop $s (br $s))))(block $decided",
+    )
+    agent = PolicyAgent.load(_patched(*spin_on_hot), limits=limits)
+    for _ in range(10):  # many calls share one pool; a legitimate agent never runs dry
+        assert agent.evaluate(_readings(1)[0]).action == "flag"
+    with pytest.raises(AgentRunawayError) as info:
+        agent.evaluate(_readings(1, t=500.0)[0])
+    assert info.value.fuel == 4 * agent.fuel_budget(1)
+    assert agent.evaluate(_readings(1, t=1.0)[0]).action == "allow"
