@@ -31,6 +31,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from amcp.goldrush import semantics as sem
 from amcp.goldrush.interpret import compile_regex
 from amcp.goldrush.query import (
@@ -318,8 +320,9 @@ def compile_matcher(program: Program, cond: Cond) -> str:
 def group_lines(program: Program, members: Sequence[tuple[str, Cond]], pad: str) -> list[str]:
     """Statements appending the id of every member that matches (needs ``e`` and ``out``).
 
-    Fields used by two or more members are read once at the top (goldrush ``union``:
-    conditions shared by queries are evaluated once).
+    As goldrush's ``union``: what members share is evaluated once. Fields used by two or
+    more members are read once at the top, and members whose conjuncts start alike share
+    one ``if`` for the common start (a prefix tree of conjuncts).
     """
     uses: dict[Path, int] = {}
     for _, cond in members:
@@ -332,17 +335,50 @@ def group_lines(program: Program, members: Sequence[tuple[str, Cond]], pad: str)
             for i in range(1, len(p) + 1):
                 if p[:i] not in top.bound:
                     lines.append(pad + top.read(p[:i])[1:-1].replace(" := ", " = ", 1))
-    for pid, cond in members:
-        scope = _Scope(program, top.bound)
-        test = chain(conjuncts(cond), scope)
-        lines += [
-            f"{pad}try:",
-            f"{pad}    if {test}:",
-            f"{pad}        out.append({pid!r})",
-            f"{pad}except TypeError:",
-            f"{pad}    pass",
-        ]
+    rows = [(pid, conjuncts(cond)) for pid, cond in members]
+    lines += _trie(program, rows, top.bound, pad, 0)
     return lines
+
+
+_MAX_SHARED_DEPTH = 8  # each level is a nested try; CPython allows 20 nested blocks
+
+
+def _trie(
+    program: Program,
+    rows: list[tuple[str, list[Cond]]],
+    bound: dict[Path, str],
+    pad: str,
+    depth: int,
+) -> list[str]:
+    lines: list[str] = []
+    rows = sorted(rows, key=lambda r: _node_key(r[1][0]) if r[1] else b"")
+    i = 0
+    while i < len(rows):
+        pid, conds = rows[i]
+        j = i + 1
+        if conds and depth < _MAX_SHARED_DEPTH:
+            first = _node_key(conds[0])
+            while j < len(rows) and rows[j][1] and _node_key(rows[j][1][0]) == first:
+                j += 1
+        scope = _Scope(program, bound)
+        if j - i > 1:  # rows i..j share their first conjunct
+            test = chain(conds[:1], scope)
+            inner = [(p, c[1:]) for p, c in rows[i:j]]
+            body = _trie(program, inner, scope.bound, pad + "        ", depth + 1)
+            lines += [f"{pad}try:", f"{pad}    if {test}:", *body]
+        else:
+            test = chain(conds, scope)
+            lines += [f"{pad}try:", f"{pad}    if {test}:", f"{pad}        out.append({pid!r})"]
+        lines += [f"{pad}except TypeError:", f"{pad}    pass"]
+        i = j
+    return lines
+
+
+def _node_key(node: Cond) -> bytes:
+    return _KEY_ENCODER.encode(node)
+
+
+_KEY_ENCODER = msgspec.msgpack.Encoder()
 
 
 def compile_group(program: Program, members: Sequence[tuple[str, Cond]]) -> str:

@@ -32,7 +32,7 @@ from amcp.goldrush.query import All, Cond, Eq, Gt, Gte, In, Lt, Lte, Null, Path,
 NodeFn = Callable[[Mapping[str, Any], list[str]], None]
 Item = tuple[str, list[Cond]]
 
-LEAF_SIZE: Final = 6
+LEAF_SIZE: Final = 8
 """Groups at most this big are compiled as one function instead of being split further."""
 MAX_DEPTH: Final = 8
 

@@ -23,7 +23,7 @@ from amcp.goldrush import codegen
 from amcp.goldrush.errors import GoldrushError, QueryError
 from amcp.goldrush.index import LEAF_SIZE, Item, NodeFn, build
 from amcp.goldrush.parse import parse
-from amcp.goldrush.query import Cond, Null, Query, split_with
+from amcp.goldrush.query import Cond, Null, Query, encode, split_with
 from amcp.goldrush.reduce import reduce_cond
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ class CompiledPattern:
     """As given (parsed when given as text)."""
     reduced: Cond
     actions: tuple[str, ...]
+    source: str | bytes
+    """The text, or the JSON encoding of the AST, it was built from (to spot unchanged ones)."""
 
 
 class PatternSet:
@@ -98,25 +100,32 @@ class PatternSet:
 
         Raises :class:`ParseError` or :class:`QueryError` (with ``pattern_id`` set) for the
         first bad pattern; nothing is built then, so the caller keeps its previous set.
-        ``carry`` copies the counters of patterns that are also in that set. ``leaf_size``
+        ``carry`` copies the counters of patterns that are also in that set and reuses the
+        reduction of those whose text or AST is unchanged. ``leaf_size``
         tunes the index (tests use 1 to force every split).
         """
         actions = actions or {}
         compiled: dict[str, CompiledPattern] = {}
         items: list[Item] = []
         bound: dict[str, tuple[Action, ...]] = {}
+        previous = carry.patterns if carry is not None else {}
         for pid, given in patterns.items():
             try:
-                query = parse(given) if isinstance(given, str) else given
-                cond, names = split_with(query)
-                reduced = reduce_cond(cond)
+                source = given if isinstance(given, str) else encode(given)
+                prior = previous.get(pid)
+                if prior is not None and prior.source == source:  # unchanged: reuse reduction
+                    query, reduced = prior.query, prior.reduced
+                else:
+                    query = parse(given) if isinstance(given, str) else given
+                    reduced = reduce_cond(split_with(query)[0])
+                names = split_with(query)[1]
                 unknown = [n for n in names if n not in actions]
                 if unknown:
                     raise QueryError(f"unknown action(s) {', '.join(unknown)}", pid)
             except GoldrushError as exc:
                 exc.pattern_id = pid
                 raise
-            compiled[pid] = CompiledPattern(pid, query, reduced, names)
+            compiled[pid] = CompiledPattern(pid, query, reduced, names, source)
             if names:
                 bound[pid] = tuple(actions[n] for n in names)
             if not (isinstance(reduced, Null) and not reduced.value):

@@ -144,7 +144,7 @@ def _not(inner: Cond) -> Cond:
     return Not(inner)
 
 
-def _flat(conds: list[Cond], kind: type[All] | type[Any]) -> list[Cond]:
+def _flat(conds: list[Cond], kind: type[All | Any]) -> list[Cond]:
     out: dict[bytes, Cond] = {}
     for c in conds:
         for member in c.conds if isinstance(c, kind) else (c,):
@@ -159,9 +159,7 @@ def _all(conds: list[Cond]) -> Cond:
     flat = [c for c in flat if not isinstance(c, Null)]
     keys = {key(c) for c in flat}
     # absorption: an `any` that has one of our conjuncts as a branch always holds
-    flat = [
-        c for c in flat if not (isinstance(c, Any) and any(key(b) in keys for b in c.conds))
-    ]
+    flat = [c for c in flat if not (isinstance(c, Any) and any(key(b) in keys for b in c.conds))]
     folded = _same_field(flat)
     if folded is None:
         return _FALSE
@@ -185,9 +183,7 @@ def _any(conds: list[Cond]) -> Cond:
         return flat[0]
     keys = {key(c) for c in flat}
     # absorption: an `all` that contains another branch is implied by that branch
-    flat = [
-        c for c in flat if not (isinstance(c, All) and any(key(m) in keys for m in c.conds))
-    ]
+    flat = [c for c in flat if not (isinstance(c, All) and any(key(m) in keys for m in c.conds))]
     if len(flat) == 1:
         return flat[0]
     # goldrush `required`: conditions every branch needs are tested once, before the `any`
@@ -222,9 +218,7 @@ def _same_field(conds: list[Cond]) -> list[Cond] | None:
     return sorted(out + extra, key=_order) if extra else out
 
 
-def _decide(  # noqa: C901
-    path: tuple[str, ...], tests: list[Cond], drop: set[bytes], extra: list[Cond]
-) -> bool:
+def _decide(path: tuple[str, ...], tests: list[Cond], drop: set[bytes], extra: list[Cond]) -> bool:
     """Fold the tests on one path; False means the ``all`` can never hold."""
     if any(isinstance(t, Missing) for t in tests):
         return False  # every other test needs the field, and `missing` was deduplicated
@@ -257,7 +251,7 @@ def _decide(  # noqa: C901
 
 
 def _strongest(
-    tests: list[Cond], pick: Callable[..., object], strict: type[Gt] | type[Lt]
+    tests: list[Cond], pick: Callable[..., object], strict: type[Gt | Lt]
 ) -> Cond | None:
     if not tests:
         return None
