@@ -89,7 +89,6 @@ class Program:
     """Accumulates generated functions and the constants they need, then compiles them."""
 
     def __init__(self) -> None:
-        self._ns: dict[str, object]
         self._chunks: list[str] = []
         self._ns: dict[str, object] = dict(_BASE_NS)
         self._const_ids: dict[int, str] = {}
@@ -168,7 +167,7 @@ def _paths(node: Cond) -> list[Path]:
             return []
         case FieldCmp(left=left, right=right):
             return [left, right]
-    return [node.path]  # type: ignore[union-attr]
+    return [node.path]
 
 
 def _bool_can_pass(op: str, value: Scalar) -> bool:
@@ -215,7 +214,9 @@ def _in_expr(x: str, v: str, values: tuple[Scalar, ...], program: Program) -> st
     return "(" + " or ".join(parts) + ")"
 
 
-def _ord_expr(op: str, x: str, v: str, value: Scalar, program: Program, raw: bool) -> str:
+def _ord_expr(  # noqa: PLR0917 - one call site, positional reads best there
+    op: str, x: str, v: str, value: Scalar, program: Program, raw: bool
+) -> str:
     if value is None or isinstance(value, bool):
         return f"({x} is M and False)"
     if isinstance(value, float) and math.isnan(value):
@@ -231,7 +232,7 @@ def _ord_expr(op: str, x: str, v: str, value: Scalar, program: Program, raw: boo
     return f"({x}.__class__ in NUM and {v} {op} {lit}{guard})"
 
 
-def _leaf(node: Cond, scope: _Scope, raw: bool) -> str:  # noqa: C901, PLR0911
+def _leaf(node: Cond, scope: _Scope, raw: bool) -> str:  # noqa: C901, PLR0911, PLR0912
     program = scope.program
     match node:
         case Null(value=value):
@@ -245,16 +246,16 @@ def _leaf(node: Cond, scope: _Scope, raw: bool) -> str:  # noqa: C901, PLR0911
             return "(" + " and ".join(_expr(c, scope, raw=False) for c in conds or [_T]) + ")"
         case AnyOf(conds=conds):
             return "(" + " or ".join(_expr(c, scope, raw=False) for c in conds or [_F]) + ")"
-    path: Path = node.path  # type: ignore[union-attr]
+    path: Path = node.path
     x = scope.read(path)
     v = scope.var(path)
     match node:
-        case Eq(value=value):
-            return _eq_expr(x, v, value, program)
-        case Neq(value=value):
-            return f"({x} is not M and not {_eq_expr(v, v, value, program)})"
-        case Gt(value=value) | Gte(value=value) | Lt(value=value) | Lte(value=value):
-            return _ord_expr(_ORD_OPS[type(node)], x, v, value, program, raw)
+        case Eq():
+            return _eq_expr(x, v, node.value, program)
+        case Neq():
+            return f"({x} is not M and not {_eq_expr(v, v, node.value, program)})"
+        case Gt() | Gte() | Lt() | Lte():
+            return _ord_expr(_ORD_OPS[type(node)], x, v, node.value, program, raw)
         case Exists():
             return f"{x} is not M"
         case Missing():
@@ -263,10 +264,10 @@ def _leaf(node: Cond, scope: _Scope, raw: bool) -> str:  # noqa: C901, PLR0911
             return _in_expr(x, v, values, program)
         case NotIn(values=values):
             return f"({x} is not M and not {_in_expr(v, v, values, program)})"
-        case Contains(value=value):
-            return f"CONTAINS({x}, {_lit(program, value)})"
-        case Prefix(value=value):
-            return f"({x}.__class__ is str and {v}.startswith({value!r}))"
+        case Contains():
+            return f"CONTAINS({x}, {_lit(program, node.value)})"
+        case Prefix():
+            return f"({x}.__class__ is str and {v}.startswith({node.value!r}))"
         case Regex(pattern=pattern):
             rx = program.const(compile_regex(pattern))
             return f"({x}.__class__ is str and {rx}.search({v}) is not None)"
@@ -333,8 +334,8 @@ def group_lines(program: Program, members: Sequence[tuple[str, Cond]], pad: str)
     for p, n in uses.items():
         if n > 1:
             for i in range(1, len(p) + 1):
-                if p[:i] not in top.bound:
-                    lines.append(pad + top.read(p[:i])[1:-1].replace(" := ", " = ", 1))
+                if p[:i] not in top.bound:  # parents first; a statement, not a walrus
+                    lines.append(pad + top.read(p[:i])[1:-1].replace(" := ", " = ", 1))  # noqa: PERF401
     rows = [(pid, conjuncts(cond)) for pid, cond in members]
     lines += _trie(program, rows, top.bound, pad, 0)
     return lines

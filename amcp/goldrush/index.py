@@ -47,8 +47,8 @@ class _BoolKey:
         return f"<{self.value}>"
 
 
-TRUE_KEY: Final = _BoolKey(True)
-FALSE_KEY: Final = _BoolKey(False)
+TRUE_KEY: Final = _BoolKey(value=True)
+FALSE_KEY: Final = _BoolKey(value=False)
 
 
 def _index_key(value: Scalar) -> object | None:
@@ -205,7 +205,7 @@ class Emitter:
 
     def __init__(self, program: codegen.Program) -> None:
         self.program = program
-        self.fixups: list[dict[object, object]] = []
+        self.fixups: list[dict[object, object] | list[Any]] = []
         program.bind("BL", bisect_left)
         program.bind("BR", bisect_right)
         program.bind("TRUE_KEY", TRUE_KEY)
@@ -270,7 +270,7 @@ class Emitter:
                 consts = self.program.const([c for c, _, _ in tested])
                 names = [(pid, codegen.compile_matcher(self.program, r)) for _, pid, r in tested]
                 fns: list[object] = list(names)
-                self.fixups.append(fns)  # type: ignore[arg-type]
+                self.fixups.append(fns)
                 rows_name = self.program.const(fns)
                 sl = f"{cut}({consts}, {v}):" if tail else f":{cut}({consts}, {v})"
                 lines += [
@@ -289,9 +289,9 @@ class Emitter:
         for fixup in self.fixups:
             if isinstance(fixup, dict):
                 for k, name in fixup.items():
-                    fixup[k] = ns[name]  # type: ignore[index]
+                    fixup[k] = ns[str(name)]
             else:
-                fixup[:] = [(pid, ns[name]) for pid, name in fixup]  # type: ignore[misc]
+                fixup[:] = [(pid, ns[name]) for pid, name in fixup]
         fn: NodeFn = ns[root]  # type: ignore[assignment]
         return fn
 

@@ -46,7 +46,7 @@ def compile_regex(pattern: str) -> re.Pattern[str]:
         raise QueryError(f"bad regex {pattern!r}: {exc}") from exc
 
 
-def matches(query: Query, event: Mapping[str, Any]) -> bool:  # noqa: C901, PLR0911
+def matches(query: Query, event: Mapping[str, Any]) -> bool:  # noqa: C901, PLR0911, PLR0912
     """Whether ``event`` satisfies ``query`` (actions of a ``With`` are not run)."""
     match query:
         case With(cond=cond):

@@ -22,6 +22,7 @@ character, so an editor (or the cloud console) can underline it.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import NamedTuple
 
@@ -304,7 +305,7 @@ def _lit(value: Scalar) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ValueError(f"{value} has no text form")
         return repr(value)
     return str(value)
@@ -321,7 +322,7 @@ def to_text(query: Query) -> str:
     return _text(query, 0)
 
 
-def _text(node: Cond, level: int) -> str:  # noqa: C901, PLR0911
+def _text(node: Cond, level: int) -> str:  # noqa: C901, PLR0911, PLR0912
     """``level`` 0: anything goes; 1: inside ``or``; 2: inside ``and``/``not``."""
     match node:
         case Any(conds=conds) if len(conds) >= 2:
@@ -353,4 +354,4 @@ def _text(node: Cond, level: int) -> str:  # noqa: C901, PLR0911
         case FieldCmp(cmp=op, left=left, right=right):
             return f"{_path(left)} {_OP_TEXT[op]} {_path(right)}"
     tag = type(node).__struct_config__.tag
-    return f"{_path(node.path)} {_OP_TEXT[str(tag)]} {_lit(node.value)}"  # type: ignore[union-attr]
+    return f"{_path(node.path)} {_OP_TEXT[str(tag)]} {_lit(node.value)}"

@@ -30,7 +30,7 @@ class _Node(msgspec.Struct, frozen=True, tag_field="op"):
     """Base of every condition node."""
 
 
-class Null(_Node, tag="null"):
+class Null(_Node, frozen=True, tag="null"):
     """goldrush ``null(true|false)``: matches every event, or none."""
 
     value: bool
@@ -41,78 +41,78 @@ class _Cmp(_Node, frozen=True):
     value: Scalar
 
 
-class Eq(_Cmp, tag="eq"):
+class Eq(_Cmp, frozen=True, tag="eq"):
     """Field exists and equals ``value`` (numbers by value: ``1 == 1.0``; bool only bool)."""
 
 
-class Neq(_Cmp, tag="neq"):
+class Neq(_Cmp, frozen=True, tag="neq"):
     """Field exists and does not equal ``value`` (goldrush ``'!='``: a missing field fails)."""
 
 
-class Gt(_Cmp, tag="gt"):
+class Gt(_Cmp, frozen=True, tag="gt"):
     """Field > value; both numbers or both strings, otherwise no match."""
 
 
-class Gte(_Cmp, tag="gte"):
+class Gte(_Cmp, frozen=True, tag="gte"):
     """Field >= value."""
 
 
-class Lt(_Cmp, tag="lt"):
+class Lt(_Cmp, frozen=True, tag="lt"):
     """Field < value."""
 
 
-class Lte(_Cmp, tag="lte"):
+class Lte(_Cmp, frozen=True, tag="lte"):
     """Field <= value."""
 
 
-class Exists(_Node, tag="wc"):
+class Exists(_Node, frozen=True, tag="wc"):
     """goldrush ``wc``: the field is present (any value, ``null`` included)."""
 
     path: Path
 
 
-class Missing(_Node, tag="nf"):
+class Missing(_Node, frozen=True, tag="nf"):
     """goldrush ``nf``: the field is absent."""
 
     path: Path
 
 
-class In(_Node, tag="in"):
+class In(_Node, frozen=True, tag="in"):
     """Field exists and equals one of ``values``."""
 
     path: Path
     values: tuple[Scalar, ...]
 
 
-class NotIn(_Node, tag="nin"):
+class NotIn(_Node, frozen=True, tag="nin"):
     """Field exists and equals none of ``values``."""
 
     path: Path
     values: tuple[Scalar, ...]
 
 
-class Contains(_Node, tag="contains"):
+class Contains(_Node, frozen=True, tag="contains"):
     """A string field contains ``value`` as a substring, or a list field holds an equal item."""
 
     path: Path
     value: Scalar
 
 
-class Prefix(_Node, tag="prefix"):
+class Prefix(_Node, frozen=True, tag="prefix"):
     """A string field starts with ``value``."""
 
     path: Path
     value: str
 
 
-class Regex(_Node, tag="regex"):
+class Regex(_Node, frozen=True, tag="regex"):
     """A string field matches ``pattern`` anywhere (Python ``re.search``)."""
 
     path: Path
     pattern: str
 
 
-class FieldCmp(_Node, tag="fcmp"):
+class FieldCmp(_Node, frozen=True, tag="fcmp"):
     """Two fields compared with the same rules as a field against a constant."""
 
     cmp: CmpOp
@@ -120,25 +120,25 @@ class FieldCmp(_Node, tag="fcmp"):
     right: Path
 
 
-class All(_Node, tag="all"):
+class All(_Node, frozen=True, tag="all"):
     """Every condition holds (goldrush ``all``). Empty means true."""
 
     conds: tuple[Cond, ...]
 
 
-class Any(_Node, tag="any"):
+class Any(_Node, frozen=True, tag="any"):
     """At least one condition holds (goldrush ``any``). Empty means false."""
 
     conds: tuple[Cond, ...]
 
 
-class Not(_Node, tag="not"):
+class Not(_Node, frozen=True, tag="not"):
     """The condition does not hold (a missing field makes ``gt`` false, so ``not gt`` true)."""
 
     cond: Cond
 
 
-class With(_Node, tag="with"):
+class With(_Node, frozen=True, tag="with"):
     """goldrush ``with``: a condition plus the names of the actions to run on a match."""
 
     cond: Cond
@@ -189,7 +189,8 @@ def encode(query: Query) -> bytes:
 
 def decode(data: bytes | str) -> Query:
     """Inverse of :func:`encode`; raises ``msgspec.ValidationError`` naming the bad path."""
-    return _decoder.decode(data)
+    query: Query = _decoder.decode(data)
+    return query
 
 
 def canonical(node: Cond | With) -> bytes:

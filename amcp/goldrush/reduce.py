@@ -6,7 +6,7 @@ Faithful to goldrush's ``glc_lib:reduce`` (repeat until nothing changes): flatte
 ``all`` is left out on purpose: it turns ``all(any(a, b), any(a, c))`` into ``a ∧ b ∧ c``,
 which is not equivalent. Past goldrush, all sound:
 
-- absorption: ``a ∧ any(a, b)`` → ``a``; ``a ∨ all(a, b)`` → ``a``;
+- absorption: ``a and any(a, b)`` → ``a``; ``a or all(a, b)`` → ``a``;
 - one field, several tests: with ``x == 5`` every other test on ``x`` is decided (kept out or
   the whole ``all`` is false); ``x > 5 ∧ x > 9`` → ``x > 9``; ``x > 9 ∧ x < 3`` → false;
   ``exists(x)`` is implied by any other test on ``x``; ``missing(x)`` with one is false;
@@ -20,7 +20,7 @@ Conjuncts come out ordered cheapest-first (equality, presence, thresholds, ... r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -47,6 +47,7 @@ from amcp.goldrush.query import (
     Prefix,
     Query,
     Regex,
+    Scalar,
     With,
 )
 
@@ -124,8 +125,8 @@ def _pass(node: Cond) -> Cond:  # noqa: PLR0911
     return node
 
 
-def _unique_values(values: tuple[sem.Scalar, ...]) -> tuple[sem.Scalar, ...]:
-    seen: dict[bytes, sem.Scalar] = {}
+def _unique_values(values: tuple[Scalar, ...]) -> tuple[Scalar, ...]:
+    seen: dict[bytes, Scalar] = {}
     for v in values:
         seen.setdefault(_encoder.encode(v), v)
     return tuple(seen[k] for k in sorted(seen))
@@ -204,7 +205,7 @@ def _same_field(conds: list[Cond]) -> list[Cond] | None:
     """Decide or merge tests on the same field inside one ``all``; None means false."""
     by_path: dict[tuple[str, ...], list[Cond]] = {}
     for c in conds:
-        if isinstance(c, _SINGLE_PATH) or isinstance(c, Missing):
+        if isinstance(c, (*_SINGLE_PATH, Missing)):
             by_path.setdefault(c.path, []).append(c)
     drop: set[bytes] = set()
     extra: list[Cond] = []
@@ -243,7 +244,8 @@ def _decide(path: tuple[str, ...], tests: list[Cond], drop: set[bytes], extra: l
             extra.append(best)
     if best_low is not None and best_up is not None:
         lo, hi = best_low.value, best_up.value
-        assert isinstance(lo, int | float) and isinstance(hi, int | float)
+        assert isinstance(lo, int | float)
+        assert isinstance(hi, int | float)
         strict = isinstance(best_low, Gt) or isinstance(best_up, Lt)
         if lo > hi or (lo == hi and strict):
             return False
@@ -251,12 +253,15 @@ def _decide(path: tuple[str, ...], tests: list[Cond], drop: set[bytes], extra: l
 
 
 def _strongest(
-    tests: list[Cond], pick: Callable[..., object], strict: type[Gt | Lt]
-) -> Cond | None:
+    tests: Sequence[Gt | Gte | Lt | Lte],
+    pick: Callable[[list[float]], float],
+    strict: type[Gt | Lt],
+) -> Gt | Gte | Lt | Lte | None:
     if not tests:
         return None
-    bound = pick(t.value for t in tests)  # type: ignore[union-attr]
-    at_bound = [t for t in tests if t.value == bound]  # type: ignore[union-attr]
+    values = [float(t.value) for t in tests]  # type: ignore[arg-type]  # numbers, checked
+    bound = pick(values)
+    at_bound = [t for t, v in zip(tests, values, strict=True) if v == bound]
     return next((t for t in at_bound if isinstance(t, strict)), at_bound[0])
 
 

@@ -58,7 +58,7 @@ def is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def equal(a: object, b: object) -> bool:
+def equal(a: object, b: object) -> bool:  # noqa: PLR0911
     """Pattern equality: numbers by value, bool only with bool, otherwise same kind and ==."""
     if a is MISSING or b is MISSING:
         return False

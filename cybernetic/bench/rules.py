@@ -64,7 +64,8 @@ def make_rules(n: int, devices: int, rng: random.Random) -> dict[str, str]:
         if kind < 4:
             text = f"device == '{dev}' and temp > {rng.uniform(75, 110):.1f}"
         elif kind < 6:
-            text = f"device == '{dev}' and cpu > {rng.randrange(70, 100)} and mem > {rng.randrange(50, 95)}"
+            cpu, mem = rng.randrange(70, 100), rng.randrange(50, 95)
+            text = f"device == '{dev}' and cpu > {cpu} and mem > {mem}"
         elif kind < 8:
             text = f"device == '{dev}' and status in ['fault', 'alarm'] and temp > 40"
         elif kind == 8:
@@ -133,7 +134,9 @@ def _swap_ms(stored: dict[str, bytes], events: list[dict[str, Any]], current: Pa
     return elapsed[0]
 
 
-def _paired(runs: int, a: Callable[[], float], b: Callable[[], float]) -> tuple[float, float, float]:
+def _paired(
+    runs: int, a: Callable[[], float], b: Callable[[], float]
+) -> tuple[float, float, float]:
     """Medians of a and b measured alternately, and the median of their per-run ratios
     (pairing cancels most of the drift of a shared, busy machine)."""
     pairs = [(a(), b()) for _ in range(runs)]
@@ -197,11 +200,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "events": len(events),
         "runs": runs,
     }
-    result.update(_windowed(args, events, runs))
+    result.update(_windowed(events, runs))
     return result
 
 
-def _windowed(args: argparse.Namespace, events: list[dict[str, Any]], runs: int) -> dict[str, object]:
+def _windowed(events: list[dict[str, Any]], runs: int) -> dict[str, object]:
     try:
         from amcp.goldrush.windows import bench_windowed  # noqa: PLC0415 - optional part
     except ImportError:

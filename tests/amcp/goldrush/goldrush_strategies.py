@@ -48,16 +48,16 @@ leaves: st.SearchStrategy[q.Cond] = st.one_of(
     st.builds(q.Contains, paths, scalars),
     st.builds(q.Prefix, paths, strings),
     st.builds(q.Regex, paths, st.sampled_from(REGEXES)),
-    st.builds(
-        q.FieldCmp, st.sampled_from(["eq", "neq", "gt", "gte", "lt", "lte"]), paths, paths
-    ),
+    st.builds(q.FieldCmp, st.sampled_from(["eq", "neq", "gt", "gte", "lt", "lte"]), paths, paths),
     st.builds(q.Null, st.booleans()),
 )
 
 
 def _compound(inner: st.SearchStrategy[q.Cond], min_size: int) -> st.SearchStrategy[q.Cond]:
     children = st.lists(inner, min_size=min_size, max_size=4).map(tuple)
-    return st.one_of(st.builds(q.All, children), st.builds(q.Any, children), st.builds(q.Not, inner))
+    return st.one_of(
+        st.builds(q.All, children), st.builds(q.Any, children), st.builds(q.Not, inner)
+    )
 
 
 conds: st.SearchStrategy[q.Cond] = st.recursive(
@@ -83,7 +83,9 @@ realistic: st.SearchStrategy[q.Cond] = st.one_of(
         st.lists(devices, min_size=1, max_size=2).map(tuple),
         numbers,
     ),
-    st.builds(lambda cls, t: cls(("temp",), t), st.sampled_from([q.Gt, q.Gte, q.Lt, q.Lte]), numbers),
+    st.builds(
+        lambda cls, t: cls(("temp",), t), st.sampled_from([q.Gt, q.Gte, q.Lt, q.Lte]), numbers
+    ),
     conds,
 )
 realistic_events = st.builds(

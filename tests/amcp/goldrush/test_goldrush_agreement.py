@@ -50,7 +50,9 @@ def test_indexed_set_agrees_with_interpreter(
 
 
 @given(st.lists(conds, max_size=12), st.lists(events, min_size=1, max_size=5))
-def test_indexed_set_of_arbitrary_queries(patterns: list[q.Cond], evs: list[dict[str, Any]]) -> None:
+def test_indexed_set_of_arbitrary_queries(
+    patterns: list[q.Cond], evs: list[dict[str, Any]]
+) -> None:
     named = {f"p{i}": p for i, p in enumerate(patterns)}
     rules = PatternSet.compile(named, leaf_size=1)
     for ev in evs:

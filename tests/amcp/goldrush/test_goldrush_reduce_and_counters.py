@@ -16,8 +16,8 @@ from amcp.goldrush import (
     to_text,
 )
 from amcp.goldrush import query as q
-from amcp.goldrush.index import _EqPlan, _ThresholdPlan, Planner
 from amcp.goldrush.codegen import conjuncts
+from amcp.goldrush.index import Planner, _EqPlan, _ThresholdPlan
 
 
 def red(text: str) -> str:
@@ -61,7 +61,10 @@ def red(text: str) -> str:
         ("not not x == 1", "x == 1"),
         ("not exists(x)", "missing(x)"),
         # conjuncts cheapest first, author order kept within a rank
-        ("name matches 'a' and temp > 3 and device == 'd'", 'device == "d" and temp > 3 and name matches "a"'),
+        (
+            "name matches 'a' and temp > 3 and device == 'd'",
+            'device == "d" and temp > 3 and name matches "a"',
+        ),
     ],
 )
 def test_reductions(text: str, want: str) -> None:
@@ -75,7 +78,9 @@ def test_goldrush_common_step_left_out_because_it_changes_meaning() -> None:
 
 
 def test_index_splits_on_equality_then_thresholds() -> None:
-    items = [(f"d{i}", conjuncts(parse(f"device == 'd{i % 50}' and temp > {i}"))) for i in range(200)]
+    items = [
+        (f"d{i}", conjuncts(parse(f"device == 'd{i % 50}' and temp > {i}"))) for i in range(200)
+    ]
     plan = Planner().plan(items)  # type: ignore[arg-type]
     assert isinstance(plan, _EqPlan)
     assert plan.path == ("device",)
