@@ -198,7 +198,7 @@ class _Parser:
             self.expect(")")
             return Exists(path) if word == "exists" else Missing(path)
         if self.tok.kind not in ("name", "quoted") or self.tok.text in _KEYWORDS:
-            raise self.error("expected a field name, '(' , 'not', 'true' or 'false'")
+            raise self.error("expected a field name, '(', 'not', 'true' or 'false'")
         return self.test(self.path())
 
     def path(self) -> Path:
