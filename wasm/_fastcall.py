@@ -13,6 +13,7 @@ tests/wasm/test_wasm_fastcall.py fail loudly if any of them changes. Supported: 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
 
@@ -87,12 +88,12 @@ class FastCall:
         self._call = call_t(_address(ffi.dll.wasmtime_func_call_unchecked))
         self._set_fuel = fuel_t(_address(ffi.dll.wasmtime_context_set_fuel))
         self._cell_addr = ctypes.addressof(self._cell)
-        self._left = 0
+        self._left = [0]  # calls left in the single-call fuel pool (shared with closures)
 
     def __call__(self, arg: int, fuel: int) -> int:
         """Call with ``arg``, after setting the store's fuel to ``fuel``; trap → AgentFaultError."""
         ctx = self._ctx
-        self._left = 0  # the next pooled call refills: this call may have drained the pool
+        self._left[0] = 0  # the next pooled call refills: this call may have drained the pool
         if self._set_fuel(ctx, fuel):
             raise AgentFaultError("could not set fuel: the engine does not consume fuel")
         self._arg.i32 = arg
@@ -102,24 +103,33 @@ class FastCall:
         result: int = self._arg.i32
         return result
 
-    def pooled(self, arg: int, fuel: int, every: int) -> int:
-        """Like ``__call__`` but refills ``fuel * every`` only once per ``every`` calls.
+    def single(self, fuel: int, every: int) -> Callable[[int], int]:
+        """A caller for one-row calls that refills ``fuel * every`` once per ``every`` calls.
 
         Setting fuel costs about half a bare call, so single-reading calls share a pool: a
-        runaway still stops, after at most ``fuel * every`` units.
+        runaway still stops, after at most ``fuel * every`` units. Everything the call needs
+        is bound into the closure: this is the hot path of single decisions.
         """
-        self._left -= 1
-        if self._left <= 0:
-            if self._set_fuel(self._ctx, fuel * every):
-                raise AgentFaultError("could not set fuel: the engine does not consume fuel")
-            self._left = every
-        self._arg.i32 = arg
-        err = self._call(self._ctx, self._func, self._cell_addr, 1, self._trap_addr)
-        if err or self._trap.value:
-            self._left = 0
-            self._raise(err, fuel * every)
-        result: int = self._arg.i32
-        return result
+        ctx, func, cell, trap_addr = self._ctx, self._func, self._cell_addr, self._trap_addr
+        trap, arg, call, set_fuel = self._trap, self._arg, self._call, self._set_fuel
+        budget = fuel * every
+        left = self._left
+
+        def run(value: int) -> int:
+            left[0] -= 1
+            if left[0] <= 0:
+                if set_fuel(ctx, budget):
+                    raise AgentFaultError("could not set fuel: the engine does not consume fuel")
+                left[0] = every
+            arg.i32 = value
+            err = call(ctx, func, cell, 1, trap_addr)
+            if err or trap.value:
+                left[0] = 0
+                self._raise(err, budget)
+            result: int = arg.i32
+            return result
+
+        return run
 
     def raw(self, arg: int) -> int:
         """The bare call with no fuel reset: the reference the benchmark compares against."""

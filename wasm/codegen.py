@@ -230,9 +230,9 @@ def generate(
     g = _Gen(policy)
     columns: list[abi.Column] = []
     if g.clocks or g.windows or g.lag:
-        columns.append(abi.Column("ts"))
-    if g.lag:
-        columns.append(abi.Column("recv"))
+        # recv always rides along with ts: the host then fills the head of a row (ts, recv,
+        # slot) from one contiguous slice, which keeps the single-reading path loop-free
+        columns += [abi.Column("ts"), abi.Column("recv")]
     if g.preds or g.windows:
         columns.append(abi.Column("slot"))
     columns.extend(abi.Column("field", f) for f in g.fields)

@@ -97,7 +97,8 @@ def load_module(binary: bytes) -> wasmtime.Module:
 
 
 class PolicyAgent:
-    """A loaded policy agent. Not re-entrant: a lock serialises calls from several threads."""
+    """A loaded policy agent. Like the wasmtime store under it, not thread-safe: use one agent
+    from one thread (the gateway's event loop) or serialise calls yourself."""
 
     def __init__(
         self,
@@ -108,7 +109,6 @@ class PolicyAgent:
     ) -> None:
         self.module = module
         self.limits = limits or AgentLimits()
-        self._lock = threading.Lock()
         self._zone_of = _zone_fn(zones)
         self._instantiate()
 
@@ -188,6 +188,11 @@ class PolicyAgent:
         m = self.manifest
         self._codes = self._mem[m.output_offset : m.output_offset + 2 * m.batch_capacity].cast("H")
 
+    def _remap(self) -> None:
+        """After a call that may have grown memory: new views, and a single path bound to them."""
+        self._map_memory()
+        self._bind_single()
+
     def _prepare(self, m: abi.Manifest) -> None:
         self._chunk = min(m.batch_capacity, m.device_capacity)
         self._columns = [(c.kind, c.name) for c in m.columns]
@@ -208,21 +213,26 @@ class PolicyAgent:
         self._in_off = m.input_offset
         self._pool = self.limits.pool_calls
         kinds = [k for k, _ in self._columns]
-        head = [k for k in ("ts", "recv", "slot") if k in kinds]
         names = tuple(n for k, n in self._columns if k == "field")
-        canonical = kinds == [*head, *(["field"] * len(names))]
-        # the compiler's column order (ts, recv, slot, fields) gets a loop-free row builder
-        self._canonical = (
-            ("ts" in head, "recv" in head, "slot" in head, names) if canonical else None
-        )
+        head = kinds[: len(kinds) - len(names)]
+        order = ["ts", "recv", "slot"]
+        # the compiler's column orders (a slice of ts, recv, slot; then fields) get a
+        # loop-free row builder; any other order a manifest declares takes _row_of
+        self._canonical: tuple[int, int, bool, tuple[str, ...]] | None = None
+        for start in range(3):
+            if head == order[start : start + len(head)] and kinds[len(head) :] == ["field"] * len(
+                names
+            ):
+                self._canonical = (start, start + len(head), "slot" in head, names)
+                break
         self._pack_row = struct.Struct("<" + self._rowfmt).pack_into
         self._fuel1 = self.fuel_budget(1)
+        self._bind_single()
 
     def set_zones(self, zones: Mapping[str, str] | Callable[[str], str] | None) -> None:
         """Replace the device → zone lookup; device tests are recomputed on next sight."""
-        with self._lock:
-            self._zone_of = _zone_fn(zones)
-            self._forget_devices()
+        self._zone_of = _zone_fn(zones)
+        self._forget_devices()
 
     def _forget_devices(self) -> None:
         m = self.manifest
@@ -245,39 +255,48 @@ class PolicyAgent:
     # -- evaluation ---------------------------------------------------------------------------
     def evaluate(self, reading: Reading) -> Decision:
         """Decide one reading: the batch path without the per-batch lists."""
-        with self._lock:
-            if self._canonical:
-                ts, recv, slot_col, names = self._canonical
-                row: list[Any] = [reading.ts_ms] if ts else []
-                if recv:
-                    row.append(reading.received_ms)
+        return self._decide_one(reading)
+
+    def _bind_single(self) -> None:
+        """Build the single-reading path as a closure over everything it touches (the hot
+        path: local names instead of attribute lookups). Rebuilt on every (re)instantiation."""
+        slots, intern, pack = self._slots, self._intern, self._pack_row
+        mem, in_off, codes, get = self._mem, self._in_off, self._codes, self._table.get
+        call = self._call.single(self._fuel1, self._pool)
+        start, stop, slot_col, names = self._canonical or (0, 0, False, ())
+        nans = (NAN,) * len(names)
+        canonical, row_of, sanitize = self._canonical is not None, self._row_of, self._sanitize
+
+        def decide(reading: Reading) -> Decision:
+            if canonical:
+                slot = 0
                 if slot_col:
-                    slot = self._slots.get(reading.device)
-                    if slot is None:
-                        self._intern((reading.device,))
-                        slot = self._slots[reading.device]
-                    row.append(slot)
-                values = reading.values
-                row += [values.get(name, NAN) for name in names]
+                    slot = slots.get(reading.device, -1)
+                    if slot < 0:
+                        intern((reading.device,))
+                        slot = slots[reading.device]
+                head = (reading.ts_ms, reading.received_ms, slot)[start:stop]
+                row = (*head, *map(reading.values.get, names, nans))
             else:
-                row = self._row_of(reading)
+                row = tuple(row_of(reading))
             try:
-                self._pack_row(self._mem, self._in_off, *row)
+                pack(mem, in_off, *row)
             except struct.error:
-                self._pack_row(
-                    self._mem, self._in_off, *(c[0] for c in self._sanitize([[v] for v in row]))
-                )
+                pack(mem, in_off, *(c[0] for c in sanitize([[v] for v in row])))
             try:
-                transforms = self._call.pooled(1, self._fuel1, self._pool)
+                transforms = call(1)
             except AgentFaultError:
                 self._reset()
                 raise
             if self._growable:
-                self._map_memory()
-            decision = self._table.get(self._codes[0])
+                self._remap()
+                return self._finish_one(reading, transforms)
+            decision = get(codes[0])
             if decision is None or transforms:
                 return self._finish_one(reading, transforms)
             return decision
+
+        self._decide_one = decide
 
     def fuel_budget(self, rows: int) -> int:
         """Fuel one call of ``rows`` rows may burn before it is stopped as a runaway."""
@@ -303,6 +322,7 @@ class PolicyAgent:
         return row
 
     def _finish_one(self, reading: Reading, transforms: int) -> Decision:
+        """The single path's rare cases: transforms, growable memory, undeclared codes."""
         code = self._codes[0]
         if code not in self._table:
             raise AgentFaultError(f"agent returned decision code {code}, which it never declared")
@@ -316,13 +336,12 @@ class PolicyAgent:
         """Decide every reading, in order. On :class:`AgentFaultError` no decision is returned for
         this call and the agent has been reset."""
         step = self._chunk
-        with self._lock:
-            if len(readings) <= step:
-                return self._run(readings)
-            out: list[Decision] = []
-            for start in range(0, len(readings), step):
-                out += self._run(readings[start : start + step])
-            return out
+        if len(readings) <= step:
+            return self._run(readings)
+        out: list[Decision] = []
+        for start in range(0, len(readings), step):
+            out += self._run(readings[start : start + step])
+        return out
 
     def _encode(self, chunk: Sequence[Reading], n: int) -> list[list[Any]]:
         cols: list[list[Any]] = []
@@ -367,7 +386,7 @@ class PolicyAgent:
             self._reset()
             raise
         if self._growable:
-            self._map_memory()
+            self._remap()
         try:
             decisions = list(map(self._table.__getitem__, self._codes[:n].tolist()))
         except KeyError as exc:
@@ -381,11 +400,11 @@ class PolicyAgent:
         return decisions
 
     @staticmethod
-    def _sanitize_column(code: str, col: list[Any]) -> list[Any]:
+    def _sanitize_column(code: str, col: Sequence[Any]) -> list[Any]:
         """Make every value of a column packable (the rare path: odd values)."""
         return [as_number(v) for v in col] if code == "d" else [clamp_i64(v) for v in col]
 
-    def _sanitize(self, cols: list[list[Any]]) -> list[list[Any]]:
+    def _sanitize(self, cols: Sequence[Sequence[Any]]) -> list[list[Any]]:
         """Columns with every value made packable; :func:`_interleave` takes them as they are."""
         return [
             self._sanitize_column(code, col) for code, col in zip(self._rowfmt, cols, strict=True)
