@@ -13,10 +13,12 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import tomllib
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -35,7 +37,7 @@ SYSTEM_TOOLS = {
     "mosquitto_passwd": "mosquitto",
 }
 # what the test rootfs gets besides the base system: an init, and the package's Depends
-ROOTFS_INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "mosquitto")
+ROOTFS_INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "mosquitto", "procps")
 
 
 @contextlib.contextmanager
@@ -173,3 +175,127 @@ def build_rootfs(target: Path) -> None:
 
 def rootfs_recipe() -> str:
     return f"{host_suite()} {' '.join(ROOTFS_INCLUDE)}\n"
+
+
+# -- a booted container -----------------------------------------------------------------------
+
+CONTAINER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TERM": "dumb"}
+
+
+def wait_for(
+    what: str, probe: Callable[[], bool], timeout: float, details: Callable[[], str]
+) -> None:
+    """Poll ``probe`` until it holds; on time-out fail with ``details()`` (logs, states)."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what} after {timeout:.0f}s\n{details()}")
+        time.sleep(0.25)
+
+
+class Container:
+    """A Debian system booted with ``systemd-nspawn -b`` on an overlay of a cached rootfs.
+
+    The container has its own network namespace (loopback only) and is not registered with
+    machined (this machine may have no running systemd); commands run in it through nsenter
+    into the namespaces of its PID 1.
+    """
+
+    def __init__(self, rootfs: Path, work: Path) -> None:
+        self.rootfs = rootfs
+        self.work = work
+        self.root = work / "root"
+        self.log = work / "console.log"
+        self.name = f"cybtest-{uuid.uuid4().hex[:8]}"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._leader: int | None = None
+
+    def __enter__(self) -> Self:
+        for sub in ("upper", "overlay-work", "root"):
+            (self.work / sub).mkdir(parents=True)
+        run(
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={self.rootfs},upperdir={self.work / 'upper'},"
+            f"workdir={self.work / 'overlay-work'}",
+            self.root,
+        )
+        try:
+            self._boot()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _boot(self) -> None:
+        with self.log.open("wb") as console:
+            self._proc = subprocess.Popen(
+                [
+                    "systemd-nspawn",
+                    "--quiet",
+                    "--boot",
+                    f"--directory={self.root}",
+                    f"--machine={self.name}",
+                    "--private-network",
+                    "--register=no",
+                    "--keep-unit",
+                    "--console=passive",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for("the container's init", self._find_leader, 30, self.console)
+        wait_for("the container to finish booting", self._booted, 120, self.console)
+
+    def _find_leader(self) -> bool:
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            pytest.fail(f"systemd-nspawn exited with {self._proc.returncode}\n{self.console()}")
+        children = run("pgrep", "-P", str(self._proc.pid), "-x", "systemd", check=False)
+        if children.stdout.strip():
+            self._leader = int(children.stdout.split()[0])
+            return True
+        return False
+
+    def _booted(self) -> bool:
+        state = self.sh("systemctl", "is-system-running", check=False).stdout.strip()
+        return state in ("running", "degraded")
+
+    def console(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:] if self.log.exists() else ""
+
+    def sh(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the container."""
+        assert self._leader is not None
+        return run(
+            "nsenter",
+            f"--target={self._leader}",
+            "--all",
+            "--",
+            *cmd,
+            check=check,
+            env=CONTAINER_ENV,
+        )
+
+    def journal(self, unit: str) -> str:
+        proc = self.sh("journalctl", "--no-pager", "-n", "80", "-u", unit, check=False)
+        return proc.stdout + proc.stderr
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.sh("systemctl", "show", "--value", "-p", prop, unit).stdout.strip()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            if self._leader is not None:
+                self.sh("systemctl", "poweroff", check=False)
+            try:
+                self._proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        run("umount", self.root, check=False)
+        shutil.rmtree(self.work, ignore_errors=True)

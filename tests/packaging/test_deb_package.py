@@ -56,6 +56,10 @@ def test_fresh_install(host_dpkg: HostDpkg, debs: Builds) -> None:
     assert mode(password) == ["root:cybernetic", "640"]
     assert len(password.read_text().strip()) >= 32
     assert mode(ETC / "mosquitto/passwd") == ["root:mosquitto", "640"]
+    link_secret = ETC / "secrets/link.secret"
+    assert mode(link_secret) == ["root:cybernetic", "640"]
+    assert len(bytes.fromhex(link_secret.read_text())) == 32
+    assert mode(ETC / "secrets/uplink.password") == ["root:cybernetic", "640"]
     broker_users = (ETC / "mosquitto/passwd").read_text()
     assert re.search(r"^gateway:\$", broker_users, re.MULTILINE), broker_users
     conf = (ETC / "mosquitto.conf").read_text()
@@ -86,6 +90,7 @@ def test_upgrade_keeps_configuration_and_state(host_dpkg: HostDpkg, debs: Builds
     assert edited != gateway_toml.read_text()
     gateway_toml.write_text(edited)
     password = (ETC / "secrets/local-broker.password").read_text()
+    link_secret = (ETC / "secrets/link.secret").read_text()
     outbox = STATE / "gateway/outbox.sqlite3"
     outbox.write_bytes(b"state that must survive")
     write_marker(schema=1, min_reader=1)
@@ -95,6 +100,7 @@ def test_upgrade_keeps_configuration_and_state(host_dpkg: HostDpkg, debs: Builds
     assert host_dpkg.version() == debs.new_version
     assert gateway_toml.read_text() == edited
     assert (ETC / "secrets/local-broker.password").read_text() == password
+    assert (ETC / "secrets/link.secret").read_text() == link_secret
     assert outbox.read_bytes() == b"state that must survive"
     assert run(CLI, "config", "check", gateway_toml).returncode == 0
 

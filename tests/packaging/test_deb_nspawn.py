@@ -1,0 +1,100 @@
+"""A real unit run: boot Debian with systemd-nspawn, install the package, watch the gateway.
+
+The container is a minimal Debian of the host's release (debootstrap, cached between runs) in
+its own network namespace. Installing the package there is what a person does on a device;
+postinst sees a running systemd, points Mosquitto at the shipped configuration and starts the
+gateway, which must reach READY (Type=notify), report its status, answer on its metrics
+endpoint with every hardening directive in force, reload on SIGHUP, and be restarted by
+systemd after a crash.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Builds
+from deb_support import Container, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+UNIT = "cybernetic-gateway.service"
+METRICS = "http://127.0.0.1:9464/metrics"
+FETCH = (
+    "import sys, urllib.request; "
+    "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+)
+
+
+@pytest.fixture
+def device(rootfs: Path, debs: Builds, tmp_path: Path) -> Iterator[Container]:
+    """A booted container with the package installed, as on a fresh device."""
+    with Container(rootfs, tmp_path / "container") as box:
+        shutil.copy(debs.old, box.root / "root/cybernetic-edge.deb")
+        install = box.sh("dpkg", "-i", "/root/cybernetic-edge.deb", check=False)
+        assert install.returncode == 0, (
+            f"dpkg -i failed:\n{install.stdout}\n{install.stderr}\n{box.journal(UNIT)}"
+        )
+        yield box
+
+
+def status_of(pid: str, box: Container) -> dict[str, str]:
+    text = box.sh("cat", f"/proc/{pid}/status").stdout
+    return dict(re.findall(r"^(\w+):\s*(.*)$", text, re.MULTILINE))
+
+
+def test_gateway_runs_hardened_and_is_restarted_after_a_crash(device: Container) -> None:
+    box = device
+    details = lambda: box.journal(UNIT) + box.journal("mosquitto.service")  # noqa: E731
+
+    # READY: dpkg's `systemctl start` returned once the daemon sent READY=1
+    assert box.show(UNIT, "ActiveState") == "active", details()
+    assert box.show(UNIT, "SubState") == "running", details()
+    assert box.show(UNIT, "StatusText").startswith("ingest up"), details()
+    assert box.show(UNIT, "UnitFileState") == "enabled"
+    # the device's broker runs the shipped configuration (the drop-in)
+    assert "/etc/cybernetic/mosquitto.conf" in box.show("mosquitto.service", "ExecStart")
+    assert box.show("mosquitto.service", "ActiveState") == "active"
+
+    # metrics answer inside the container's own network namespace
+    metrics = box.sh("python3", "-c", FETCH, METRICS).stdout
+    assert "cybernetic_outbox_rows" in metrics
+
+    # the hardening is in force on the real process
+    pid = box.show(UNIT, "MainPID")
+    proc = status_of(pid, box)
+    uid = box.sh("id", "-u", "cybernetic").stdout.strip()
+    assert proc["Uid"].split()[0] == uid
+    assert proc["NoNewPrivs"] == "1"
+    assert int(proc["CapBnd"], 16) == 0
+    assert int(proc["CapEff"], 16) == 0
+    assert proc["Seccomp"] == "2"
+    assert box.show(UNIT, "WatchdogUSec") == "30s"
+
+    # SIGHUP reloads in place
+    box.sh("systemctl", "reload", UNIT)
+    assert box.show(UNIT, "MainPID") == pid
+    assert box.show(UNIT, "ActiveState") == "active", details()
+
+    # a crash: systemd restarts the daemon, which comes back READY
+    box.sh("kill", "-KILL", pid)
+    wait_for(
+        "systemd to restart the gateway",
+        lambda: (
+            box.show(UNIT, "NRestarts") == "1"
+            and box.show(UNIT, "ActiveState") == "active"
+            and box.show(UNIT, "MainPID") not in ("0", pid)
+        ),
+        60,
+        details,
+    )
+    assert box.show(UNIT, "StatusText").startswith("ingest up"), details()
+    assert "cybernetic_outbox_rows" in box.sh("python3", "-c", FETCH, METRICS).stdout
+
+    # a clean stop is a staged shutdown, not a kill
+    box.sh("systemctl", "stop", UNIT)
+    assert box.show(UNIT, "Result") == "success", details()
+    assert box.show(UNIT, "ExecMainStatus") == "0", details()
