@@ -210,6 +210,10 @@ class PolicyAgent:
                 rule.action, rule_id, rule.name, rule.reason, None
             )
         self._tx_entry = struct.Struct(f"<q{len(m.targets)}d")
+        self._assigned = {
+            rule_id: [(t, m.targets[t]) for t in rule.targets]
+            for rule_id, rule in enumerate(m.rules, start=1)
+        }
         self._in_off = m.input_offset
         self._pool = self.limits.pool_calls
         kinds = [k for k, _ in self._columns]
@@ -328,7 +332,16 @@ class PolicyAgent:
             raise AgentFaultError(f"agent returned decision code {code}, which it never declared")
         if transforms < 0:
             raise AgentFaultError(f"agent refused a single row (returned {transforms})")
-        decisions = [self._table[code]]
+        shared = self._table[code]
+        if transforms == 1 and shared.action == "transform":  # the common case, inline
+            row, *out = self._tx_entry.unpack_from(self._mem, self.manifest.transform_offset)
+            if row != 0:
+                raise AgentFaultError(f"agent listed row {row} as a transform of a single row")
+            values = dict(reading.values)
+            for t, name in self._assigned[shared.rule_id]:
+                values[name] = out[t]
+            return Decision("transform", shared.reason, shared.rule_id, shared.rule, values)
+        decisions = [shared]
         self._apply_transforms((reading,), decisions, transforms)
         return decisions[0]
 
@@ -418,17 +431,16 @@ class PolicyAgent:
         entry = self._tx_entry
         if count > len(chunk):
             raise AgentFaultError(f"agent reported {count} transforms for {len(chunk)} rows")
+        assigned = self._assigned
         for j in range(count):
             i, *out = entry.unpack_from(self._mem, m.transform_offset + j * entry.size)
             shared = decisions[i] if 0 <= i < len(chunk) else None
             if shared is None or shared.action != "transform":
                 raise AgentFaultError(f"agent listed row {i} as a transform but did not code it so")
             values = dict(chunk[i].values)
-            for t in m.rules[shared.rule_id - 1].targets:
-                values[m.targets[t]] = out[t]
-            decisions[i] = make_decision(
-                "transform", shared.rule_id, shared.rule, shared.reason, values
-            )
+            for t, name in assigned[shared.rule_id]:
+                values[name] = out[t]
+            decisions[i] = Decision("transform", shared.reason, shared.rule_id, shared.rule, values)
 
     def _reset(self) -> None:
         """Throw the faulted instance away and start a fresh one from the same module."""

@@ -46,9 +46,15 @@ str_test = st.one_of(
               st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=3).map(tuple)),
 )  # fmt: skip
 CMP_OPS = st.sampled_from(["==", "!=", "<", "<=", ">", ">="])
+# leaf-against-small-constant comparisons are listed twice: they are the ones most likely to
+# decide a rule on random readings, so they give the equivalence test its power
+simple_compare = st.builds(
+    ast.Compare, CMP_OPS, num_leaf, st.integers(-1, 61).map(float).map(ast.Num)
+)
 bool_leaf = st.one_of(
     st.booleans().map(ast.Const),
-    st.builds(ast.Compare, CMP_OPS, num_leaf, st.integers(-1, 61).map(float).map(ast.Num)),
+    simple_compare,
+    simple_compare,
     st.builds(ast.Compare, st.sampled_from(["==", "!=", "<", "<=", ">", ">="]), num_expr, num_expr),
     st.sampled_from(FIELDS).map(ast.Has),
     str_test,
