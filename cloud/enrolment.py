@@ -1,0 +1,486 @@
+"""The cloud's side of enrolment: bootstrap tokens, the gateway register, certificates.
+
+- Tokens are one-time and expiring. At rest the store keeps only ``HKDF(token secret)`` (the
+  MAC key, from which the token cannot be recovered) and the public token id. Consumption is
+  one conditional ``UPDATE``, so two requests racing for one token cannot both win. A gateway
+  that lost the answer may resend the *same* request and gets the same answer; any other
+  request with a used token is refused.
+- An enrolled gateway is recorded with its Ed25519 node key, its certificate serial and its
+  link epoch; its link secret (from the key agreement) is written to ``links_dir/<gateway>``
+  (0600), the file :func:`amcp.link.secrets_in_dir` reads.
+- Revocation revokes every certificate of the gateway (new CRL: the broker refuses it after a
+  reload), marks it revoked here and deletes its link secret (the envelope layer refuses it).
+
+Everything here is blocking SQLite and signing: async callers use :meth:`Enrolment.serve`,
+which runs each request in a worker thread. Log lines name gateways and token ids, never a
+token, a key or a secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+
+from amcp.crypto.agreement import AgreementError, Offer, cloud_answer
+from amcp.crypto.keys import Ed25519Signer
+from amcp.crypto.pki import FleetCA, PkiError, load_cert, write_secret_file
+from amcp.runtime.mqtt import Backoff, make_client
+from amcp.runtime.settings import BrokerLink
+from amcp.runtime.supervisor import ChildContext
+from amcp.wire import enrol as wire
+
+log = logging.getLogger(__name__)
+
+_GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id TEXT PRIMARY KEY,
+    mac_key BLOB NOT NULL,
+    gateway TEXT,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    used_ms INTEGER,
+    request_id TEXT,
+    response BLOB
+);
+CREATE TABLE IF NOT EXISTS gateways (
+    gateway TEXT PRIMARY KEY,
+    node_key BLOB NOT NULL,
+    cert_serial TEXT NOT NULL,
+    cert_not_after_ms INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    link_ms INTEGER NOT NULL,
+    enrolled_ms INTEGER NOT NULL,
+    revoked_ms INTEGER,
+    renew_request_id TEXT,
+    renew_response BLOB
+);
+"""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class GatewayRecord:
+    gateway: str
+    node_key: bytes
+    cert_serial: str
+    cert_not_after_ms: int
+    epoch: int
+    link_ms: int
+    enrolled_ms: int
+    revoked_ms: int | None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_ms is None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    token_id: str
+    gateway: str | None
+    created_ms: int
+    expires_ms: int
+    used_ms: int | None
+
+
+class EnrolmentStore:
+    """Tokens and the gateway register in one SQLite file (mode 0600)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add_token(self, token: wire.BootstrapToken, gateway: str | None, expires_ms: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO tokens (token_id, mac_key, gateway, created_ms, expires_ms)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (token.token_id, token.mac_key(), gateway, now_ms(), expires_ms),
+            )
+
+    def token(self, token_id: str) -> tuple[TokenRecord, bytes, str | None, bytes | None] | None:
+        """The token's record, its MAC key, and the request id and response it was used for."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT token_id, gateway, created_ms, expires_ms, used_ms, mac_key,"
+                " request_id, response FROM tokens WHERE token_id = ?",
+                (token_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return TokenRecord(*row[:5]), row[5], row[6], row[7]
+
+    def tokens(self) -> list[TokenRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT token_id, gateway, created_ms, expires_ms, used_ms FROM tokens"
+                " ORDER BY created_ms"
+            ).fetchall()
+        return [TokenRecord(*r) for r in rows]
+
+    def consume(self, token_id: str, request_id: str, at_ms: int) -> bool:
+        """Mark the token used by ``request_id``; False when it was used or expired meanwhile."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE tokens SET used_ms = ?, request_id = ? WHERE token_id = ?"
+                " AND used_ms IS NULL AND expires_ms > ?",
+                (at_ms, request_id, token_id, at_ms),
+            )
+        return cur.rowcount == 1
+
+    def save_response(self, token_id: str, response: bytes) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE tokens SET response = ? WHERE token_id = ?", (response, token_id)
+            )
+
+    def gateway(self, gateway: str) -> GatewayRecord | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT gateway, node_key, cert_serial, cert_not_after_ms, epoch, link_ms,"
+                " enrolled_ms, revoked_ms FROM gateways WHERE gateway = ?",
+                (gateway,),
+            ).fetchone()
+        return GatewayRecord(*row) if row else None
+
+    def gateways(self) -> list[GatewayRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT gateway, node_key, cert_serial, cert_not_after_ms, epoch, link_ms,"
+                " enrolled_ms, revoked_ms FROM gateways ORDER BY gateway"
+            ).fetchall()
+        return [GatewayRecord(*r) for r in rows]
+
+    def put_gateway(self, rec: GatewayRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO gateways (gateway, node_key, cert_serial,"
+                " cert_not_after_ms, epoch, link_ms, enrolled_ms, revoked_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec.gateway,
+                    rec.node_key,
+                    rec.cert_serial,
+                    rec.cert_not_after_ms,
+                    rec.epoch,
+                    rec.link_ms,
+                    rec.enrolled_ms,
+                    rec.revoked_ms,
+                ),
+            )
+
+    def renewal(self, gateway: str) -> tuple[str | None, bytes | None]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT renew_request_id, renew_response FROM gateways WHERE gateway = ?",
+                (gateway,),
+            ).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def save_renewal(self, gateway: str, request_id: str, response: bytes) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE gateways SET renew_request_id = ?, renew_response = ? WHERE gateway = ?",
+                (request_id, response, gateway),
+            )
+
+    def mark_revoked(self, gateway: str, at_ms: int) -> bool:
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE gateways SET revoked_ms = ? WHERE gateway = ? AND revoked_ms IS NULL",
+                (at_ms, gateway),
+            )
+        return cur.rowcount == 1
+
+
+class Enrolment:
+    """Answers enrolment and renewal requests; issues tokens; revokes gateways."""
+
+    def __init__(
+        self,
+        store: EnrolmentStore,
+        ca: FleetCA,
+        signer: Ed25519Signer,
+        links_dir: Path,
+        *,
+        cert_valid_s: float = 30 * 86400.0,
+        max_skew_s: float = 300.0,
+        owner: str | None = None,
+        on_revoke: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.ca = ca
+        self.signer = signer
+        self.cloud = signer.owner
+        self.links_dir = links_dir
+        self.cert_valid_s = cert_valid_s
+        self.max_skew_ms = int(max_skew_s * 1000)
+        self.owner = owner
+        self.on_revoke = on_revoke
+        self._lock = threading.Lock()
+
+    # -- operator actions ---------------------------------------------------------------------
+    def issue_token(self, *, expires_s: float, gateway: str | None = None) -> wire.BootstrapToken:
+        """A new one-time token; print ``token.text()`` once, it is not stored."""
+        if gateway is not None and not _GATEWAY_ID.match(gateway):
+            raise ValueError(f"invalid gateway id {gateway!r}")
+        token = wire.BootstrapToken.generate()
+        self.store.add_token(token, gateway, now_ms() + int(expires_s * 1000))
+        log.info("bootstrap token issued", extra={"token_id": token.token_id, "gateway": gateway})
+        return token
+
+    def revoke(self, gateway: str) -> list[int]:
+        """Refuse ``gateway`` from now on: CRL, register, link secret. Returns revoked serials."""
+        serials = self.ca.revoke(gateway)
+        self.store.mark_revoked(gateway, now_ms())
+        (self.links_dir / gateway).unlink(missing_ok=True)
+        log.warning("gateway revoked", extra={"gateway": gateway, "certificates": len(serials)})
+        if self.on_revoke is not None:
+            self.on_revoke(gateway)
+        return serials
+
+    def link_secret(self, gateway: str) -> bytes | None:
+        """The current link secret of an active gateway (a lookup for ``CloudLinks``)."""
+        rec = self.store.gateway(gateway)
+        path = self.links_dir / gateway
+        if rec is None or not rec.active or not path.is_file():
+            return None
+        return bytes.fromhex(path.read_text().strip())
+
+    # -- requests -----------------------------------------------------------------------------
+    def handle(self, data: bytes, topic_gateway: str) -> bytes | None:
+        """Answer one request frame (blocking); None when there is nothing to answer."""
+        try:
+            frame = wire.decode(data)
+        except wire.EnrolError as exc:
+            log.warning(
+                "enrolment frame refused", extra={"gateway": topic_gateway, "error": str(exc)}
+            )
+            return None
+        if not isinstance(frame, wire.EnrolRequest | wire.RenewRequest):
+            return None
+        if frame.gateway != topic_gateway or not _GATEWAY_ID.match(frame.gateway):
+            log.warning("enrolment frame names another gateway", extra={"topic": topic_gateway})
+            return None
+        with self._lock:  # one request at a time: token use and epochs are read-modify-write
+            if isinstance(frame, wire.EnrolRequest):
+                return wire.encode(self._enrol(frame))
+            return wire.encode(self._renew(frame))
+
+    def _refuse(
+        self, req: wire.EnrolRequest, reason: str, mac_key: bytes | None
+    ) -> wire.EnrolResponse:
+        log.warning(
+            "enrolment refused",
+            extra={"gateway": req.gateway, "token_id": req.token_id, "reason": reason},
+        )
+        resp = wire.EnrolResponse(
+            gateway=req.gateway, request_id=req.request_id, ok=False, reason=reason
+        )
+        return wire.with_mac(resp, mac_key) if mac_key is not None else resp
+
+    def _enrol(self, req: wire.EnrolRequest) -> wire.EnrolResponse:  # noqa: PLR0911
+        found = self.store.token(req.token_id)
+        if found is None:
+            return self._refuse(req, "unknown bootstrap token", None)
+        token, mac_key, used_request, stored = found
+        try:
+            wire.check_mac(req, mac_key)
+            wire.check_signature(req, req.node_key)
+        except wire.FrameAuthError as exc:
+            return self._refuse(req, str(exc), None)
+        if token.used_ms is not None:
+            if used_request == req.request_id and stored is not None:
+                resp = wire.decode(stored)  # the same request again: the same answer
+                assert isinstance(resp, wire.EnrolResponse)
+                return resp
+            return self._refuse(req, "bootstrap token already used", mac_key)
+        now = now_ms()
+        if token.expires_ms <= now:
+            return self._refuse(req, "bootstrap token expired", mac_key)
+        if token.gateway is not None and token.gateway != req.gateway:
+            return self._refuse(req, "bootstrap token was issued for another gateway", mac_key)
+        existing = self.store.gateway(req.gateway)
+        if existing is not None and existing.active and token.gateway is None:
+            return self._refuse(
+                req, "gateway already enrolled (re-enrol with a token issued for it)", mac_key
+            )
+        if abs(req.ts_ms - now) > self.max_skew_ms or req.epoch < 1:
+            return self._refuse(req, "request timestamp or epoch out of range", mac_key)
+        try:
+            answer = cloud_answer(
+                self.signer,
+                gateway=req.gateway,
+                epoch=req.epoch,
+                offer=Offer(req.ephemeral, req.agreement_sig),
+                gateway_key=req.node_key,
+            )
+            cert_pem = self.ca.issue_client(req.csr, subject=req.gateway, valid_s=self.cert_valid_s)
+        except (AgreementError, PkiError) as exc:
+            return self._refuse(req, str(exc), mac_key)
+        if not self.store.consume(req.token_id, req.request_id, now):
+            return self._refuse(req, "bootstrap token already used", mac_key)
+        if existing is not None:
+            self.ca.revoke(req.gateway)  # re-enrolment replaces the old certificates
+        cert = load_cert(cert_pem)
+        write_secret_file(
+            self.links_dir / req.gateway, answer.secret.hex().encode(), owner=self.owner
+        )
+        self.store.put_gateway(
+            GatewayRecord(
+                gateway=req.gateway,
+                node_key=req.node_key,
+                cert_serial=f"{cert.serial_number:x}",
+                cert_not_after_ms=int(cert.not_valid_after_utc.timestamp() * 1000),
+                epoch=req.epoch,
+                link_ms=now,
+                enrolled_ms=now,
+                revoked_ms=None,
+            )
+        )
+        resp = wire.with_mac(
+            wire.EnrolResponse(
+                gateway=req.gateway,
+                request_id=req.request_id,
+                ok=True,
+                cloud=self.cloud,
+                cloud_key=self.signer.entry().material,
+                certificate=cert_pem,
+                trust_bundle=self.ca.trust_bundle(),
+                epoch=req.epoch,
+                ephemeral=answer.ephemeral,
+                agreement_sig=answer.signature,
+            ),
+            mac_key,
+        )
+        self.store.save_response(req.token_id, wire.encode(resp))
+        log.info("gateway enrolled", extra={"gateway": req.gateway, "token_id": req.token_id})
+        return resp
+
+    def _renew_refuse(self, req: wire.RenewRequest, reason: str) -> wire.RenewResponse:
+        log.warning("renewal refused", extra={"gateway": req.gateway, "reason": reason})
+        resp = wire.RenewResponse(
+            gateway=req.gateway, request_id=req.request_id, ok=False, reason=reason
+        )
+        return wire.with_signature(resp, self.signer)
+
+    def _renew(self, req: wire.RenewRequest) -> wire.RenewResponse:  # noqa: PLR0911
+        rec = self.store.gateway(req.gateway)
+        if rec is None or not rec.active:
+            return self._renew_refuse(req, "gateway is not enrolled or was revoked")
+        try:
+            wire.check_signature(req, rec.node_key)
+        except wire.FrameAuthError as exc:
+            return self._renew_refuse(req, str(exc))
+        last_id, last_resp = self.store.renewal(req.gateway)
+        if last_id == req.request_id and last_resp is not None:
+            resp = wire.decode(last_resp)
+            assert isinstance(resp, wire.RenewResponse)
+            return resp
+        now = now_ms()
+        if abs(req.ts_ms - now) > self.max_skew_ms:
+            return self._renew_refuse(req, "request timestamp out of range")
+        rekey = bool(req.ephemeral)
+        if rekey and req.epoch <= rec.epoch:
+            return self._renew_refuse(req, f"link epoch must move past {rec.epoch}")
+        cert_pem = b""
+        try:
+            answer = (
+                cloud_answer(
+                    self.signer,
+                    gateway=req.gateway,
+                    epoch=req.epoch,
+                    offer=Offer(req.ephemeral, req.agreement_sig),
+                    gateway_key=rec.node_key,
+                )
+                if rekey
+                else None
+            )
+            if req.csr:
+                cert_pem = self.ca.issue_client(
+                    req.csr, subject=req.gateway, valid_s=self.cert_valid_s
+                )
+        except (AgreementError, PkiError) as exc:
+            return self._renew_refuse(req, str(exc))
+        if cert_pem:
+            cert = load_cert(cert_pem)
+            rec = dataclasses.replace(
+                rec,
+                cert_serial=f"{cert.serial_number:x}",
+                cert_not_after_ms=int(cert.not_valid_after_utc.timestamp() * 1000),
+            )
+        if answer is not None:
+            write_secret_file(
+                self.links_dir / req.gateway, answer.secret.hex().encode(), owner=self.owner
+            )
+            rec = dataclasses.replace(rec, epoch=req.epoch, link_ms=now)
+        self.store.put_gateway(rec)
+        resp = wire.with_signature(
+            wire.RenewResponse(
+                gateway=req.gateway,
+                request_id=req.request_id,
+                ok=True,
+                certificate=cert_pem,
+                trust_bundle=self.ca.trust_bundle(),
+                epoch=rec.epoch,
+                ephemeral=answer.ephemeral if answer else b"",
+                agreement_sig=answer.signature if answer else b"",
+            ),
+            self.signer,
+        )
+        self.store.save_renewal(req.gateway, req.request_id, wire.encode(resp))
+        log.info(
+            "gateway renewed",
+            extra={"gateway": req.gateway, "epoch": rec.epoch, "certificate": bool(cert_pem)},
+        )
+        return resp
+
+    # -- MQTT -----------------------------------------------------------------------------------
+    async def serve(
+        self, link: BrokerLink, ctx: ChildContext, *, prefix: str = wire.TOPIC_PREFIX
+    ) -> None:
+        """Answer requests on ``{prefix}/+/request`` until cancelled (a supervisor child)."""
+        backoff = Backoff(link.reconnect_initial, link.reconnect_max)
+        client = make_client(link, f"{self.cloud}-enrolment", clean_session=True)
+        while True:
+            try:
+                async with client:
+                    await client.subscribe(f"{prefix}/+/request", qos=1)
+                    backoff.reset()
+                    ctx.ready()
+                    async for message in client.messages:
+                        parts = message.topic.value.split("/")
+                        gateway = parts[-2] if len(parts) >= 2 else ""
+                        answer = await asyncio.to_thread(self.handle, message.payload, gateway)
+                        if answer is not None:
+                            await client.publish(
+                                wire.response_topic(gateway, prefix), answer, qos=1
+                            )
+            except aiomqtt.MqttError as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "enrolment broker connection lost",
+                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)

@@ -1,0 +1,223 @@
+"""Enrolment over a real broker: one-time expiring tokens, proof of possession, renewal,
+revocation, and the link secret both ends agree on."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+from cryptography import x509
+from trust_support import Cloud, serving
+
+from amcp.crypto import derive_link_keys
+from amcp.crypto.keystore import KeyStore
+from amcp.crypto.pki import common_name
+from amcp.link import CloudLinks, GatewayLink, read_secret, secrets_in_dir
+from amcp.runtime.settings import BrokerLink
+from amcp.wire import enrol as wire
+from amcp.wire.telemetry import BatchAck
+from gateway.enrol import (
+    EnrolmentError,
+    EnrolmentRefusedError,
+    EnrolPaths,
+    RenewalPolicy,
+    enrol,
+    renew,
+)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_enrol_gives_certificate_trust_and_the_same_link_secret_to_both_ends(
+    tmp_path: Path,
+    cloud_factory: Callable[..., Cloud],
+    gateway_link: BrokerLink,
+    topic: str,
+) -> None:
+    cloud = cloud_factory()
+    gw = f"gw-{topic}"
+    token = cloud.enrolment.issue_token(expires_s=60)
+    async with serving(cloud):
+        state = await enrol(gateway_link, token.text(), gw, tmp_path / "gw", within_s=20)
+    paths = EnrolPaths(tmp_path / "gw")
+    assert state.epoch == 1
+    assert state.cloud == "cloud"
+    # the certificate names the gateway and chains to the fleet root
+    pem = paths.client_pem.read_bytes()
+    cert = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE") :])
+    assert common_name(cert) == gw
+    root = x509.load_pem_x509_certificate(paths.trust_bundle.read_bytes())
+    cert.verify_directly_issued_by(root)
+    # both ends hold the same link secret; the link's envelopes open on the other side
+    assert read_secret(paths.link_secret) == read_secret(cloud.links_dir / gw)
+    glink = GatewayLink(gw, read_secret(paths.link_secret), None)
+    clinks = CloudLinks(secrets_in_dir(cloud.links_dir), None)
+    t = f"cybernetic/gw/{gw}/ack"
+    data = glink.seal(BatchAck(batch_id="b", stored=1), t)  # type: ignore[arg-type]
+    assert clinks.open(gw, data, t).message == BatchAck(batch_id="b", stored=1)
+    # secrets on disk are owner-only
+    for f in (paths.client_pem, paths.link_secret, cloud.links_dir / gw, cloud.ca.key_path):
+        assert _mode(f) == 0o600, f
+    # the cloud recorded the gateway with its node key
+    rec = cloud.enrolment.store.gateway(gw)
+    assert rec is not None
+    assert rec.active
+    assert rec.node_key == KeyStore(paths.keys).signer().entry().material
+    assert rec.cert_serial == f"{cert.serial_number:x}"
+
+
+async def test_a_token_cannot_be_used_twice(
+    tmp_path: Path,
+    cloud_factory: Callable[..., Cloud],
+    gateway_link: BrokerLink,
+    topic: str,
+) -> None:
+    cloud = cloud_factory()
+    token = cloud.enrolment.issue_token(expires_s=60).text()
+    async with serving(cloud):
+        await enrol(gateway_link, token, f"a-{topic}", tmp_path / "a", within_s=20)
+        with pytest.raises(EnrolmentRefusedError) as err:
+            await enrol(gateway_link, token, f"b-{topic}", tmp_path / "b", within_s=20)
+    assert err.value.authenticated
+    assert "already used" in err.value.reason
+    assert cloud.enrolment.store.gateway(f"b-{topic}") is None
+    assert not (tmp_path / "b" / "link.secret").exists()
+
+
+async def test_an_expired_token_is_refused(
+    tmp_path: Path,
+    cloud_factory: Callable[..., Cloud],
+    gateway_link: BrokerLink,
+    topic: str,
+) -> None:
+    cloud = cloud_factory()
+    token = cloud.enrolment.issue_token(expires_s=0.05).text()
+    await asyncio.sleep(0.1)
+    async with serving(cloud):
+        with pytest.raises(EnrolmentRefusedError, match="expired"):
+            await enrol(gateway_link, token, f"gw-{topic}", tmp_path / "gw", within_s=20)
+    assert cloud.enrolment.store.gateway(f"gw-{topic}") is None
+
+
+async def test_a_forged_token_secret_is_refused_and_does_not_burn_the_token(
+    tmp_path: Path,
+    cloud_factory: Callable[..., Cloud],
+    gateway_link: BrokerLink,
+    topic: str,
+) -> None:
+    cloud = cloud_factory()
+    real = cloud.enrolment.issue_token(expires_s=60)
+    forged = wire.BootstrapToken(real.token_id, bytes(32)).text()
+    async with serving(cloud):
+        with pytest.raises(EnrolmentRefusedError) as err:
+            await enrol(gateway_link, forged, f"x-{topic}", tmp_path / "x", within_s=20)
+        assert not err.value.authenticated
+        await enrol(gateway_link, real.text(), f"gw-{topic}", tmp_path / "gw", within_s=20)
+
+
+async def test_a_token_bound_to_a_gateway_cannot_enrol_another(
+    tmp_path: Path,
+    cloud_factory: Callable[..., Cloud],
+    gateway_link: BrokerLink,
+    topic: str,
+) -> None:
+    cloud = cloud_factory()
+    token = cloud.enrolment.issue_token(expires_s=60, gateway=f"gw-{topic}").text()
+    async with serving(cloud):
+        with pytest.raises(EnrolmentRefusedError, match="another gateway"):
+            await enrol(gateway_link, token, f"other-{topic}", tmp_path / "o", within_s=20)
+
+
+async def test_renewal_moves_the_epoch_and_issues_a_new_certificate(
+    tmp_path: Path,
+    cloud_factory: Callable[..., Cloud],
+    gateway_link: BrokerLink,
+    topic: str,
+) -> None:
+    cloud = cloud_factory()
+    gw = f"gw-{topic}"
+    token = cloud.enrolment.issue_token(expires_s=60).text()
+    async with serving(cloud):
+        first = await enrol(gateway_link, token, gw, tmp_path / "gw", within_s=20)
+        old_secret = read_secret(tmp_path / "gw" / "link.secret")
+        second = await renew(gateway_link, tmp_path / "gw", within_s=20)
+    assert second.epoch == first.epoch + 1
+    new_secret = read_secret(tmp_path / "gw" / "link.secret")
+    assert new_secret != old_secret
+    assert new_secret == read_secret(cloud.links_dir / gw)
+    serials = [c.serial for c in cloud.ca.issued() if c.subject == gw]
+    assert len(serials) == 2
+    rec = cloud.enrolment.store.gateway(gw)
+    assert rec is not None
+    assert rec.epoch == 2
+    # keys of the new epoch are unrelated to the old ones
+    assert derive_link_keys(new_secret, gateway=gw, cloud="cloud").up.key_id != (
+        derive_link_keys(old_secret, gateway=gw, cloud="cloud").up.key_id
+    )
+
+
+async def test_a_revoked_gateway_cannot_renew_and_loses_its_link_secret(
+    tmp_path: Path,
+    cloud_factory: Callable[..., Cloud],
+    gateway_link: BrokerLink,
+    topic: str,
+) -> None:
+    cloud = cloud_factory()
+    gw = f"gw-{topic}"
+    token = cloud.enrolment.issue_token(expires_s=60).text()
+    async with serving(cloud):
+        await enrol(gateway_link, token, gw, tmp_path / "gw", within_s=20)
+        serials = cloud.enrolment.revoke(gw)
+        with pytest.raises(EnrolmentRefusedError, match="revoked"):
+            await renew(gateway_link, tmp_path / "gw", within_s=20)
+    assert len(serials) == 1
+    assert cloud.enrolment.link_secret(gw) is None
+    crl = x509.load_pem_x509_crl(cloud.ca.crl_path.read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(serials[0]) is not None
+
+
+async def test_a_renewal_signed_by_another_node_key_is_refused(
+    tmp_path: Path,
+    cloud_factory: Callable[..., Cloud],
+    gateway_link: BrokerLink,
+    topic: str,
+) -> None:
+    cloud = cloud_factory()
+    gw = f"gw-{topic}"
+    token = cloud.enrolment.issue_token(expires_s=60).text()
+    async with serving(cloud):
+        await enrol(gateway_link, token, gw, tmp_path / "gw", within_s=20)
+        KeyStore(tmp_path / "gw" / "keys").generate(gw, force=True)  # an impostor's key
+        with pytest.raises(EnrolmentRefusedError, match="signature"):
+            await renew(gateway_link, tmp_path / "gw", within_s=20)
+
+
+def test_renewal_policy() -> None:
+    state = msgspec.convert(
+        {
+            "gateway": "g",
+            "cloud": "c",
+            "cloud_key": b"k",
+            "epoch": 1,
+            "link_ms": 0,
+            "cert_not_after_ms": 10 * 86400_000,
+            "cert_ms": 0,
+        },
+        type=__import__("gateway.enrol", fromlist=["EnrolmentState"]).EnrolmentState,
+    )
+    policy = RenewalPolicy(cert_before_s=86400, link_every_s=3600)
+    assert policy.due(state, 1000) == (False, False)
+    assert policy.due(state, 3600_000) == (False, True)
+    assert policy.due(state, 9 * 86400_000) == (True, True)
+
+
+async def test_no_answer_is_a_typed_error(tmp_path: Path, gateway_link: BrokerLink) -> None:
+    token = wire.BootstrapToken.generate().text()
+    with pytest.raises(EnrolmentError, match="no answer"):
+        await enrol(gateway_link, token, "lonely", tmp_path / "gw", within_s=1)
