@@ -27,6 +27,7 @@ from wasm.errors import (
     ResourceLimitError,
 )
 from wasm.host import AgentLimits, PolicyAgent
+from wasm.stage import PolicyConfig, PolicyStage, StageCounts
 
 __all__ = [
     "AbiError",
@@ -41,9 +42,12 @@ __all__ = [
     "MalformedModuleError",
     "PolicyAgent",
     "PolicyCompileError",
+    "PolicyConfig",
     "PolicyError",
+    "PolicyStage",
     "PolicySyntaxError",
     "ResourceLimitError",
+    "StageCounts",
     "compile_policy",
     "compile_policy_file",
     "enforce",
