@@ -98,3 +98,63 @@ def test_gateway_runs_hardened_and_is_restarted_after_a_crash(device: Container)
     box.sh("systemctl", "stop", UNIT)
     assert box.show(UNIT, "Result") == "success", details()
     assert box.show(UNIT, "ExecMainStatus") == "0", details()
+
+
+def test_a_device_reading_reaches_the_cloud_tier(device: Container) -> None:
+    """Both hardened units on one host, set up as install.md says: a reading goes through."""
+    box = device
+    details = lambda: "\n".join(  # noqa: E731
+        box.journal(u) for u in (UNIT, "cybernetic-cloud.service", "mosquitto.service")
+    )
+    # broker accounts for the cloud tier and a device, the link secret enrolled on the cloud
+    passwd = "/etc/cybernetic/mosquitto/passwd"
+    box.sh("mosquitto_passwd", "-b", passwd, "cloud", "cloud-secret")
+    box.sh("mosquitto_passwd", "-b", passwd, "sensor-1", "sensor-secret")
+    box.sh("sh", "-c", "printf cloud-secret > /etc/cybernetic/secrets/cloud-broker.password")
+    box.sh(
+        "install",
+        "-o",
+        "root",
+        "-g",
+        "cybernetic",
+        "-m",
+        "0640",
+        "/etc/cybernetic/secrets/link.secret",
+        "/etc/cybernetic/links/gw-1",
+    )
+    box.sh("systemctl", "restart", "mosquitto.service")
+    # the uplink goes to this host's broker: a drop-in, as an operator would write it
+    dropin = box.root / "etc/systemd/system/cybernetic-gateway.service.d/uplink.conf"
+    dropin.parent.mkdir(parents=True)
+    dropin.write_text(
+        "[Service]\n"
+        "Environment=CYBERNETIC__UPLINK__BROKER__HOST=127.0.0.1\n"
+        "Environment=CYBERNETIC__UPLINK__BROKER__PORT=1883\n"
+        "Environment=CYBERNETIC__UPLINK__BROKER__USERNAME=gateway\n"
+        "Environment=CYBERNETIC__UPLINK__BROKER__PASSWORD_FILE="
+        "/etc/cybernetic/secrets/local-broker.password\n"
+    )
+    box.sh("systemctl", "daemon-reload")
+    box.sh("systemctl", "enable", "--now", "cybernetic-cloud.service")
+    box.sh("systemctl", "restart", UNIT)
+    assert box.show("cybernetic-cloud.service", "ActiveState") == "active", details()
+    wait_for(
+        "the uplink to connect",
+        lambda: "uplink up" in box.show(UNIT, "StatusText"),
+        30,
+        details,
+    )
+
+    publish = (
+        "import paho.mqtt.publish as p; p.single('devices/sensor-1/telemetry', "
+        "'{\"seq\": 1, \"t\": 21.5}', qos=1, hostname='127.0.0.1', port=1883, "
+        "auth={'username': 'sensor-1', 'password': 'sensor-secret'})"
+    )
+    box.sh("/opt/cybernetic-edge/bin/python", "-c", publish)
+
+    def stored() -> float:
+        text = box.sh("python3", "-c", FETCH, "http://127.0.0.1:9465/metrics").stdout
+        match = re.search(r"^cybernetic_cloud_stored_readings_total (\S+)$", text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    wait_for("the reading in the cloud store", lambda: stored() == 1.0, 30, details)
