@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from amcp.link import CloudLinks, secrets_in_dir
 from amcp.runtime.metrics import MetricsServer
 from amcp.runtime.service import Service
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
@@ -27,7 +28,15 @@ class Cloud:
         self.config = config
         self.registry = CollectorRegistry()
         self.store = ReadingStore(Path(config.cloud.state_dir) / "readings.sqlite3")
-        self.ingest = CloudIngest(config, self.store, self.registry)
+        state = Path(config.cloud.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self.links = CloudLinks(
+            secrets_in_dir(Path(config.links.secrets_dir)),
+            state / "replay.sqlite3",
+            cloud=config.cloud.id,
+            window_s=config.links.clock_window,
+        )
+        self.ingest = CloudIngest(config, self.store, self.registry, self.links)
         self.supervisor = Supervisor(
             "cloud",
             [
@@ -55,5 +64,6 @@ class Cloud:
         try:
             return await Service(self.supervisor).run()
         finally:
+            self.links.close()
             if server is not None:
                 server.close()

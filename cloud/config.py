@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings
@@ -18,10 +20,17 @@ class CloudIngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     """MQTT client id of the persistent session: batches wait in the broker while we are down."""
 
 
+class LinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    secrets_dir: str = "/etc/cybernetic/links"
+    """One file per gateway, named by its id, holding that link's secret (hex, mode 0600)."""
+    clock_window: Annotated[float, msgspec.Meta(gt=0)] = 90.0
+
+
 class CloudConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cloud: CloudSection = msgspec.field(default_factory=CloudSection)
     broker: BrokerLink = msgspec.field(default_factory=lambda: BrokerLink(username="cloud"))
     ingest: CloudIngestSettings = msgspec.field(default_factory=CloudIngestSettings)
+    links: LinkSettings = msgspec.field(default_factory=LinkSettings)
     metrics: MetricsSettings = msgspec.field(
         default_factory=lambda: MetricsSettings(listen="127.0.0.1:9465")
     )

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import pwd
 import logging
 import re
 import sqlite3
@@ -33,6 +35,7 @@ import aiomqtt
 
 from amcp.crypto.agreement import AgreementError, Offer, cloud_answer
 from amcp.crypto.keys import Ed25519Signer
+from amcp.crypto.keystore import KeyStore
 from amcp.crypto.pki import FleetCA, PkiError, load_cert, write_secret_file
 from amcp.runtime.mqtt import Backoff, make_client
 from amcp.runtime.settings import BrokerLink
@@ -484,3 +487,40 @@ class Enrolment:
                     extra={"error": str(exc), "retry_in_s": round(delay, 2)},
                 )
                 await asyncio.sleep(delay)
+
+
+def init_pki(pki_dir: Path, *, cloud_id: str = "cloud", owner: str | None = None) -> FleetCA:
+    """``cybernetic pki init``: the fleet root, the cloud's node key and an empty register.
+
+    Layout: ``ca/`` (:class:`FleetCA`), ``node/`` (the cloud's Ed25519 keys), ``links/`` (one
+    link secret per gateway) and ``enrolment.sqlite3``; all of it readable by ``owner`` only.
+    """
+    ca = FleetCA(pki_dir / "ca", owner=owner)
+    ca.init()
+    KeyStore(pki_dir / "node").generate(cloud_id)
+    EnrolmentStore(pki_dir / "enrolment.sqlite3").close()
+    (pki_dir / "links").mkdir(mode=0o700, exist_ok=True)
+    pki_dir.chmod(0o700)
+    if owner is not None:
+        entry = pwd.getpwnam(owner)
+        for path in [pki_dir, *pki_dir.rglob("*")]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    return ca
+
+
+def open_enrolment(
+    pki_dir: Path,
+    *,
+    links_dir: Path | None = None,
+    owner: str | None = None,
+    cert_valid_s: float = 30 * 86400.0,
+) -> Enrolment:
+    """The enrolment service over a directory made by :func:`init_pki` (blocking)."""
+    ca = FleetCA(pki_dir / "ca", owner=owner)
+    if not ca.exists():
+        raise PkiError(f"no fleet CA in {pki_dir} (run `cybernetic pki init`)")
+    signer = KeyStore(pki_dir / "node").signer()
+    store = EnrolmentStore(pki_dir / "enrolment.sqlite3")
+    return Enrolment(
+        store, ca, signer, links_dir or pki_dir / "links", cert_valid_s=cert_valid_s, owner=owner
+    )

@@ -13,27 +13,30 @@ import logging
 import time
 
 import aiomqtt
-import msgspec
 from prometheus_client import CollectorRegistry, Counter
 
+from amcp.link import CloudLinks
 from amcp.runtime.mqtt import Backoff, enable_manual_ack, make_client
 from amcp.runtime.supervisor import ChildContext
+from amcp.wire import EnvelopeError, derive
 from amcp.wire.telemetry import BatchAck, TelemetryBatch
 from cloud.config import CloudConfig
 from cloud.readings import ReadingStore
 
 log = logging.getLogger(__name__)
 
-_batch_decoder = msgspec.msgpack.Decoder(TelemetryBatch)
-_encoder = msgspec.msgpack.Encoder()
-
 
 class CloudIngest:
     def __init__(
-        self, config: CloudConfig, store: ReadingStore, registry: CollectorRegistry
+        self,
+        config: CloudConfig,
+        store: ReadingStore,
+        registry: CollectorRegistry,
+        links: CloudLinks,
     ) -> None:
         self.config = config
         self.store = store
+        self.links = links
         self.prefix = config.ingest.topic_prefix
         self.batches = Counter(
             "cybernetic_cloud_batches", "Gateway batches committed", registry=registry
@@ -49,6 +52,13 @@ class CloudIngest:
         self.malformed = Counter(
             "cybernetic_cloud_malformed_batches", "Batches that failed to decode", registry=registry
         )
+        self.refused = Counter(
+            "cybernetic_cloud_refused_envelopes",
+            "Envelopes refused (bad signature, replay, stale, unknown key...), by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.events = Counter("cybernetic_cloud_events", "Gateway events stored", registry=registry)
 
     async def run(self, ctx: ChildContext) -> None:
         link = self.config.broker
@@ -77,20 +87,28 @@ class CloudIngest:
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         topic = message.topic.value
         parts = topic.split("/")
+        gateway = parts[-2] if len(parts) >= 2 else ""
         try:
-            batch = _batch_decoder.decode(message.payload)
-        except msgspec.DecodeError as exc:
-            self.malformed.inc()
-            log.warning("malformed batch", extra={"topic": topic, "error": str(exc)[:200]})
+            opened = self.links.open(gateway, message.payload, topic)
+        except EnvelopeError as exc:
+            self.refused.labels(exc.reason).inc()
+            log.warning(
+                "envelope refused", extra={"topic": topic, "reason": exc.reason, "error": str(exc)}
+            )
             return
-        gateway = parts[-2] if len(parts) >= 2 else "?"
-        if batch.gateway != gateway:
+        batch = opened.message
+        if not isinstance(batch, TelemetryBatch) or batch.gateway != gateway:
             self.malformed.inc()
-            log.warning("batch names another gateway than its topic", extra={"topic": topic})
+            log.warning("not a telemetry batch of this topic's gateway", extra={"topic": topic})
             return
-        stored, dups = await self.store.store(gateway, batch.readings, int(time.time() * 1000))
+        stored, dups = await self.store.store(
+            gateway, batch.readings, batch.events, int(time.time() * 1000)
+        )
         self.batches.inc()
         self.stored.inc(stored)
         self.duplicates.inc(dups)
+        self.events.inc(len(batch.events))
         ack = BatchAck(batch_id=batch.batch_id, stored=stored, duplicates=dups)
-        await client.publish(f"{self.prefix}/{gateway}/ack", _encoder.encode(ack), qos=1)
+        ack_topic = f"{self.prefix}/{gateway}/ack"
+        sealed = self.links.seal(gateway, ack, ack_topic, derive(opened.header))
+        await client.publish(ack_topic, sealed, qos=1)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from amcp.wire.telemetry import Reading
+from amcp.wire.telemetry import EventRecord, Reading
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -28,6 +28,16 @@ CREATE TABLE IF NOT EXISTS readings (
     "values" TEXT NOT NULL,
     PRIMARY KEY (device, boot, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    name TEXT NOT NULL,
+    source TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    stored_ms INTEGER NOT NULL,
+    attrs TEXT NOT NULL
+);
 """
 
 
@@ -55,14 +65,28 @@ class ReadingStore:
         self._executor.shutdown(wait=True)
 
     async def store(
-        self, gateway: str, readings: Sequence[Reading], now_ms: int
+        self,
+        gateway: str,
+        readings: Sequence[Reading],
+        events: Sequence[EventRecord],
+        now_ms: int,
     ) -> tuple[int, int]:
-        """Commit a batch; returns (stored, duplicates)."""
+        """Commit a batch; returns (readings stored, duplicate readings dropped).
+
+        Events carry no identity of their own: a re-sent batch may store an event twice
+        (at-least-once), which shows as a repeat, never as a loss.
+        """
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._store, gateway, readings, now_ms
+            self._executor, self._store, gateway, readings, events, now_ms
         )
 
-    def _store(self, gateway: str, readings: Sequence[Reading], now_ms: int) -> tuple[int, int]:
+    def _store(
+        self,
+        gateway: str,
+        readings: Sequence[Reading],
+        events: Sequence[EventRecord],
+        now_ms: int,
+    ) -> tuple[int, int]:
         assert self._db is not None
         db = self._db
         rows = [
@@ -73,11 +97,19 @@ class ReadingStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            stored = db.total_changes - before
+            db.executemany(
+                "INSERT INTO events (gateway, name, source, severity, ts_ms, stored_ms, attrs) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, json.dumps(e.attrs))
+                    for e in events
+                ],
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        stored = db.total_changes - before
         return stored, len(rows) - stored
 
 

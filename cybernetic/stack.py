@@ -75,6 +75,15 @@ class Stack:
             path.write_text(secret)
             path.chmod(0o600)
             self._secret_files[name] = path
+        # the link secret both ends derive their envelope keys from (until enrolment)
+        link_secret = os.urandom(32).hex()
+        links_dir = secrets / "links"
+        links_dir.mkdir(mode=0o700, exist_ok=True)
+        for path in (secrets / "link", links_dir / gateway_id):
+            path.write_text(link_secret)
+            path.chmod(0o600)
+        self._secret_files["link"] = secrets / "link"
+        self.links_dir = links_dir
         self.gateway_metrics = free_port()
         self.cloud_metrics = free_port()
         self.gateway_config = state / "gateway.toml"
@@ -95,16 +104,18 @@ class Stack:
                 "password_file": str(self._secret_files["edge-gateway"]),
             },
             "uplink": {
+                "link_secret_file": str(self._secret_files["link"]),
                 "broker": {
                     "port": self.cloud_broker.port,
                     "username": "gateway",
                     "password_file": str(self._secret_files["cloud-gateway"]),
-                }
+                },
             },
             "metrics": {"listen": f"127.0.0.1:{self.gateway_metrics}"},
         }
         cl = {
             "cloud": {"state_dir": str(self.state / "cloud")},
+            "links": {"secrets_dir": str(self.links_dir)},
             "broker": {
                 "port": self.cloud_broker.port,
                 "username": "cloud",

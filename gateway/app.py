@@ -16,6 +16,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from amcp.link import GatewayLink, read_secret
 from amcp.runtime.config import load
 from amcp.runtime.metrics import MetricsServer
 from amcp.runtime.service import Service
@@ -41,13 +42,22 @@ class Gateway:
         self.config_path = config_path
         self.metrics = GatewayMetrics()
         state = Path(config.gateway.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(
             state / "outbox.sqlite3",
             config.outbox,
             on_drop=lambda reason, n: self.metrics.dropped.labels(reason).inc(n),
             dead_letter_max_rows=config.ingest.dead_letter_max_rows,
         )
-        self.uplink = Uplink(config, self.outbox, self.metrics)
+        self.link = GatewayLink(
+            config.gateway.id,
+            read_secret(config.uplink.link_secret_file),
+            state / "replay.sqlite3",
+            cloud=config.uplink.cloud_id,
+            zone=config.gateway.zone,
+            window_s=config.uplink.clock_window,
+        )
+        self.uplink = Uplink(config, self.outbox, self.metrics, self.link)
         self.ingest = Ingest(config, self.outbox, self.metrics, stages=stages or [])
         self.metrics.watch(self.outbox.snapshot, self.uplink.status)
         self.supervisor = Supervisor(
@@ -93,5 +103,6 @@ class Gateway:
         try:
             return await Service(self.supervisor, reload=self.reload, status=self.status).run()
         finally:
+            self.link.close()
             if server is not None:
                 server.close()

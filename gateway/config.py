@@ -50,6 +50,16 @@ class UplinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     window: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16
     """Batches in flight (sent, not yet acknowledged by the cloud)."""
     ack_timeout: Seconds = 15.0
+    link_secret_file: str = ""
+    """The link secret shared with the cloud (hex, 16+ bytes, mode 0600): every message on
+    the link travels in an envelope signed with keys derived from it (docs/wire.md)."""
+    cloud_id: str = "cloud"
+    clock_window: Seconds = 90.0
+    """Envelopes from the cloud stamped further than this from our clock are refused."""
+
+    def __post_init__(self) -> None:
+        if not self.link_secret_file:
+            raise ValueError("uplink.link_secret_file is required (envelopes are always signed)")
 
 
 class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

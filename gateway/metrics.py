@@ -74,6 +74,12 @@ class GatewayMetrics:
         self.batches_sent = Counter(
             "cybernetic_uplink_batches_sent", "Batches published to the cloud", registry=r
         )
+        self.refused = Counter(
+            "cybernetic_link_refused_envelopes",
+            "Envelopes from the cloud refused, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.acked = Counter(
             "cybernetic_uplink_acked_readings", "Readings acknowledged by the cloud", registry=r
         )

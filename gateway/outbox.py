@@ -20,17 +20,18 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 
-from amcp.wire.telemetry import Reading
+from amcp.wire.telemetry import EventRecord, Reading
 from gateway.config import OutboxSettings, Overflow
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READING, EVENT = 0, 1  # outbox row kinds
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     added_ms INTEGER NOT NULL,
     size INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    kind INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY,
@@ -68,7 +70,14 @@ class Batch:
     first_id: int
     last_id: int
     bodies: list[bytes]
+    """Encoded readings."""
     oldest_ms: int
+    events: list[bytes] = field(default_factory=list)
+    """Encoded event records."""
+
+    @property
+    def empty(self) -> bool:
+        return not self.bodies and not self.events
 
 
 @dataclass
@@ -129,6 +138,8 @@ class Outbox:
         row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) < SCHEMA_VERSION:
+            self._migrate(db, int(row[0]))
         elif int(row[0]) > SCHEMA_VERSION:
             db.close()
             raise OutboxError(
@@ -145,6 +156,16 @@ class Outbox:
         with self._lock:
             self.stats = OutboxStats(rows, size, oldest, nb)
 
+    @staticmethod
+    def _migrate(db: sqlite3.Connection, version: int) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        if version < 2:
+            columns = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
+            if "kind" not in columns:
+                db.execute("ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
+
     def _close(self) -> None:
         assert self._db is not None
         self._db.close()
@@ -159,14 +180,21 @@ class Outbox:
     # -- appending ----------------------------------------------------------------------
     async def append(self, readings: Sequence[Reading]) -> int:
         """Store readings durably; returns how many were stored (the rest were dropped)."""
-        stored = await self._run(lambda: self._append(readings))
+        stored = await self._run(lambda: self._append(readings, READING))
         if stored:
             self.appended.set()
         return stored
 
-    def _append(self, readings: Sequence[Reading]) -> int:
+    async def append_events(self, events: Sequence[EventRecord]) -> int:
+        """Store events durably, like readings (same cap, same batches to the cloud)."""
+        stored = await self._run(lambda: self._append(events, EVENT))
+        if stored:
+            self.appended.set()
+        return stored
+
+    def _append(self, items: Sequence[Reading] | Sequence[EventRecord], kind: int) -> int:
         now = self._now_ms()
-        rows = [(now, len(b), b) for b in map(_encoder.encode, readings)]
+        rows = [(now, len(b), b) for b in map(_encoder.encode, items)]
         incoming = sum(r[1] for r in rows)
         db = self.db
         dropped: dict[str, int] = {}
@@ -186,7 +214,9 @@ class Outbox:
                     rows, refused = self._fit(rows, self.settings.max_bytes - self.stats.bytes)
                     if refused:
                         dropped["overflow_new"] = refused
-            db.executemany("INSERT INTO outbox (added_ms, size, body) VALUES (?, ?, ?)", rows)
+            db.executemany(
+                f"INSERT INTO outbox (added_ms, size, body, kind) VALUES (?, ?, ?, {kind:d})", rows
+            )
             self._count_drops(dropped)
             db.execute("COMMIT")
         except BaseException:
@@ -282,7 +312,7 @@ class Outbox:
     def _next_batch(self, max_rows: int) -> Batch | None:
         db = self.db
         rows = db.execute(
-            "SELECT id, added_ms, body FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+            "SELECT id, added_ms, body, kind FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
             (self._cursor, max_rows),
         ).fetchall()
         if not rows:
@@ -291,8 +321,9 @@ class Outbox:
             batch_id=uuid.uuid4().hex,
             first_id=rows[0][0],
             last_id=rows[-1][0],
-            bodies=[r[2] for r in rows],
+            bodies=[r[2] for r in rows if r[3] == READING],
             oldest_ms=rows[0][1],
+            events=[r[2] for r in rows if r[3] == EVENT],
         )
         db.execute(
             "INSERT INTO batches VALUES (?, ?, ?, ?)",
@@ -314,11 +345,13 @@ class Outbox:
             "SELECT batch_id, first_id, last_id FROM batches ORDER BY first_id"
         ).fetchall():
             rows = db.execute(
-                "SELECT added_ms, body FROM outbox WHERE id BETWEEN ? AND ? ORDER BY id",
+                "SELECT added_ms, body, kind FROM outbox WHERE id BETWEEN ? AND ? ORDER BY id",
                 (first, last),
             ).fetchall()
             oldest = rows[0][0] if rows else self._now_ms()
-            out.append(Batch(batch_id, first, last, [r[1] for r in rows], oldest))
+            readings = [r[1] for r in rows if r[2] == READING]
+            events = [r[1] for r in rows if r[2] == EVENT]
+            out.append(Batch(batch_id, first, last, readings, oldest, events))
         return out
 
     async def ack(self, batch_id: str) -> int:

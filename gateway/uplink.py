@@ -18,7 +18,9 @@ import aiomqtt
 import msgspec
 
 from amcp.runtime.mqtt import Backoff, make_client
+from amcp.link import GatewayLink
 from amcp.runtime.supervisor import ChildContext
+from amcp.wire import EnvelopeError
 from amcp.wire.telemetry import BatchAck
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
@@ -28,15 +30,13 @@ log = logging.getLogger(__name__)
 
 
 class _WireBatch(msgspec.Struct, frozen=True, tag="telemetry.batch", omit_defaults=True):
-    """Encodes exactly as :class:`~amcp.wire.telemetry.TelemetryBatch`, from stored bytes."""
+    """Encodes exactly as :class:`~amcp.wire.telemetry.TelemetryBatch`, from stored bytes
+    (no decode and re-encode of every reading on the way out)."""
 
     batch_id: str
     gateway: str
     readings: list[msgspec.Raw]
-
-
-_encoder = msgspec.msgpack.Encoder()
-_ack_decoder = msgspec.msgpack.Decoder(BatchAck)
+    events: list[msgspec.Raw] = msgspec.field(default_factory=list)
 
 
 def telemetry_topic(prefix: str, gateway: str) -> str:
@@ -54,12 +54,15 @@ class _InFlight:
 
 
 class Uplink:
-    def __init__(self, config: GatewayConfig, outbox: Outbox, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, config: GatewayConfig, outbox: Outbox, metrics: GatewayMetrics, link: GatewayLink
+    ) -> None:
         self.config = config
         self.settings = config.uplink
         self.outbox = outbox
         self.metrics = metrics
         self.gateway = config.gateway.id
+        self.link = link
         self.connected = False
         self.lag_s = 0.0
         self._inflight: dict[str, _InFlight] = {}
@@ -68,9 +71,15 @@ class Uplink:
     def status(self) -> tuple[bool, float]:
         return self.connected, self.lag_s
 
-    def encode(self, batch: Batch) -> bytes:
-        wire = _WireBatch(batch.batch_id, self.gateway, [msgspec.Raw(b) for b in batch.bodies])
-        return _encoder.encode(wire)
+    def seal(self, batch: Batch, topic: str) -> bytes:
+        """The batch in a fresh envelope: made now, at sending time, even for old readings."""
+        wire = _WireBatch(
+            batch.batch_id,
+            self.gateway,
+            [msgspec.Raw(b) for b in batch.bodies],
+            [msgspec.Raw(b) for b in batch.events],
+        )
+        return self.link.seal(wire, topic)  # type: ignore[arg-type]
 
     async def run(self, ctx: ChildContext) -> None:
         link = self.settings.broker
@@ -107,13 +116,12 @@ class Uplink:
             tg.create_task(self._resend_stale(client), name="uplink-resend")
 
     async def _send(self, client: aiomqtt.Client, batch: Batch) -> None:
-        if not batch.bodies:  # every row was dropped by the overflow policy: nothing to send
+        if batch.empty:  # every row was dropped by the overflow policy: nothing to send
             await self.outbox.ack(batch.batch_id)
             return
         self._inflight[batch.batch_id] = _InFlight(batch, time.monotonic())
-        await client.publish(
-            telemetry_topic(self.settings.topic_prefix, self.gateway), self.encode(batch), qos=1
-        )
+        topic = telemetry_topic(self.settings.topic_prefix, self.gateway)
+        await client.publish(topic, self.seal(batch, topic), qos=1)
         self.metrics.batches_sent.inc()
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
@@ -134,10 +142,17 @@ class Uplink:
 
     async def _receive_acks(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            topic = message.topic.value
             try:
-                ack = _ack_decoder.decode(message.payload)
-            except msgspec.DecodeError as exc:
-                log.warning("malformed ack from cloud", extra={"error": str(exc)})
+                ack = self.link.open(message.payload, topic).message
+            except EnvelopeError as exc:
+                self.metrics.refused.labels(exc.reason).inc()
+                log.warning(
+                    "envelope from cloud refused", extra={"reason": exc.reason, "error": str(exc)}
+                )
+                continue
+            if not isinstance(ack, BatchAck):
+                log.warning("unexpected message on the ack topic", extra={"topic": topic})
                 continue
             entry = self._inflight.pop(ack.batch_id, None)
             n = await self.outbox.ack(ack.batch_id)

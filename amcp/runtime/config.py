@@ -101,7 +101,7 @@ def validate(data: Any, tp: type[msgspec.Struct], path: str = "$") -> list[str]:
     if not errors:
         try:
             msgspec.convert(data, tp, strict=False)
-        except msgspec.ValidationError as exc:  # cross-field checks in __post_init__
+        except (msgspec.ValidationError, ValueError, TypeError) as exc:  # __post_init__ checks
             errors.append(f"{path}: {exc}")
     return errors
 

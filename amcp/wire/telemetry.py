@@ -26,12 +26,25 @@ class Reading(msgspec.Struct, frozen=True, omit_defaults=True):
     """When the gateway accepted it, Unix ms (for end-to-end latency)."""
 
 
+class EventRecord(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Something a gateway noticed (an S2 zombie, a rule match), kept in its outbox like a
+    reading so nothing is lost while the cloud is away. ``name`` is dotted (``s2.zombie``)."""
+
+    name: str
+    ts_ms: int
+    source: str
+    """The device, unit or subsystem it is about."""
+    severity: str = "info"
+    attrs: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class TelemetryBatch(msgspec.Struct, frozen=True, tag="telemetry.batch", omit_defaults=True):
-    """Readings forwarded by a gateway; ``batch_id`` stays the same across retries."""
+    """Readings (and events) forwarded by a gateway; ``batch_id`` stays the same across retries."""
 
     batch_id: str
     gateway: str
     readings: list[Reading]
+    events: list[EventRecord] = msgspec.field(default_factory=list)
 
 
 class BatchAck(msgspec.Struct, frozen=True, tag="telemetry.ack", omit_defaults=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ from amcp.runtime.logs import setup_logging
 from amcp.runtime.service import run_loop
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:
@@ -29,5 +32,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{exc.source}: {err}")
         return 2
     setup_logging(config.log.level)
-    gateway = Gateway(config, config_path=args.config)
+    try:
+        gateway = Gateway(config, config_path=args.config)
+    except (OSError, ValueError) as exc:
+        log.critical("gateway cannot start", extra={"error": str(exc)})
+        return 1
     return run_loop(gateway.serve)

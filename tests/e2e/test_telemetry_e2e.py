@@ -33,6 +33,16 @@ async def _publish_all(
     )
 
 
+def _diagnose(stack: Stack) -> str:
+    with sqlite3.connect(stack.cloud_db) as db:
+        per_device = db.execute(
+            "SELECT device, count(*), min(seq), max(seq) FROM readings GROUP BY device"
+        ).fetchall()
+    g = {k: v for k, v in scrape(stack.gateway_metrics).items() if k.startswith("cybernetic")}
+    c = {k: v for k, v in scrape(stack.cloud_metrics).items() if k.startswith("cybernetic")}
+    return f"cloud per device {per_device}\ngateway {g}\ncloud {c}\n" + stack.log("gateway")[-2000:]
+
+
 @pytest.fixture
 def stack(tmp_path: Path) -> Stack:
     s = Stack(tmp_path / "stack")
@@ -48,7 +58,7 @@ async def test_ten_thousand_readings_from_several_connections_arrive_exactly_onc
     await asyncio.to_thread(stack.wait_gateway_ready)
     await _publish_all(stack, devices, 2000)
     count = await asyncio.to_thread(stack.wait_cloud_count, 10_000, 90)
-    assert count == 10_000
+    assert count == 10_000, _diagnose(stack)
     assert set(stack.cloud_keys()) == _expected(dict.fromkeys(devices, 2000))
     # the outbox is empty once everything is acknowledged
     await asyncio.sleep(0.5)
