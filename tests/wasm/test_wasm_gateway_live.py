@@ -1,0 +1,55 @@
+"""A policy file enforced by a running gateway on live telemetry (real brokers, real cloud).
+
+The gateway runs in this process so the test can hand it the policy stage (the gateway
+config has no ``policy`` section yet); brokers and the cloud daemon are real processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from pathlib import Path
+
+from amcp.runtime.config import load
+from cybernetic.devices import publish_readings
+from cybernetic.stack import Stack
+from gateway.app import Gateway
+from gateway.config import GatewayConfig
+from wasm import PolicyConfig, PolicyStage
+
+POLICY = """policy "live-test" version 1
+rule too_hot when temp >= 28 then deny because "temperature at or above 28"
+rule as_fraction when load >= 90 then transform load = load / 100 because "load as a fraction"
+"""
+
+
+async def test_policy_enforced_on_live_telemetry(tmp_path: Path) -> None:
+    (tmp_path / "live.policy").write_text(POLICY)
+    stack = Stack(tmp_path / "stack")
+    try:
+        password = stack.add_device("dev-p")
+        stack.start_brokers()
+        stack.start_cloud()
+        config = load(stack.gateway_config, GatewayConfig)
+        stage = PolicyStage.from_config(PolicyConfig(file="live.policy"), base=tmp_path)
+        gateway = asyncio.create_task(Gateway(config, stages=[stage]).serve())
+        await asyncio.to_thread(stack.wait_gateway_ready)
+        # publish_readings sends temp = 20 + seq % 10 and load = seq % 100
+        await publish_readings(stack.edge.host, stack.edge.port, "dev-p", password, range(1, 101))
+        kept = [s for s in range(1, 101) if 20 + s % 10 < 28]
+        assert await asyncio.to_thread(stack.wait_cloud_count, len(kept), 60) == len(kept)
+        with contextlib.closing(sqlite3.connect(stack.cloud_db)) as db:
+            rows = dict(db.execute('SELECT seq, "values" FROM readings').fetchall())
+        assert sorted(rows) == kept
+        loads = {seq: json.loads(v)["load"] for seq, v in rows.items()}
+        assert loads[95] == 0.95  # transformed by the policy before the outbox
+        assert loads[45] == 45  # untouched
+        assert stage.counts.denied == 100 - len(kept)
+        assert stage.counts.transformed == sum(1 for s in kept if s % 100 >= 90)
+        gateway.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gateway
+    finally:
+        stack.close()
