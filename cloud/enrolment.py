@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import pwd
-import logging
 import re
 import sqlite3
 import threading

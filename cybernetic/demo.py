@@ -94,9 +94,8 @@ async def run_demo(opts: DemoOptions) -> int:
         ]
         stack.start()
         _say(f"Cybernetic Edge demo: state in {state}")
-        _say(
-            f"  edge broker 127.0.0.1:{stack.edge.port}, cloud broker 127.0.0.1:{stack.cloud_broker.port}"
-        )
+        edge, cloud = stack.edge.port, stack.cloud_broker.port
+        _say(f"  edge broker 127.0.0.1:{edge}, cloud broker 127.0.0.1:{cloud}")
         _say(
             f"  metrics: gateway http://127.0.0.1:{stack.gateway_metrics}/metrics,"
             f" cloud http://127.0.0.1:{stack.cloud_metrics}/metrics"

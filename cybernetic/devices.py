@@ -57,7 +57,5 @@ async def publish_readings(
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         if pending:
-            for t in await asyncio.gather(*pending, return_exceptions=True):
-                if isinstance(t, BaseException):
-                    raise t
+            await asyncio.gather(*pending)
     return sent

@@ -84,8 +84,9 @@ class Gateway:
 
     def status(self) -> str:
         s = self.outbox.snapshot()
+        ingest = "up" if self.ingest.connected else "down"
         link = "up" if self.uplink.connected else "down"
-        return f"ingest {'up' if self.ingest.connected else 'down'}, uplink {link}, outbox {s.rows} rows"
+        return f"ingest {ingest}, uplink {link}, outbox {s.rows} rows"
 
     async def reload(self) -> None:
         if self.config_path is None:

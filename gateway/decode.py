@@ -34,19 +34,19 @@ class PayloadError(Exception):
     reason = "malformed"
 
 
-class OversizedPayload(PayloadError):
+class OversizedPayloadError(PayloadError):
     reason = "oversized"
 
 
-class MalformedPayload(PayloadError):
+class MalformedPayloadError(PayloadError):
     reason = "malformed"
 
 
-class BadShape(PayloadError):
+class BadShapeError(PayloadError):
     reason = "bad_shape"
 
 
-class UnknownDevice(PayloadError):
+class UnknownDeviceError(PayloadError):
     reason = "unknown_device"
 
 
@@ -65,62 +65,62 @@ def _decode_bytes(payload: bytes) -> Any:
         if first and (0x80 <= first[0] <= 0x8F or first[0] in (0xDE, 0xDF)):
             return _msgpack.decode(payload)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise MalformedPayload(f"cannot decode payload: {exc}") from exc
-    raise MalformedPayload("payload is neither a JSON object nor a msgpack map")
+        raise MalformedPayloadError(f"cannot decode payload: {exc}") from exc
+    raise MalformedPayloadError("payload is neither a JSON object nor a msgpack map")
 
 
 def _count_fields(value: Any, depth: int, limit: int) -> int:
     """Count leaf fields, refusing depth and size beyond the limits."""
     if depth > MAX_DEPTH:
-        raise BadShape(f"values nest deeper than {MAX_DEPTH} levels")
+        raise BadShapeError(f"values nest deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
         n = 0
         for key, item in value.items():
             if not isinstance(key, str):
-                raise BadShape(f"field names must be strings, got {type(key).__name__}")
+                raise BadShapeError(f"field names must be strings, got {type(key).__name__}")
             n += _count_fields(item, depth + 1, limit)
             if n > limit:
-                raise BadShape(f"more than {limit} fields")
+                raise BadShapeError(f"more than {limit} fields")
         return n
     if isinstance(value, list):
         n = 0
         for item in value:
             n += _count_fields(item, depth + 1, limit)
             if n > limit:
-                raise BadShape(f"more than {limit} fields")
+                raise BadShapeError(f"more than {limit} fields")
         return max(n, 1)
     if value is None or isinstance(value, (int, float, str, bool)):
         return 1
-    raise BadShape(f"unsupported value type {type(value).__name__}")
+    raise BadShapeError(f"unsupported value type {type(value).__name__}")
 
 
 def decode_payload(payload: bytes, *, max_bytes: int, max_fields: int) -> DecodedPayload:
     if len(payload) > max_bytes:
-        raise OversizedPayload(f"payload is {len(payload)} bytes, the limit is {max_bytes}")
+        raise OversizedPayloadError(f"payload is {len(payload)} bytes, the limit is {max_bytes}")
     doc = _decode_bytes(payload)
     if not isinstance(doc, dict):
-        raise BadShape("payload must be an object")
+        raise BadShapeError("payload must be an object")
     seq = doc.get("seq")
     if seq is not None and (
         not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ
     ):
-        raise BadShape(f"seq must be an integer >= 0, got {seq!r}"[:200])
+        raise BadShapeError(f"seq must be an integer >= 0, got {seq!r}"[:200])
     boot = doc.get("boot")
     if boot is not None and (not isinstance(boot, str) or not 0 < len(boot) <= 64):
-        raise BadShape("boot must be a string of 1 to 64 characters")
+        raise BadShapeError("boot must be a string of 1 to 64 characters")
     ts = doc.get("ts")
     if ts is not None and (not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts < 2**53):
-        raise BadShape("ts must be an integer count of Unix milliseconds")
+        raise BadShapeError("ts must be an integer count of Unix milliseconds")
     if "values" in doc:
         values = doc["values"]
         if not isinstance(values, dict):
-            raise BadShape("values must be an object")
+            raise BadShapeError("values must be an object")
         extra = set(doc) - RESERVED
         if extra:
-            raise BadShape(f"unexpected keys beside values: {sorted(extra)[:5]}")
+            raise BadShapeError(f"unexpected keys beside values: {sorted(extra)[:5]}")
     else:
         values = {k: v for k, v in doc.items() if k not in RESERVED}
     if not values:
-        raise BadShape("no measurements in payload")
+        raise BadShapeError("no measurements in payload")
     _count_fields(values, 0, max_fields)
     return DecodedPayload(seq=seq, boot=boot, ts_ms=ts, values=values)

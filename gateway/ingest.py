@@ -26,7 +26,7 @@ from amcp.runtime.mqtt import Backoff, enable_manual_ack, make_client
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire.telemetry import Reading
 from gateway.config import GatewayConfig
-from gateway.decode import PayloadError, UnknownDevice, decode_payload
+from gateway.decode import PayloadError, UnknownDeviceError, decode_payload
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox
 
@@ -91,11 +91,11 @@ class Ingest:
     def to_reading(self, topic: str, payload: bytes) -> Reading:
         device = self.device_of(topic)
         if device is None:
-            raise UnknownDevice(f"topic {topic!r} names no device")
+            raise UnknownDeviceError(f"topic {topic!r} names no device")
         if self._allowed and device not in self._allowed:
-            raise UnknownDevice(f"device {device!r} is not in the allow-list")
+            raise UnknownDeviceError(f"device {device!r} is not in the allow-list")
         if not self._allowed and not self.settings.auto_register:
-            raise UnknownDevice(f"device {device!r} is not registered")
+            raise UnknownDeviceError(f"device {device!r} is not registered")
         p = decode_payload(
             payload, max_bytes=self.settings.max_payload_bytes, max_fields=self.settings.max_fields
         )

@@ -194,7 +194,7 @@ class Outbox:
 
     def _append(self, items: Sequence[Reading] | Sequence[EventRecord], kind: int) -> int:
         now = self._now_ms()
-        rows = [(now, len(b), b) for b in map(_encoder.encode, items)]
+        rows = [(now, len(b), b, kind) for b in map(_encoder.encode, items)]
         incoming = sum(r[1] for r in rows)
         db = self.db
         dropped: dict[str, int] = {}
@@ -215,7 +215,7 @@ class Outbox:
                     if refused:
                         dropped["overflow_new"] = refused
             db.executemany(
-                f"INSERT INTO outbox (added_ms, size, body, kind) VALUES (?, ?, ?, {kind:d})", rows
+                "INSERT INTO outbox (added_ms, size, body, kind) VALUES (?, ?, ?, ?)", rows
             )
             self._count_drops(dropped)
             db.execute("COMMIT")
@@ -233,9 +233,9 @@ class Outbox:
 
     @staticmethod
     def _fit(
-        rows: list[tuple[int, int, bytes]], room: int
-    ) -> tuple[list[tuple[int, int, bytes]], int]:
-        kept: list[tuple[int, int, bytes]] = []
+        rows: list[tuple[int, int, bytes, int]], room: int
+    ) -> tuple[list[tuple[int, int, bytes, int]], int]:
+        kept: list[tuple[int, int, bytes, int]] = []
         for row in rows:
             if row[1] > room:
                 break

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import aiomqtt
 import msgspec
 
-from amcp.runtime.mqtt import Backoff, make_client
 from amcp.link import GatewayLink
+from amcp.runtime.mqtt import Backoff, make_client
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import EnvelopeError
 from amcp.wire.telemetry import BatchAck

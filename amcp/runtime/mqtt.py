@@ -45,7 +45,7 @@ def enable_manual_ack(client: aiomqtt.Client) -> Any:
         )
     if not callable(getattr(paho, "ack", None)):
         raise ManualAckUnsupportedError("paho Client.ack is missing")
-    paho.manual_ack_set(True)
+    paho.manual_ack_set(True)  # noqa: FBT003 - paho's API
     return paho
 
 

@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.decode import (
-    BadShape,
-    MalformedPayload,
-    OversizedPayload,
+    BadShapeError,
+    MalformedPayloadError,
+    OversizedPayloadError,
     PayloadError,
     decode_payload,
 )
@@ -74,7 +74,7 @@ def test_valid_readings_round_trip(vals: dict[str, Any], seq: int, ts: int, enco
     raw = json.dumps(doc).encode() if encode == "json" else msgspec.msgpack.encode(doc)
     try:
         p = decode_payload(raw, **LIMITS)
-    except BadShape:  # only when there are too many leaf fields
+    except BadShapeError:  # only when there are too many leaf fields
         return
     assert (p.seq, p.boot, p.ts_ms) == (seq, "b", ts)
     expected = msgspec.json.decode(msgspec.json.encode(vals)) if encode == "json" else vals
@@ -92,17 +92,17 @@ def test_flat_form_takes_every_other_key_as_a_measurement() -> None:
 @pytest.mark.parametrize(
     ("payload", "error", "words"),
     [
-        (b"x" * 5000, OversizedPayload, "5000 bytes, the limit is 4096"),
-        (b"{oops", MalformedPayload, "cannot decode"),
-        (b"[1, 2]", MalformedPayload, "neither a JSON object nor a msgpack map"),
-        (b'{"seq": -1, "t": 1}', BadShape, "seq must be an integer"),
-        (b'{"seq": true, "t": 1}', BadShape, "seq must be an integer"),
-        (b'{"ts": 1.5, "t": 1}', BadShape, "ts must be an integer"),
-        (b'{"boot": "", "t": 1}', BadShape, "boot must be a string"),
-        (b'{"values": 3}', BadShape, "values must be an object"),
-        (b'{"values": {"a": 1}, "b": 2}', BadShape, "unexpected keys beside values"),
-        (b'{"seq": 1}', BadShape, "no measurements"),
-        (json.dumps({"a": list(range(100))}).encode(), BadShape, "more than 64 fields"),
+        (b"x" * 5000, OversizedPayloadError, "5000 bytes, the limit is 4096"),
+        (b"{oops", MalformedPayloadError, "cannot decode"),
+        (b"[1, 2]", MalformedPayloadError, "neither a JSON object nor a msgpack map"),
+        (b'{"seq": -1, "t": 1}', BadShapeError, "seq must be an integer"),
+        (b'{"seq": true, "t": 1}', BadShapeError, "seq must be an integer"),
+        (b'{"ts": 1.5, "t": 1}', BadShapeError, "ts must be an integer"),
+        (b'{"boot": "", "t": 1}', BadShapeError, "boot must be a string"),
+        (b'{"values": 3}', BadShapeError, "values must be an object"),
+        (b'{"values": {"a": 1}, "b": 2}', BadShapeError, "unexpected keys beside values"),
+        (b'{"seq": 1}', BadShapeError, "no measurements"),
+        (json.dumps({"a": list(range(100))}).encode(), BadShapeError, "more than 64 fields"),
     ],
 )
 def test_refusals_name_what_was_wrong(
@@ -116,5 +116,5 @@ def test_deep_nesting_is_refused() -> None:
     doc: Any = 1
     for _ in range(20):
         doc = {"a": doc}
-    with pytest.raises(BadShape, match="nest deeper"):
+    with pytest.raises(BadShapeError, match="nest deeper"):
         decode_payload(json.dumps({"v": doc}).encode(), **LIMITS)
