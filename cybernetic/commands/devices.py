@@ -1,0 +1,166 @@
+"""`cybernetic devices add|rotate|remove|list`: device accounts on the gateway's local broker.
+
+Each device logs in to the local Mosquitto with its own username (its device id) and password;
+the broker's ACL keeps it to ``devices/<its id>/…``, so right credentials still cannot publish
+as another device. Passwords are generated here, hashed by ``mosquitto_passwd`` (PBKDF2-SHA512)
+into the password file, and printed **once**: nothing else keeps them. The password reaches
+``mosquitto_passwd`` on its stdin, never on a command line another user could read in ``ps``.
+
+After a change the broker must reload the file: pass ``--pid`` / ``--pid-file`` to send it
+SIGHUP, or run ``systemctl reload mosquitto``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+PASSWD_BIN = "mosquitto_passwd"  # noqa: S105 - a program name
+DEFAULT_PASSWD = "/etc/cybernetic/mosquitto/passwd"  # noqa: S105 - a path
+RESERVED = frozenset({"gateway", "cloud", "enrol"})
+"""Service accounts: not devices, never created or removed by this command."""
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class DeviceAccountError(Exception):
+    """A device account could not be changed; the message names the device, never a secret."""
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def users(passwd_file: Path) -> list[str]:
+    if not passwd_file.exists():
+        return []
+    lines = passwd_file.read_text().splitlines()
+    return [line.split(":", 1)[0] for line in lines if ":" in line]
+
+
+def _check_name(name: str) -> None:
+    if not _DEVICE_ID.match(name):
+        raise DeviceAccountError(f"invalid device id {name!r}")
+    if name in RESERVED:
+        raise DeviceAccountError(f"{name!r} is a service account, not a device")
+
+
+def set_password(passwd_file: Path, name: str, password: str) -> None:
+    """Create or update ``name``'s hashed password in the broker's password file."""
+    if not passwd_file.exists():
+        passwd_file.parent.mkdir(parents=True, exist_ok=True)
+        passwd_file.touch(mode=0o600)
+    proc = subprocess.run(  # noqa: S603 - fixed program, no shell
+        [PASSWD_BIN, str(passwd_file), name],
+        input=f"{password}\n{password}\n".encode(),
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        # mosquitto_passwd's own message names the file, never the password
+        raise DeviceAccountError(
+            f"mosquitto_passwd failed for {name!r}: {proc.stderr.decode(errors='replace')[:200]}"
+        )
+
+
+def add(passwd_file: Path, name: str) -> str:
+    """A new device account; returns its generated password (show it once)."""
+    _check_name(name)
+    if name in users(passwd_file):
+        raise DeviceAccountError(f"device {name!r} exists (use rotate)")
+    password = generate_password()
+    set_password(passwd_file, name, password)
+    return password
+
+
+def rotate(passwd_file: Path, name: str) -> str:
+    """A new password for an existing device; the old one stops working on reload."""
+    _check_name(name)
+    if name not in users(passwd_file):
+        raise DeviceAccountError(f"no device {name!r} in {passwd_file}")
+    password = generate_password()
+    set_password(passwd_file, name, password)
+    return password
+
+
+def remove(passwd_file: Path, name: str) -> None:
+    _check_name(name)
+    if name not in users(passwd_file):
+        raise DeviceAccountError(f"no device {name!r} in {passwd_file}")
+    proc = subprocess.run(  # noqa: S603 - fixed program, no shell
+        [PASSWD_BIN, "-D", str(passwd_file), name], capture_output=True, check=False
+    )
+    if proc.returncode != 0:
+        raise DeviceAccountError(f"mosquitto_passwd -D failed for {name!r}")
+
+
+def reload_broker(pid: int) -> None:
+    """Make Mosquitto re-read its password file (and ACL, CRL) without dropping clients."""
+    os.kill(pid, signal.SIGHUP)
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "devices", help="device accounts on the local broker"
+    )
+    parser.add_argument(
+        "--passwd",
+        type=Path,
+        default=Path(os.environ.get("CYBERNETIC_PASSWD_FILE", DEFAULT_PASSWD)),
+        help="Mosquitto password file (default: $CYBERNETIC_PASSWD_FILE or %(default)s)",
+    )
+    reload_group = parser.add_mutually_exclusive_group()
+    reload_group.add_argument("--pid", type=int, help="send the broker SIGHUP after the change")
+    reload_group.add_argument("--pid-file", type=Path, help="read the broker's pid from a file")
+    verbs = parser.add_subparsers(dest="devices_verb", metavar="VERB", required=True)
+    for verb, text in (
+        ("add", "create a device account and print its password once"),
+        ("rotate", "give a device a new password and print it once"),
+        ("remove", "delete a device account"),
+    ):
+        p = verbs.add_parser(verb, help=text)
+        p.add_argument("device")
+        p.set_defaults(handler=_handle)
+    lst = verbs.add_parser("list", help="list device accounts (names only)")
+    lst.set_defaults(handler=_list)
+
+
+def _pid(args: argparse.Namespace) -> int | None:
+    if args.pid is not None:
+        return int(args.pid)
+    if args.pid_file is not None:
+        return int(Path(args.pid_file).read_text().strip())
+    return None
+
+
+def _handle(args: argparse.Namespace) -> int:
+    verb, name, path = args.devices_verb, args.device, args.passwd
+    try:
+        if verb == "remove":
+            remove(path, name)
+            print(f"device {name} removed")
+        else:
+            password = add(path, name) if verb == "add" else rotate(path, name)
+            print(f"device {name} {'added' if verb == 'add' else 'rotated'}")
+            print(f"password (shown once, store it on the device): {password}")
+        pid = _pid(args)
+    except (DeviceAccountError, OSError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 2
+    if pid is None:
+        print("reload the broker to apply: systemctl reload mosquitto (or SIGHUP)")
+    else:
+        reload_broker(pid)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    for name in users(args.passwd):
+        if name not in RESERVED:
+            print(name)
+    return 0

@@ -1,0 +1,92 @@
+"""`cybernetic devices`: device accounts on a real broker, through the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from cybernetic.__main__ import main
+from cybernetic.mosquitto import MosquittoBroker
+
+
+def _cli(capsys: pytest.CaptureFixture[str], broker: MosquittoBroker, *argv: str) -> str:
+    code = main(["devices", "--passwd", str(broker.password_file), "--pid", str(broker.pid), *argv])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return out
+
+
+def _password(out: str) -> str:
+    match = re.search(r"password \(shown once[^)]*\): (\S+)", out)
+    assert match is not None, out
+    return match.group(1)
+
+
+async def _connects(broker: MosquittoBroker, user: str, password: str) -> bool:
+    await asyncio.sleep(0.2)  # the broker reloads the password file after SIGHUP
+    try:
+        async with aiomqtt.Client(broker.host, broker.port, username=user, password=password):
+            return True
+    except aiomqtt.MqttError:
+        return False
+
+
+async def test_add_rotate_remove_a_device(
+    broker_factory: Callable[[], MosquittoBroker], capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker = broker_factory()
+    password = _password(_cli(capsys, broker, "add", "dev-a"))
+    assert await _connects(broker, "dev-a", password)
+    assert not await _connects(broker, "dev-a", password + "x")  # wrong credentials refused
+    assert not await _connects(broker, "dev-b", password)  # another device's name refused
+    # the password is in the file only as a hash
+    assert password not in broker.password_file.read_text()
+    rotated = _password(_cli(capsys, broker, "rotate", "dev-a"))
+    assert rotated != password
+    assert not await _connects(broker, "dev-a", password)
+    assert await _connects(broker, "dev-a", rotated)
+    _cli(capsys, broker, "remove", "dev-a")
+    assert not await _connects(broker, "dev-a", rotated)
+    assert "dev-a" not in _cli(capsys, broker, "list")
+
+
+async def test_right_credentials_cannot_publish_as_another_device(
+    broker_factory: Callable[[], MosquittoBroker], capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker = broker_factory()
+    pw_a = _password(_cli(capsys, broker, "add", "dev-a"))
+    _cli(capsys, broker, "add", "dev-b")
+    await asyncio.sleep(0.2)
+    got: list[tuple[str, bytes]] = []
+    async with aiomqtt.Client(
+        broker.host, broker.port, username="gateway", password=broker.password("gateway")
+    ) as watcher:
+        await watcher.subscribe("devices/+/telemetry", qos=1)
+        async with aiomqtt.Client(broker.host, broker.port, username="dev-a", password=pw_a) as a:
+            await a.publish("devices/dev-b/telemetry", b"forged", qos=1)
+            await a.publish("devices/dev-a/telemetry", b"own", qos=1)
+        async with asyncio.timeout(5):
+            async for msg in watcher.messages:
+                got.append((msg.topic.value, bytes(msg.payload)))  # type: ignore[arg-type]
+                if msg.payload == b"own":
+                    break
+    assert got == [("devices/dev-a/telemetry", b"own")]
+
+
+def test_service_accounts_and_bad_names_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    passwd = tmp_path / "passwd"
+    for name in ("gateway", "cloud", "../x", ""):
+        assert main(["devices", "--passwd", str(passwd), "add", name]) == 2
+    assert main(["devices", "--passwd", str(passwd), "rotate", "nobody"]) == 2
+    out = capsys.readouterr().out
+    assert "password" not in out.replace("passwd", "")
+    assert main(["devices", "--passwd", str(passwd), "add", "dev-x"]) == 0
+    assert main(["devices", "--passwd", str(passwd), "add", "dev-x"]) == 2  # exists
+    assert passwd.stat().st_mode & 0o077 == 0
