@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 from amcp.runtime.config import load
 from cybernetic.devices import publish_readings
-from cybernetic.stack import Stack
+from cybernetic.stack import Stack, scrape
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from wasm import PolicyConfig, PolicyStage
@@ -25,6 +26,15 @@ rule as_fraction when load >= 90 then transform load = load / 100 because "load 
 """
 
 
+def _wait_cloud_serving(stack: Stack, timeout: float = 30.0) -> None:
+    """Until the cloud serves metrics (subscribed): a batch sent earlier waits for a resend."""
+    deadline = time.monotonic() + timeout
+    while not scrape(stack.cloud_metrics, 0.5):
+        if time.monotonic() > deadline:
+            raise TimeoutError(stack.log("cloud")[-2000:])
+        time.sleep(0.1)
+
+
 async def test_policy_enforced_on_live_telemetry(tmp_path: Path) -> None:
     (tmp_path / "live.policy").write_text(POLICY)
     stack = Stack(tmp_path / "stack")
@@ -32,6 +42,7 @@ async def test_policy_enforced_on_live_telemetry(tmp_path: Path) -> None:
         password = stack.add_device("dev-p")
         stack.start_brokers()
         stack.start_cloud()
+        await asyncio.to_thread(_wait_cloud_serving, stack)
         config = load(stack.gateway_config, GatewayConfig)
         stage = PolicyStage.from_config(PolicyConfig(file="live.policy"), base=tmp_path)
         gateway = asyncio.create_task(Gateway(config, stages=[stage]).serve())
