@@ -48,7 +48,9 @@ def status_of(pid: str, box: Container) -> dict[str, str]:
 
 def test_gateway_runs_hardened_and_is_restarted_after_a_crash(device: Container) -> None:
     box = device
-    details = lambda: box.journal(UNIT) + box.journal("mosquitto.service")  # noqa: E731
+
+    def details() -> str:
+        return box.journal(UNIT) + box.journal("mosquitto.service")
 
     # READY: dpkg's `systemctl start` returned once the daemon sent READY=1
     assert box.show(UNIT, "ActiveState") == "active", details()
@@ -103,9 +105,11 @@ def test_gateway_runs_hardened_and_is_restarted_after_a_crash(device: Container)
 def test_a_device_reading_reaches_the_cloud_tier(device: Container) -> None:
     """Both hardened units on one host, set up as install.md says: a reading goes through."""
     box = device
-    details = lambda: "\n".join(  # noqa: E731
-        box.journal(u) for u in (UNIT, "cybernetic-cloud.service", "mosquitto.service")
-    )
+
+    def details() -> str:
+        units = (UNIT, "cybernetic-cloud.service", "mosquitto.service")
+        return "\n".join(box.journal(u) for u in units)
+
     # broker accounts for the cloud tier and a device, the link secret enrolled on the cloud
     passwd = "/etc/cybernetic/mosquitto/passwd"
     box.sh("mosquitto_passwd", "-b", passwd, "cloud", "cloud-secret")

@@ -49,7 +49,10 @@ def test_fresh_install(host_dpkg: HostDpkg, debs: Builds) -> None:
 
     # account, folders and secrets
     assert run("id", "-un", "cybernetic").stdout.strip() == "cybernetic"
-    mode = lambda path: run("stat", "-c", "%U:%G %a", path).stdout.split()  # noqa: E731
+
+    def mode(path: Path) -> list[str]:
+        return run("stat", "-c", "%U:%G %a", path).stdout.split()
+
     assert mode(STATE / "gateway") == ["cybernetic:cybernetic", "750"]
     assert mode(ETC / "secrets") == ["root:cybernetic", "750"]
     password = ETC / "secrets/local-broker.password"
