@@ -56,32 +56,70 @@ class Command(_Kind, frozen=True, tag="command"):
 
 
 class Intent(_Kind, frozen=True, tag="intent"):
-    """A user's intent entering S1's dispatcher; answered by IntentUpdates with its id."""
+    """A user's intent entering S1's dispatcher; answered by IntentUpdates with its id.
+
+    ``timeout_ms`` is relative (a duration, not a deadline), so a gateway whose clock is off
+    still gives the intent the time the sender meant.
+    """
 
     intent_id: str
     text: str
     capability: str | None = None
     args: dict[str, Any] = {}
+    timeout_ms: int | None = None
 
 
 IntentState = Literal["accepted", "running", "result", "done", "failed"]
 
+INTENT_CANCEL = "intent.cancel"
+"""``Command.action`` that cancels the intent named by ``Command.target`` (S1)."""
+
+FailureCode = Literal[
+    "timeout", "cancelled", "unknown_capability", "bad_args", "device", "refused", "error"
+]
+
 
 class IntentUpdate(_Kind, frozen=True, tag="intent.update"):
-    """One step of an intent's lifecycle (accepted → running → streamed results → done/failed)."""
+    """One step of an intent's lifecycle (accepted → running → streamed results → done/failed).
+
+    ``running`` may repeat with ``progress`` (0.0..1.0); ``result`` carries one partial
+    result in ``data``; ``done`` carries the final answer; ``failed`` names its ``code``.
+    ``seq`` numbers the updates of one intent from 0 so a receiver can order and spot gaps.
+    """
 
     intent_id: str
     state: IntentState
     data: Any = None
     error: str | None = None
+    seq: int = 0
+    progress: float | None = None
+    code: FailureCode | None = None
+
+
+class CapabilitySpec(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What one capability does and what it costs; carried inside announcements (S1)."""
+
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any] = {}
+    output_schema: dict[str, Any] = {}
+    zone: str = ""
+    cost: float = 0.0
+    owner: str = ""
+    """``gateway:<id>`` or ``device:<id>``: who does the work."""
+    version: int = 1
 
 
 class CapabilityAnnouncement(_Kind, frozen=True, tag="capability.announce"):
-    """A node's capabilities, published retained: judged by ``version``, never by nonce."""
+    """A node's capabilities, published retained: judged by ``version``, never by nonce.
+
+    ``capabilities`` lists the names (older peers read only that); ``specs`` describes each.
+    """
 
     node: str
     version: int
     capabilities: list[str] = []
+    specs: list[CapabilitySpec] = []
 
 
 class PolicyBundle(_Kind, frozen=True, tag="policy.bundle"):
@@ -154,3 +192,22 @@ def kind_of(message: Message | msgspec.Struct) -> str:
 
 def encode_message(message: Message) -> bytes:
     return _ENCODER.encode(message)
+
+
+# -- S1 link topics (gateway ↔ cloud): shared here because gateway and cloud never import
+# each other. ``prefix`` is the link's topic prefix (``cybernetic/gw`` by default).
+
+
+def intents_topic(prefix: str, gateway: str) -> str:
+    """Cloud → gateway: :class:`Intent` and ``Command(action=INTENT_CANCEL)``."""
+    return f"{prefix}/{gateway}/intents"
+
+
+def intent_updates_topic(prefix: str, gateway: str) -> str:
+    """Gateway → cloud: :class:`IntentUpdate`, sealed with the intent's derived context."""
+    return f"{prefix}/{gateway}/intents/updates"
+
+
+def capabilities_topic(prefix: str, gateway: str) -> str:
+    """Gateway → cloud, retained: the gateway's latest :class:`CapabilityAnnouncement`."""
+    return f"{prefix}/{gateway}/capabilities"

@@ -1,0 +1,189 @@
+"""S1 on the gateway: capabilities, intent dispatch with streamed results, delegation.
+
+The integrator's entry point is :class:`S1`: build it with the ``[s1]`` settings, the CRDT
+store (or a path for S1 to open one), the gateway↔cloud link and both broker connections, then
+add :meth:`S1.child_specs` to the gateway's supervisor. Its own tree (one_for_one)::
+
+    s1
+    ├── s1-units     opens the store if S1 owns it, loads configured capabilities and units,
+    │                runs every unit's supervisor, writes the unit tree file
+    ├── s1-devices   device commands over the local broker
+    └── s1-link      intents and updates over the cloud broker, retained announcement
+
+Simulated devices answer commands with :class:`~gateway.s1.responder.DeviceResponder`.
+docs/s1.md has the design, topics and configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from amcp.link import GatewayLink
+from amcp.runtime.clock import Clock, SystemClock
+from amcp.runtime.settings import BrokerLink
+from amcp.runtime.supervisor import ChildContext, ChildSpec, Supervisor
+from amcp.store import Store
+from gateway.s1.commands import CommandExecutor
+from gateway.s1.dispatcher import Dispatcher
+from gateway.s1.errors import (
+    ChildQuotaError,
+    CommandError,
+    DepthLimitError,
+    DeviceFailedError,
+    DeviceTimeoutError,
+    MemoryQuotaError,
+    QuotaExceededError,
+    RateQuotaError,
+    S1Error,
+    SpawnBreakerOpenError,
+    SpawnRefusedError,
+    UnitExistsError,
+    UnknownUnitError,
+)
+from gateway.s1.registry import CapabilityRecord, CapabilityRegistry
+from gateway.s1.responder import DeviceResponder, Done, Partial, Progress
+from gateway.s1.server import LinkServer
+from gateway.s1.settings import (
+    BreakerSettings,
+    CapabilityConfig,
+    QuotaSettings,
+    S1Settings,
+    UnitConfig,
+)
+from gateway.s1.treefile import read_tree, write_tree
+from gateway.s1.units import Unit, UnitTree
+
+__all__ = [
+    "S1",
+    "BreakerSettings",
+    "CapabilityConfig",
+    "CapabilityRecord",
+    "CapabilityRegistry",
+    "ChildQuotaError",
+    "CommandError",
+    "CommandExecutor",
+    "DepthLimitError",
+    "DeviceFailedError",
+    "DeviceResponder",
+    "DeviceTimeoutError",
+    "Dispatcher",
+    "Done",
+    "LinkServer",
+    "MemoryQuotaError",
+    "Partial",
+    "Progress",
+    "QuotaExceededError",
+    "QuotaSettings",
+    "RateQuotaError",
+    "S1Error",
+    "S1Settings",
+    "SpawnBreakerOpenError",
+    "SpawnRefusedError",
+    "Unit",
+    "UnitConfig",
+    "UnitExistsError",
+    "UnitTree",
+    "UnknownUnitError",
+    "read_tree",
+    "write_tree",
+]
+
+
+class S1:
+    def __init__(
+        self,
+        settings: S1Settings,
+        store: Store | Path,
+        link: GatewayLink,
+        *,
+        gateway: str,
+        local_broker: BrokerLink,
+        cloud_broker: BrokerLink,
+        state_dir: Path,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self.clock: Clock = clock or SystemClock()
+        self._owns_store = not isinstance(store, Store)
+        self.store = Store(store, site=gateway) if isinstance(store, Path) else store
+        self.tree_path = state_dir / settings.tree_file
+        self.registry = CapabilityRegistry(self.store, gateway, now=self.clock.time)
+        self.units = UnitTree(
+            gateway,
+            root_quotas=settings.root_quotas,
+            max_depth=settings.max_depth,
+            breaker=settings.breaker,
+            clock=self.clock,
+        )
+        self.executor = CommandExecutor(local_broker, f"{gateway}-s1-devices")
+        self.dispatcher = Dispatcher(self.registry, self.executor, self.units, settings)
+        self.server = LinkServer(
+            gateway,
+            settings,
+            broker=cloud_broker,
+            link=link,
+            dispatcher=self.dispatcher,
+            registry=self.registry,
+        )
+        self.supervisor = Supervisor(
+            "s1",
+            [
+                ChildSpec("s1-units", self._run_units, wait_ready=True, shutdown_timeout=10),
+                ChildSpec("s1-devices", self.executor.run, shutdown_timeout=5),
+                ChildSpec("s1-link", self.server.run, shutdown_timeout=5),
+            ],
+            intensity=5,
+            period=30,
+            clock=self.clock,
+        )
+
+    def child_specs(self) -> list[ChildSpec]:
+        """What the gateway's supervisor runs: S1's own supervisor as one child."""
+        return [self.supervisor.as_child(shutdown_timeout=20)] if self.settings.enabled else []
+
+    async def _run_units(self, ctx: ChildContext) -> None:
+        if self._owns_store:
+            await self.store.open()
+        try:
+            await self.registry.sync_config(self.settings.capabilities)
+            for unit in self.settings.units:
+                with contextlib.suppress(Exception):  # a bad unit is logged by spawn; go on
+                    if not self._exists(unit.path):
+                        self.units.spawn_path(unit.path, unit.quotas)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.units.run(ctx), name="s1-unit-tree")
+                tg.create_task(self._write_tree_loop(), name="s1-tree-file")
+        finally:
+            if self._owns_store:
+                await asyncio.shield(self.store.close())
+
+    def _exists(self, path: str) -> bool:
+        try:
+            self.units.find(path)
+        except UnknownUnitError:
+            return False
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        """Everything ``cybernetic units`` shows: the unit tree and S1's own state."""
+        data = self.units.describe()
+        data["written_at"] = self.clock.time()
+        data["intents_running"] = self.dispatcher.running
+        data["intents_completed"] = self.dispatcher.completed
+        data["intents_failed"] = dict(self.dispatcher.failed)
+        data["link_connected"] = self.server.connected
+        data["devices_connected"] = self.executor.connected
+        data["announced_version"] = self.server.announced_version
+        return data
+
+    async def write_tree(self) -> None:
+        await asyncio.to_thread(write_tree, self.tree_path, self.describe())
+
+    async def _write_tree_loop(self) -> None:
+        while True:
+            await self.write_tree()
+            await asyncio.sleep(self.settings.tree_interval)

@@ -1,0 +1,188 @@
+"""Device commands over the local broker: publish, correlate replies, time out, cancel.
+
+One MQTT connection serves every command: replies arrive on ``devices/+/responses/+`` and are
+routed to the open command by its id (and only if they came from that command's device: the
+topic names the sender, and the broker's ACL makes the topic trustworthy). Each open command
+buffers its undelivered replies; those bytes count against the unit that runs it, so a device
+that floods replies faster than the cloud takes them trips the unit's memory quota instead of
+growing the gateway without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+import aiomqtt
+import msgspec
+
+from amcp.runtime.mqtt import Backoff, make_client
+from amcp.runtime.settings import BrokerLink
+from amcp.runtime.supervisor import ChildContext
+from gateway.s1.devicewire import (
+    ENCODER,
+    FINAL_STATES,
+    REPLY_DECODER,
+    RESPONSES_FILTER,
+    DeviceCommand,
+    DeviceReply,
+    command_topic,
+    parse_response_topic,
+)
+from gateway.s1.errors import DeviceFailedError, DeviceTimeoutError, MemoryQuotaError
+from gateway.s1.units import Unit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Open:
+    device: str
+    unit: Unit | None
+    queue: asyncio.Queue[tuple[DeviceReply, int] | MemoryQuotaError] = field(
+        default_factory=asyncio.Queue
+    )
+    buffered: int = 0
+
+
+class NotConnectedError(ConnectionError):
+    """The local broker connection is down; the command was not sent."""
+
+
+class CommandExecutor:
+    """Runs device commands over one local-broker connection (a supervised child)."""
+
+    def __init__(self, broker: BrokerLink, client_id: str) -> None:
+        self.broker = broker
+        self.client_id = client_id
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._open: dict[str, _Open] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self.malformed = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, within: float) -> None:
+        async with asyncio.timeout(within):
+            await self._connected.wait()
+
+    async def run(self, ctx: ChildContext) -> None:
+        backoff = Backoff(self.broker.reconnect_initial, self.broker.reconnect_max)
+        client = make_client(self.broker, self.client_id, clean_session=True)
+        while True:
+            try:
+                async with client, asyncio.TaskGroup() as tg:
+                    await client.subscribe(RESPONSES_FILTER, qos=1)
+                    self._client, self._tg = client, tg
+                    self._connected.set()
+                    backoff.reset()
+                    ctx.ready()
+                    async for message in client.messages:
+                        self._on_message(message.topic.value, message.payload)
+            except aiomqtt.MqttError as exc:
+                delay = backoff.next_delay()
+                log.warning("local broker lost (s1)", extra={"error": str(exc), "retry_s": delay})
+                await asyncio.sleep(delay)
+            finally:
+                self._connected.clear()
+                self._client = self._tg = None
+
+    def _on_message(self, topic: str, payload: object) -> None:
+        where = parse_response_topic(topic)
+        if where is None or not isinstance(payload, bytes | bytearray):
+            return
+        device, command_id = where
+        entry = self._open.get(command_id)
+        if entry is None or entry.device != device:
+            return  # late reply to a finished command, or another device's topic
+        try:
+            reply = REPLY_DECODER.decode(payload)
+        except msgspec.DecodeError as exc:
+            self.malformed += 1
+            log.warning("malformed device reply", extra={"device": device, "error": str(exc)})
+            return
+        if reply.id != command_id:
+            self.malformed += 1
+            return
+        size = len(payload)
+        if entry.unit is not None:
+            try:
+                entry.unit.reserve(size)
+            except MemoryQuotaError as exc:
+                entry.queue.put_nowait(exc)
+                return
+        entry.buffered += size
+        entry.queue.put_nowait((reply, size))
+
+    async def _publish(self, device: str, command: DeviceCommand) -> None:
+        client = self._client
+        if client is None:
+            raise NotConnectedError(f"local broker not connected; command to {device!r} not sent")
+        await client.publish(command_topic(device, command.id), ENCODER.encode(command), qos=1)
+
+    async def _cancel(self, device: str, command: DeviceCommand) -> None:
+        cancel = DeviceCommand(
+            id=command.id, action=command.action, correlation=command.correlation, cancel=True
+        )
+        with contextlib.suppress(aiomqtt.MqttError, NotConnectedError):
+            await self._publish(device, cancel)
+
+    async def execute(
+        self,
+        device: str,
+        action: str,
+        args: dict[str, object],
+        *,
+        idle_timeout: float,
+        correlation: str | None = None,
+        unit: Unit | None = None,
+    ) -> AsyncGenerator[DeviceReply, None]:
+        """Send one command and yield the device's replies up to and including ``done``.
+
+        Raises :class:`DeviceTimeoutError` when the device sends nothing for ``idle_timeout``
+        seconds, :class:`DeviceFailedError` on a ``failed`` reply. Leaving the iteration early
+        (cancellation, the consumer stopped) sends the device a cancel for this command.
+        """
+        command = DeviceCommand(
+            id=os.urandom(8).hex(),
+            action=action,
+            args=dict(args),
+            correlation=correlation,
+            timeout_ms=int(idle_timeout * 1000),
+        )
+        entry = self._open[command.id] = _Open(device, unit)
+        finished = False
+        try:
+            await self._publish(device, command)
+            while True:
+                try:
+                    async with asyncio.timeout(idle_timeout):
+                        item = await entry.queue.get()
+                except TimeoutError:
+                    raise DeviceTimeoutError(device, command.id, action, idle_timeout) from None
+                if isinstance(item, MemoryQuotaError):
+                    raise item
+                reply, size = item
+                entry.buffered -= size
+                if unit is not None:
+                    unit.release(size)
+                if reply.state == "failed":
+                    finished = True
+                    raise DeviceFailedError(device, command.id, action, reply.error or "no reason")
+                finished = reply.state in FINAL_STATES
+                yield reply
+                if finished:
+                    return
+        finally:
+            del self._open[command.id]
+            if unit is not None:
+                unit.release(entry.buffered)
+            if not finished and self._tg is not None:
+                self._tg.create_task(self._cancel(device, command))
