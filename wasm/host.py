@@ -100,6 +100,10 @@ class PolicyAgent:
     """A loaded policy agent. Like the wasmtime store under it, not thread-safe: use one agent
     from one thread (the gateway's event loop) or serialise calls yourself."""
 
+    evaluate: Callable[[Reading], Decision]
+    """Decide one reading (the batch path without its per-batch lists). An attribute, not a
+    method: a closure over everything it touches, rebuilt whenever the instance is."""
+
     def __init__(
         self,
         module: wasmtime.Module,
@@ -257,10 +261,6 @@ class PolicyAgent:
             struct.pack_into("<Q", self._mem, table + 8 * slot, bits)
 
     # -- evaluation ---------------------------------------------------------------------------
-    def evaluate(self, reading: Reading) -> Decision:
-        """Decide one reading: the batch path without the per-batch lists."""
-        return self._decide_one(reading)
-
     def _bind_single(self) -> None:
         """Build the single-reading path as a closure over everything it touches (the hot
         path: local names instead of attribute lookups). Rebuilt on every (re)instantiation."""
@@ -300,7 +300,7 @@ class PolicyAgent:
                 return self._finish_one(reading, transforms)
             return decision
 
-        self._decide_one = decide
+        self.evaluate = decide
 
     def fuel_budget(self, rows: int) -> int:
         """Fuel one call of ``rows`` rows may burn before it is stopped as a runaway."""
