@@ -10,9 +10,10 @@
 #
 # Environment, all optional:
 #   DEB_VERSION    package version (default: the version in pyproject.toml, in Debian syntax)
-#   READER_SCHEMA  newest state schema this build reads (default: amcp.store.READER_SCHEMA
-#                  from the code; 0 while the code has no store). Written into preinst, which
-#                  refuses to install over state this build cannot read.
+#   READER_SCHEMA  newest state schema this build reads (default: STATE_SCHEMA from
+#                  amcp.runtime.statemarker, the module that writes the state marker; 0 with a
+#                  warning while there is none). Written into preinst, which refuses to
+#                  install over state this build cannot read (see debian/preinst).
 #   BUILD_DIR      work folder (default: build/deb). The venv in it is reused while the
 #                  sources, the interpreter and the pinned versions are unchanged.
 #   OUT_DIR        where the .deb is written (default: dist)
@@ -92,6 +93,7 @@ else
         NS=(unshare --user --map-root-user --mount --propagation private)
         MOUNT_AT=/opt
     fi
+    # shellcheck disable=SC2016 # expanded by the inner shell, from its arguments
     "${NS[@]}" /bin/sh -eu -c '
         stage=$1 python=$2 prefix=$3 constraints=$4 repo=$5 at=$6
         mount --bind "$stage$at" "$at"
@@ -109,16 +111,19 @@ fi
 STAGED_PY=$STAGE$PREFIX/bin/python
 if [ -z "${READER_SCHEMA:-}" ]; then
     READER_SCHEMA=$("$STAGED_PY" -c '
+import sys
 try:
-    from amcp.store import READER_SCHEMA
+    from amcp.runtime.statemarker import STATE_SCHEMA
 except ImportError:
-    READER_SCHEMA = 0
-print(int(READER_SCHEMA))')
+    print("build.sh: warning: amcp.runtime.statemarker.STATE_SCHEMA not found;"
+          " declaring reader schema 0 (refuses any state with a marker)", file=sys.stderr)
+    STATE_SCHEMA = 0
+print(int(STATE_SCHEMA))')
 fi
 case "$READER_SCHEMA" in ''|*[!0-9]*) die "READER_SCHEMA must be a number, got '$READER_SCHEMA'";; esac
 
 # -- the rest of the tree ---------------------------------------------------------------------
-rm -rf "$STAGE/etc" "$STAGE/lib" "$STAGE/usr" "$STAGE/DEBIAN"
+rm -rf "${STAGE:?}/etc" "${STAGE:?}/lib" "${STAGE:?}/usr" "${STAGE:?}/DEBIAN"
 install -D -m 0644 "$REPO/systemd/cybernetic-gateway.service" \
     "$STAGE/lib/systemd/system/cybernetic-gateway.service"
 install -D -m 0644 "$REPO/systemd/cybernetic-cloud.service" \

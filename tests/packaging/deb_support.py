@@ -35,6 +35,7 @@ SYSTEM_TOOLS = {
     "unshare": "util-linux",
     "nsenter": "util-linux",
     "mosquitto_passwd": "mosquitto",
+    "shellcheck": "shellcheck",
 }
 # what the test rootfs gets besides the base system: an init, and the package's Depends
 ROOTFS_INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "mosquitto", "procps")
