@@ -4,6 +4,7 @@ Tree (rest_for_one: a part depends on those started before it)::
 
     gateway
     ├── outbox      opens the SQLite outbox; expires old rows
+    ├── s2          load signals → adaptive limits, zombies, leases; S2 events → outbox
     ├── uplink      outbox → cloud broker, deletes on the cloud's ack
     └── ingest      local broker → outbox, acknowledges after commit
 
@@ -25,6 +26,7 @@ from gateway.config import GatewayConfig
 from gateway.ingest import Ingest, Stage
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox
+from gateway.s2.service import S2Service
 from gateway.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -58,12 +60,21 @@ class Gateway:
             window_s=config.uplink.clock_window,
         )
         self.uplink = Uplink(config, self.outbox, self.metrics, self.link)
-        self.ingest = Ingest(config, self.outbox, self.metrics, stages=stages or [])
+        self.s2 = S2Service(
+            config.s2,
+            outbox_depth=lambda: self.outbox.stats.rows,
+            ingest_backlog=lambda: self.ingest.backlog,
+        )
+        self.s2.register(self.metrics.registry)
+        self.ingest = Ingest(
+            config, self.outbox, self.metrics, stages=[self.s2.stage, *(stages or [])]
+        )
         self.metrics.watch(self.outbox.snapshot, self.uplink.status)
         self.supervisor = Supervisor(
             "gateway",
             [
                 ChildSpec("outbox", self._run_outbox, wait_ready=True, shutdown_timeout=10),
+                ChildSpec("s2", self._run_s2, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("uplink", self.uplink.run, shutdown_timeout=5),
                 ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
             ],
@@ -81,6 +92,9 @@ class Gateway:
                 await self.outbox.expire()
         finally:
             await asyncio.shield(self.outbox.close())
+
+    async def _run_s2(self, ctx: ChildContext) -> None:
+        await self.s2.run(ctx, self.outbox.append_events)
 
     def status(self) -> str:
         s = self.outbox.snapshot()

@@ -8,6 +8,7 @@ from typing import Annotated
 import msgspec
 
 from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings, Seconds
+from gateway.s2.config import S2Config
 
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -68,5 +69,6 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
     uplink: UplinkSettings = msgspec.field(default_factory=UplinkSettings)
+    s2: S2Config = msgspec.field(default_factory=S2Config)
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)

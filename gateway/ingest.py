@@ -73,6 +73,8 @@ class Ingest:
         self._seq: dict[str, int] = {}
         self._prefix, self._suffix = self._topic_shape(self.settings.topic)
         self.connected = False
+        self.backlog = 0
+        """Messages received and not yet committed (an S2 load signal)."""
 
     @staticmethod
     def _topic_shape(topic: str) -> tuple[str, str]:
@@ -149,6 +151,7 @@ class Ingest:
             nonlocal pending
             async for message in client.messages:
                 self._accept(pending, message.topic.value, message.payload)
+                self.backlog += 1
                 if message.qos:
                     pending.acks.append((message.mid, message.qos))
                 if len(pending.acks) >= self.settings.batch_max:
@@ -171,6 +174,7 @@ class Ingest:
             while True:
                 batch = await queue.get()
                 await self._commit(batch)
+                self.backlog -= len(batch.readings) + len(batch.rejected)
                 for mid, qos in batch.acks:  # only now may the broker forget them
                     paho.ack(mid, qos)
 

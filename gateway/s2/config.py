@@ -63,10 +63,12 @@ class AdaptiveConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Default limits per scope, per-key overrides, the global budget and adaptation."""
 
-    device: RateLimit = RateLimit(rate=100.0, burst=200)
+    device: RateLimit = RateLimit(rate=1_000.0, burst=100_000)
+    """Generous by default: a device's backlog after an outage drains through the burst, while
+    a device flooding for longer than that is held to its rate (tighten per device below)."""
     user: RateLimit = RateLimit(rate=10.0, burst=20)
     capability: RateLimit = RateLimit(rate=50.0, burst=100)
-    total: RateLimit = RateLimit(rate=20_000.0, burst=40_000)
+    total: RateLimit = RateLimit(rate=50_000.0, burst=500_000)
     """The gateway-wide budget for readings, shared max-min fairly between devices."""
     device_overrides: dict[str, RateLimit] = {}
     user_overrides: dict[str, RateLimit] = {}

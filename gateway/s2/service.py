@@ -1,0 +1,128 @@
+"""S2 in the running gateway: the ingest stage, the once-a-second control tick, and events.
+
+- :meth:`S2Service.stage` is an ingest :class:`~gateway.ingest.Stage`: every reading is a
+  heartbeat of its device (even one the limiter then drops: it is still a sign of life), the
+  rate gate decides per reading, and admitted readings feed the stuck-sensor detector.
+- :meth:`S2Service.run` is a supervised child: it reports load (outbox depth, ingest backlog,
+  CPU) to the adaptive limiter, checks for zombies and sweeps expired leases every second.
+- Every S2 event becomes an :class:`~amcp.wire.telemetry.EventRecord` in the outbox, so it
+  reaches the cloud even after days offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import msgspec
+from prometheus_client import CollectorRegistry
+
+from amcp.runtime.supervisor import ChildContext
+from amcp.wire.telemetry import EventRecord, Reading
+from gateway.s2.admission import RateGate
+from gateway.s2.config import S2Config
+from gateway.s2.events import S2Event
+from gateway.s2.leases import LeaseTable
+from gateway.s2.metrics import S2Collector
+from gateway.s2.stuck import StuckDetector
+from gateway.s2.zombies import ZombieDetector
+
+log = logging.getLogger(__name__)
+
+_SEVERITY = {
+    "s2.zombie": "warning",
+    "s2.sensor.stuck": "warning",
+    "s2.metrics.inconsistent": "warning",
+    "s2.lease.expired": "info",
+}
+
+
+def to_record(event: S2Event) -> EventRecord:
+    attrs = msgspec.to_builtins(event)
+    name = str(attrs.pop("type"))
+    source = str(attrs.get("unit") or attrs.get("device") or "s2")
+    return EventRecord(name, int(attrs.pop("ts_ms")), source, _SEVERITY.get(name, "info"), attrs)
+
+
+class S2Service:
+    def __init__(
+        self,
+        config: S2Config,
+        *,
+        outbox_depth: Callable[[], int],
+        ingest_backlog: Callable[[], int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._outbox_depth = outbox_depth
+        self._ingest_backlog = ingest_backlog
+        self.events: asyncio.Queue[EventRecord] = asyncio.Queue(maxsize=10_000)
+        self.dropped_events = 0
+        self.gate = RateGate(config.limits, clock, emit=self._emit)
+        self.zombies = ZombieDetector(config.phi, clock, emit=self._emit)
+        self.stuck = StuckDetector(config.stuck, clock, emit=self._emit)
+        self.leases = LeaseTable(
+            clock, ttl_s=config.lease_ttl_s, max_queue=config.lease_queue, emit=self._emit
+        )
+        self._cpu_mark = (time.monotonic(), time.process_time())
+
+    def register(self, registry: CollectorRegistry) -> None:
+        registry.register(
+            S2Collector(gate=self.gate, leases=self.leases, zombies=self.zombies, stuck=self.stuck)
+        )
+
+    def _emit(self, event: S2Event) -> None:
+        try:
+            self.events.put_nowait(to_record(event))
+        except asyncio.QueueFull:  # the outbox writer is far behind; count, never block S2
+            self.dropped_events += 1
+
+    # -- ingest stage ---------------------------------------------------------------------
+    def stage(self, readings: list[Reading]) -> list[Reading]:
+        if not readings:
+            return readings
+        devices = [r.device for r in readings]
+        self.zombies.heartbeats(devices)
+        flags = self.gate.admit_devices(devices)
+        kept = [r for r, ok in zip(readings, flags, strict=True) if ok]
+        for r in kept:
+            self.stuck.observe(r.device, r.values)
+        return kept
+
+    # -- control tick ---------------------------------------------------------------------
+    def _cpu(self) -> float:
+        now, cpu = time.monotonic(), time.process_time()
+        wall0, cpu0 = self._cpu_mark
+        self._cpu_mark = (now, cpu)
+        return (cpu - cpu0) / max(1e-6, now - wall0)
+
+    def tick(self) -> None:
+        self.gate.observe_load("outbox_depth", float(self._outbox_depth()))
+        self.gate.observe_load("ingest_backlog", float(self._ingest_backlog()))
+        self.gate.observe_load("cpu", self._cpu())
+        self.zombies.check()
+        self.leases.sweep()
+
+    async def run(self, ctx: ChildContext, append: Callable[[list[EventRecord]], object]) -> None:
+        """Tick every second and move S2 events into the outbox (``append`` is awaited)."""
+        ctx.ready()
+        interval = self.config.limits.adaptive.interval_s
+        next_tick = time.monotonic()
+        while True:
+            timeout = max(0.0, next_tick - time.monotonic())
+            try:
+                first = await asyncio.wait_for(self.events.get(), timeout)
+            except TimeoutError:
+                first = None
+            if first is not None:
+                batch = [first]
+                while not self.events.empty() and len(batch) < 1000:
+                    batch.append(self.events.get_nowait())
+                result = append(batch)
+                if asyncio.iscoroutine(result):
+                    await result
+            if time.monotonic() >= next_tick:
+                self.tick()
+                next_tick = time.monotonic() + interval
