@@ -45,6 +45,12 @@ from amcp.wire import enrol as wire
 log = logging.getLogger(__name__)
 
 _GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+RESERVED_IDS = frozenset({"cloud", "gateway", "enrol"})
+"""Broker service accounts: a certificate with one of these names would get their ACL."""
+
+
+def valid_gateway_id(gateway: str, cloud: str) -> bool:
+    return bool(_GATEWAY_ID.match(gateway)) and gateway not in RESERVED_IDS | {cloud}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
     token_id TEXT PRIMARY KEY,
@@ -246,7 +252,7 @@ class Enrolment:
     # -- operator actions ---------------------------------------------------------------------
     def issue_token(self, *, expires_s: float, gateway: str | None = None) -> wire.BootstrapToken:
         """A new one-time token; print ``token.text()`` once, it is not stored."""
-        if gateway is not None and not _GATEWAY_ID.match(gateway):
+        if gateway is not None and not valid_gateway_id(gateway, self.cloud):
             raise ValueError(f"invalid gateway id {gateway!r}")
         token = wire.BootstrapToken.generate()
         self.store.add_token(token, gateway, now_ms() + int(expires_s * 1000))
@@ -283,7 +289,7 @@ class Enrolment:
             return None
         if not isinstance(frame, wire.EnrolRequest | wire.RenewRequest):
             return None
-        if frame.gateway != topic_gateway or not _GATEWAY_ID.match(frame.gateway):
+        if frame.gateway != topic_gateway:
             log.warning("enrolment frame names another gateway", extra={"topic": topic_gateway})
             return None
         with self._lock:  # one request at a time: token use and epochs are read-modify-write
@@ -303,7 +309,9 @@ class Enrolment:
         )
         return wire.with_mac(resp, mac_key) if mac_key is not None else resp
 
-    def _enrol(self, req: wire.EnrolRequest) -> wire.EnrolResponse:  # noqa: PLR0911
+    def _enrol(self, req: wire.EnrolRequest) -> wire.EnrolResponse:  # noqa: PLR0911, C901
+        if not valid_gateway_id(req.gateway, self.cloud):
+            return self._refuse(req, "gateway id is invalid or reserved", None)
         found = self.store.token(req.token_id)
         if found is None:
             return self._refuse(req, "unknown bootstrap token", None)
@@ -524,3 +532,13 @@ def open_enrolment(
     return Enrolment(
         store, ca, signer, links_dir or pki_dir / "links", cert_valid_s=cert_valid_s, owner=owner
     )
+
+
+async def disconnect_client(link: BrokerLink, client_id: str) -> None:
+    """Close another client's live session by connecting with its client id (MQTT takeover).
+
+    A CRL reload stops new connections of a revoked gateway but not the one it has open; this
+    closes that one, and its reconnect then fails the TLS handshake.
+    """
+    async with make_client(link, client_id, clean_session=True):
+        pass

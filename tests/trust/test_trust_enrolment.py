@@ -221,3 +221,16 @@ async def test_no_answer_is_a_typed_error(tmp_path: Path, gateway_link: BrokerLi
     token = wire.BootstrapToken.generate().text()
     with pytest.raises(EnrolmentError, match="no answer"):
         await enrol(gateway_link, token, "lonely", tmp_path / "gw", within_s=1)
+
+
+@pytest.mark.parametrize("name", ["cloud", "enrol", "gateway"])
+async def test_a_gateway_cannot_enrol_under_a_service_account_name(
+    cloud_factory: Callable[..., Cloud], gateway_link: BrokerLink, tmp_path: Path, name: str
+) -> None:
+    cloud = cloud_factory()
+    token = cloud.enrolment.issue_token(expires_s=60).text()
+    async with serving(cloud):
+        with pytest.raises(EnrolmentRefusedError, match="reserved"):
+            await enrol(gateway_link, token, name, tmp_path / "gw", within_s=20)
+    with pytest.raises(ValueError, match="invalid"):
+        cloud.enrolment.issue_token(expires_s=60, gateway=name)
