@@ -73,6 +73,8 @@ def test_fresh_install(host_dpkg: HostDpkg, debs: Builds) -> None:
     wants = Path("/etc/systemd/system/multi-user.target.wants")
     assert (wants / "cybernetic-gateway.service").is_symlink()
     assert not (wants / "cybernetic-cloud.service").exists()
+    started = run("pgrep", "-af", "/opt/cybernetic-edge/bin/", check=False).stdout
+    assert started == "", f"postinst started a daemon without systemd:\n{started}"
     # the installed units verify against the real binary
     for unit in ("cybernetic-gateway.service", "cybernetic-cloud.service"):
         proc = run("systemd-analyze", "verify", f"/lib/systemd/system/{unit}", check=False)
