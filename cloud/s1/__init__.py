@@ -67,7 +67,7 @@ class CloudS1:
         client_id: str | None = None,
     ) -> None:
         self.settings = settings
-        self._owns_store = not isinstance(store, Store)
+        self._store_path = store if isinstance(store, Path) else None
         self.store = Store(store, site=site) if isinstance(store, Path) else store
         self.links = links
         self.broker = broker
@@ -85,13 +85,16 @@ class CloudS1:
         return [ChildSpec("s1", self.run, wait_ready=True, shutdown_timeout=10)]
 
     async def run(self, ctx: ChildContext) -> None:
-        if self._owns_store:
-            await self.store.open()
+        if self._store_path is None:
+            await self._connect_loop(ctx)
+            return
+        store = Store(self._store_path, site=self.store.site)  # a closed store is done
+        await store.open()
+        self.store = self.registry.store = store
         try:
             await self._connect_loop(ctx)
         finally:
-            if self._owns_store:
-                await asyncio.shield(self.store.close())
+            await asyncio.shield(store.close())
 
     async def _connect_loop(self, ctx: ChildContext) -> None:
         backoff = Backoff(self.broker.reconnect_initial, self.broker.reconnect_max)

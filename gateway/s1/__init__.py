@@ -2,11 +2,12 @@
 
 The integrator's entry point is :class:`S1`: build it with the ``[s1]`` settings, the CRDT
 store (or a path for S1 to open one), the gateway↔cloud link and both broker connections, then
-add :meth:`S1.child_specs` to the gateway's supervisor. Its own tree (one_for_one)::
+add :meth:`S1.child_specs` to the gateway's supervisor. Its own tree (rest_for_one)::
 
     s1
-    ├── s1-units     opens the store if S1 owns it, loads configured capabilities and units,
-    │                runs every unit's supervisor, writes the unit tree file
+    ├── s1-store     only when S1 was given a path: opens (and closes) its own store
+    ├── s1-units     loads configured capabilities and units, runs every unit's
+    │                supervisor, writes the unit tree file
     ├── s1-devices   device commands over the local broker
     └── s1-link      intents and updates over the cloud broker, retained announcement
 
@@ -17,14 +18,14 @@ docs/s1.md has the design, topics and configuration.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
 from amcp.link import GatewayLink
 from amcp.runtime.clock import Clock, SystemClock
 from amcp.runtime.settings import BrokerLink
-from amcp.runtime.supervisor import ChildContext, ChildSpec, Supervisor
+from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
 from amcp.store import Store
 from gateway.s1.commands import CommandExecutor
 from gateway.s1.dispatcher import Dispatcher
@@ -55,6 +56,8 @@ from gateway.s1.settings import (
 )
 from gateway.s1.treefile import read_tree, write_tree
 from gateway.s1.units import Unit, UnitTree
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "S1",
@@ -108,7 +111,7 @@ class S1:
         self.settings = settings
         self.gateway = gateway
         self.clock: Clock = clock or SystemClock()
-        self._owns_store = not isinstance(store, Store)
+        self._store_path = store if isinstance(store, Path) else None
         self.store = Store(store, site=gateway) if isinstance(store, Path) else store
         self.tree_path = state_dir / settings.tree_file
         self.registry = CapabilityRegistry(self.store, gateway, now=self.clock.time)
@@ -129,13 +132,20 @@ class S1:
             dispatcher=self.dispatcher,
             registry=self.registry,
         )
+        owned = (
+            []
+            if self._store_path is None
+            else [ChildSpec("s1-store", self._run_store, wait_ready=True, shutdown_timeout=10)]
+        )
         self.supervisor = Supervisor(
             "s1",
             [
+                *owned,
                 ChildSpec("s1-units", self._run_units, wait_ready=True, shutdown_timeout=10),
                 ChildSpec("s1-devices", self.executor.run, shutdown_timeout=5),
                 ChildSpec("s1-link", self.server.run, shutdown_timeout=5),
             ],
+            strategy=Strategy.REST_FOR_ONE,
             intensity=5,
             period=30,
             clock=self.clock,
@@ -145,21 +155,29 @@ class S1:
         """What the gateway's supervisor runs: S1's own supervisor as one child."""
         return [self.supervisor.as_child(shutdown_timeout=20)] if self.settings.enabled else []
 
-    async def _run_units(self, ctx: ChildContext) -> None:
-        if self._owns_store:
-            await self.store.open()
+    async def _run_store(self, ctx: ChildContext) -> None:
+        """Open the store S1 owns; a fresh one on every (re)start, since a closed one is done."""
+        assert self._store_path is not None
+        store = Store(self._store_path, site=self.gateway)
+        await store.open()
+        self.store = self.registry.store = store
+        ctx.ready()
         try:
-            await self.registry.sync_config(self.settings.capabilities)
-            for unit in self.settings.units:
-                with contextlib.suppress(Exception):  # a bad unit is logged by spawn; go on
-                    if not self._exists(unit.path):
-                        self.units.spawn_path(unit.path, unit.quotas)
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self.units.run(ctx), name="s1-unit-tree")
-                tg.create_task(self._write_tree_loop(), name="s1-tree-file")
+            await asyncio.Event().wait()
         finally:
-            if self._owns_store:
-                await asyncio.shield(self.store.close())
+            await asyncio.shield(store.close())
+
+    async def _run_units(self, ctx: ChildContext) -> None:
+        await self.registry.sync_config(self.settings.capabilities)
+        for unit in self.settings.units:
+            if not self._exists(unit.path):
+                try:
+                    self.units.spawn_path(unit.path, unit.quotas)
+                except SpawnRefusedError:
+                    log.exception("configured unit refused", extra={"unit": unit.path})
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.units.run(ctx), name="s1-unit-tree")
+            tg.create_task(self._write_tree_loop(), name="s1-tree-file")
 
     def _exists(self, path: str) -> bool:
         try:
