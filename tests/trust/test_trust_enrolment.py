@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 import pytest
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from trust_support import Cloud, serving
 
 from amcp.crypto import derive_link_keys
+from amcp.crypto.agreement import GatewayAgreement
+from amcp.crypto.keys import Ed25519Signer
 from amcp.crypto.keystore import KeyStore
-from amcp.crypto.pki import common_name
+from amcp.crypto.pki import common_name, make_csr, new_tls_key
 from amcp.link import CloudLinks, GatewayLink, read_secret, secrets_in_dir
 from amcp.runtime.settings import BrokerLink
 from amcp.wire import enrol as wire
@@ -234,3 +239,58 @@ async def test_a_gateway_cannot_enrol_under_a_service_account_name(
             await enrol(gateway_link, token, name, tmp_path / "gw", within_s=20)
     with pytest.raises(ValueError, match="invalid"):
         cloud.enrolment.issue_token(expires_s=60, gateway=name)
+
+
+def _request(token: wire.BootstrapToken, gw: str) -> wire.EnrolRequest:
+    signer = Ed25519Signer.generate(gw)
+    offer = GatewayAgreement(signer, cloud="cloud", epoch=1).offer
+    req = wire.EnrolRequest(
+        gateway=gw,
+        token_id=token.token_id,
+        request_id=wire.new_request_id(),
+        ts_ms=int(time.time() * 1000),
+        node_key=signer.entry().material,
+        csr=make_csr(new_tls_key(), gw),
+        epoch=1,
+        ephemeral=offer.ephemeral,
+        agreement_sig=offer.signature,
+    )
+    return wire.with_mac(wire.with_signature(req, signer), token.mac_key())
+
+
+def test_the_same_request_again_gets_the_same_answer_and_another_is_refused(
+    cloud_factory: Callable[..., Cloud],
+) -> None:
+    cloud = cloud_factory()
+    token = cloud.enrolment.issue_token(expires_s=60)
+    req = _request(token, "gw-r")
+    first = cloud.enrolment.handle(wire.encode(req), "gw-r")
+    again = cloud.enrolment.handle(wire.encode(req), "gw-r")
+    assert first is not None
+    assert first == again
+    other = cloud.enrolment.handle(wire.encode(_request(token, "gw-r")), "gw-r")
+    assert other is not None
+    answer = wire.decode(other)
+    assert isinstance(answer, wire.EnrolResponse)
+    assert not answer.ok
+    assert "already used" in answer.reason
+
+
+def test_a_request_on_another_gateways_topic_is_ignored(
+    cloud_factory: Callable[..., Cloud],
+) -> None:
+    cloud = cloud_factory()
+    token = cloud.enrolment.issue_token(expires_s=60)
+    assert cloud.enrolment.handle(wire.encode(_request(token, "gw-a")), "gw-b") is None
+    assert cloud.enrolment.store.token(token.token_id)[0].used_ms is None  # type: ignore[index]
+
+
+def test_garbage_requests_are_dropped_without_error(cloud_factory: Callable[..., Cloud]) -> None:
+    cloud = cloud_factory()
+
+    @settings(max_examples=100)
+    @given(st.binary(max_size=512) | st.builds(lambda b: b"\x82" + b, st.binary(max_size=64)))
+    def check(data: bytes) -> None:
+        assert cloud.enrolment.handle(data, "gw-x") is None
+
+    check()
