@@ -192,3 +192,22 @@ async def test_a_flooding_device_trips_its_units_memory_quota(
     assert (final.state, final.code) == ("failed", "refused")
     assert "over its quota of 2000" in (final.error or "")
     assert line.buffered_bytes == 0  # released when the command ended
+
+
+async def test_the_simulated_temperature_device_answers_its_capability(
+    store: Store, broker: MosquittoBroker, topic: str
+) -> None:
+    from gateway.s1.simulated import sampling_capability, temperature_handlers  # noqa: PLC0415
+
+    dev = device(broker, f"{topic}-temp", temperature_handlers())
+    s = S1Settings(capabilities=[sampling_capability(dev.device)])
+    rig = Rig(store, broker, s)
+    await rig.registry.sync_config(s.capabilities)
+    async with running(dev.run(), rig.executor.run(ChildContext("x"))):
+        await dev.subscribed.wait()
+        await rig.executor.wait_connected(10)
+        final = await rig.run("temp.sample", {"n": 2, "interval": 0})
+        refused = await rig.run("temp.sample", {"n": 2, "colour": "red"})
+    assert (final.state, final.data["n"]) == ("done", 2)
+    assert len([u for u in rig.updates if u.state == "result"]) == 2
+    assert (refused.state, refused.code) == ("failed", "bad_args")
