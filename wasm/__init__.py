@@ -26,7 +26,8 @@ from wasm.errors import (
     PolicySyntaxError,
     ResourceLimitError,
 )
-from wasm.host import AgentLimits, PolicyAgent
+from wasm.host import PolicyAgent
+from wasm.sandbox import AgentLimits
 from wasm.stage import PolicyConfig, PolicyStage, StageCounts
 
 __all__ = [

@@ -20,7 +20,8 @@ import msgspec
 from amcp.wire.telemetry import Reading
 from wasm.enforce import enforce
 from wasm.errors import AgentFaultError
-from wasm.host import AgentLimits, PolicyAgent
+from wasm.host import PolicyAgent
+from wasm.sandbox import AgentLimits
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from cybernetic.bench import progress
 from wasm._fastcall import FastCall
 from wasm.compiler import compile_policy
 from wasm.errors import AgentRunawayError
-from wasm.host import AgentLimits, PolicyAgent, engine, load_module
+from wasm.host import PolicyAgent
+from wasm.sandbox import AgentLimits, engine, load_module
 
 DESCRIPTION = "policy agents: decisions/s, single-decision latency vs bare and generic wasm calls"
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from wasm._fastcall import SUPPORTED_MAJOR, FastCall, check_bindings
 from wasm.errors import AgentFaultError, AgentRunawayError
-from wasm.host import engine
+from wasm.sandbox import engine
 
 Inst = tuple[wasmtime.Store, wasmtime.Instance]
 WAT = """(module

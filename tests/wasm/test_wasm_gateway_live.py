@@ -45,12 +45,16 @@ async def test_policy_enforced_on_live_telemetry(tmp_path: Path) -> None:
         await asyncio.to_thread(_wait_cloud_serving, stack)
         config = load(stack.gateway_config, GatewayConfig)
         stage = PolicyStage.from_config(PolicyConfig(file="live.policy"), base=tmp_path)
-        gateway = asyncio.create_task(Gateway(config, stages=[stage]).serve())
-        await asyncio.to_thread(stack.wait_gateway_ready)
+        gw = Gateway(config, stages=[stage])
+        gateway = asyncio.create_task(gw.serve())
+        # in-process the metrics server answers before ingest subscribes: ask the parts
+        async with asyncio.timeout(60):
+            while not (gw.ingest.connected and gw.uplink.connected):  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.05)
         # publish_readings sends temp = 20 + seq % 10 and load = seq % 100
         await publish_readings(stack.edge.host, stack.edge.port, "dev-p", password, range(1, 101))
         kept = [s for s in range(1, 101) if 20 + s % 10 < 28]
-        assert await asyncio.to_thread(stack.wait_cloud_count, len(kept), 60) == len(kept)
+        assert await asyncio.to_thread(stack.wait_cloud_count, len(kept), 90) == len(kept)
         with contextlib.closing(sqlite3.connect(stack.cloud_db)) as db:
             rows = dict(db.execute('SELECT seq, "values" FROM readings').fetchall())
         assert sorted(rows) == kept

@@ -15,7 +15,8 @@ from wasm.errors import (
     MalformedModuleError,
     ResourceLimitError,
 )
-from wasm.host import AgentLimits, PolicyAgent
+from wasm.host import PolicyAgent
+from wasm.sandbox import AgentLimits
 
 SOURCE = 'rule hot when t > 8 then flag because "hot"'
 
