@@ -96,6 +96,33 @@ def test_gateway_runs_hardened_and_is_restarted_after_a_crash(device: Container)
     assert box.show(UNIT, "StatusText").startswith("ingest up"), details()
     assert "cybernetic_outbox_rows" in box.sh("python3", "-c", FETCH, METRICS).stdout
 
+    # a hung event loop: the daemon's watchdog pings stop and systemd kills and restarts it
+    # (a 2 s period through a drop-in, so the test waits seconds, not the shipped 30 s)
+    dropin = box.root / "etc/systemd/system/cybernetic-gateway.service.d/watchdog.conf"
+    dropin.parent.mkdir(parents=True)
+    dropin.write_text("[Service]\nWatchdogSec=2s\n")
+    box.sh("systemctl", "daemon-reload")
+    box.sh("systemctl", "restart", UNIT)
+    pings: set[str] = set()
+
+    def pinged_three_times() -> bool:
+        pings.add(box.show(UNIT, "WatchdogTimestampMonotonic"))
+        return len(pings) >= 3
+
+    wait_for("three watchdog pings", pinged_three_times, 15, details)
+    restarts, pid = int(box.show(UNIT, "NRestarts")), box.show(UNIT, "MainPID")
+    box.sh("kill", "-STOP", pid)
+    wait_for(
+        "the watchdog to restart the hung gateway",
+        lambda: (
+            int(box.show(UNIT, "NRestarts")) == restarts + 1
+            and box.show(UNIT, "ActiveState") == "active"
+        ),
+        60,
+        details,
+    )
+    assert "Failed with result 'watchdog'" in box.journal(UNIT)
+
     # a clean stop is a staged shutdown, not a kill
     box.sh("systemctl", "stop", UNIT)
     assert box.show(UNIT, "Result") == "success", details()
