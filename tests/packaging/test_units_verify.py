@@ -72,3 +72,19 @@ def test_verify_reports_a_bad_directive(root: Path) -> None:
 def test_verify_reports_a_missing_executable(root: Path) -> None:
     (root / "opt/cybernetic-edge/bin/cybernetic").unlink()
     assert "is not executable" in verify(root, "cybernetic-gateway.service")
+
+
+def test_serial_devices_example_drop_in_verifies_clean(root: Path) -> None:
+    """The documented drop-in for serial field devices loads on top of the shipped unit."""
+    dropins = root / "etc/systemd/system/cybernetic-gateway.service.d"
+    dropins.mkdir(parents=True)
+    shutil.copy(REPO / "systemd/examples/serial-devices.conf", dropins)
+    assert verify(root, "cybernetic-gateway.service") == ""
+    merged = run(
+        "systemd-analyze",
+        "cat-config",
+        f"--root={root}",
+        "systemd/system/cybernetic-gateway.service.d/serial-devices.conf",
+        check=False,
+    )
+    assert "DeviceAllow=/dev/ttyUSB0 rw" in merged.stdout, merged.stdout + merged.stderr
