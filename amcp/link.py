@@ -106,6 +106,15 @@ class CloudLinks:
             raise SourceMismatchError(opened.header.key_id, gateway, opened.header.source)
         return opened
 
+    def open_retained(self, gateway: str, data: bytes, topic: str) -> Opened | None:
+        """Open a retained message (a capability announcement): judged by its version, not
+        by clock window or nonce; ``None`` means "not newer than one already seen"."""
+        self._ensure(gateway)
+        opened = self.opener.open(data, topic, retained=True)
+        if opened is not None and opened.header.source != gateway:
+            raise SourceMismatchError(opened.header.key_id, gateway, opened.header.source)
+        return opened
+
     def seal(
         self, gateway: str, message: Message, topic: str, context: Context | None = None
     ) -> bytes:

@@ -4,7 +4,8 @@ Tree (rest_for_one)::
 
     cloud
     ├── readings    the SQLite reading store
-    └── ingest      cloud broker → store → ack to the gateway
+    ├── ingest      cloud broker → store → ack to the gateway
+    └── s1          capability registry from announcements, intent router
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Superviso
 from cloud.config import CloudConfig
 from cloud.ingest import CloudIngest
 from cloud.readings import ReadingStore
+from cloud.s1 import CloudS1
 
 
 class Cloud:
@@ -37,11 +39,15 @@ class Cloud:
             window_s=config.links.clock_window,
         )
         self.ingest = CloudIngest(config, self.store, self.registry, self.links)
+        self.s1 = CloudS1(
+            config.s1, state / "s1.sqlite3", self.links, broker=config.broker, site=config.cloud.id
+        )
         self.supervisor = Supervisor(
             "cloud",
             [
                 ChildSpec("readings", self._run_store, wait_ready=True, shutdown_timeout=10),
                 ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
+                *self.s1.child_specs(),
             ],
             strategy=Strategy.REST_FOR_ONE,
             intensity=5,

@@ -7,6 +7,7 @@ from typing import Annotated
 import msgspec
 
 from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings
+from cloud.s1 import CloudS1Settings
 
 
 class CloudSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -31,6 +32,7 @@ class CloudConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     broker: BrokerLink = msgspec.field(default_factory=lambda: BrokerLink(username="cloud"))
     ingest: CloudIngestSettings = msgspec.field(default_factory=CloudIngestSettings)
     links: LinkSettings = msgspec.field(default_factory=LinkSettings)
+    s1: CloudS1Settings = msgspec.field(default_factory=CloudS1Settings)
     metrics: MetricsSettings = msgspec.field(
         default_factory=lambda: MetricsSettings(listen="127.0.0.1:9465")
     )

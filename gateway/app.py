@@ -6,7 +6,8 @@ Tree (rest_for_one: a part depends on those started before it)::
     ├── outbox      opens the SQLite outbox; expires old rows
     ├── s2          load signals → adaptive limits, zombies, leases; S2 events → outbox
     ├── uplink      outbox → cloud broker, deletes on the cloud's ack
-    └── ingest      local broker → outbox, acknowledges after commit
+    ├── ingest      local broker → S2 limits → WASM policy → outbox, acknowledges after commit
+    └── s1          capabilities, intent dispatch, child units (gateway.s1)
 
 The outbox starts first and stops last, so nothing is written to a closed database.
 """
@@ -26,8 +27,10 @@ from gateway.config import GatewayConfig
 from gateway.ingest import Ingest, Stage
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox
+from gateway.s1 import S1
 from gateway.s2.service import S2Service
 from gateway.uplink import Uplink
+from wasm import PolicyAgent, PolicyStage
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,24 @@ class Gateway:
             ingest_backlog=lambda: self.ingest.backlog,
         )
         self.s2.register(self.metrics.registry)
+        self.policy: PolicyStage | None = None
+        ingest_stages: list[Stage] = [self.s2.stage]
+        if config.policy is not None:
+            base = config_path.parent if config_path is not None else None
+            self.policy = PolicyStage.from_config(config.policy, base=base)
+            self.metrics.watch_policy(self.policy.counts)
+            ingest_stages.append(self.policy)
         self.ingest = Ingest(
-            config, self.outbox, self.metrics, stages=[self.s2.stage, *(stages or [])]
+            config, self.outbox, self.metrics, stages=[*ingest_stages, *(stages or [])]
+        )
+        self.s1 = S1(
+            config.s1,
+            state / "s1.sqlite3",
+            self.link,
+            gateway=config.gateway.id,
+            local_broker=config.local_broker,
+            cloud_broker=config.uplink.broker,
+            state_dir=state,
         )
         self.metrics.watch(self.outbox.snapshot, self.uplink.status)
         self.supervisor = Supervisor(
@@ -77,11 +96,13 @@ class Gateway:
                 ChildSpec("s2", self._run_s2, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("uplink", self.uplink.run, shutdown_timeout=5),
                 ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
+                *self.s1.child_specs(),
             ],
             strategy=Strategy.REST_FOR_ONE,
             intensity=5,
             period=30,
         )
+        self.supervisor.add_subtree(self.s1.supervisor)
 
     async def _run_outbox(self, ctx: ChildContext) -> None:
         await self.outbox.open()
@@ -108,6 +129,12 @@ class Gateway:
         new = load(self.config_path, GatewayConfig)
         # live-tunable settings; a changed broker address or id needs a restart
         self.config.ingest.devices[:] = new.ingest.devices
+        self.s2.gate.apply(new.s2.limits)
+        if self.policy is not None and new.policy is not None:
+            agent = await asyncio.to_thread(
+                PolicyAgent.load, new.policy.file, zones=new.policy.zones or None
+            )
+            self.policy.swap(agent)
         log.info("configuration reloaded", extra={"path": str(self.config_path)})
 
     async def serve(self) -> int:

@@ -8,7 +8,9 @@ from typing import Annotated
 import msgspec
 
 from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings, Seconds
+from gateway.s1 import S1Settings
 from gateway.s2.config import S2Config
+from wasm import PolicyConfig
 
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -69,6 +71,9 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
     uplink: UplinkSettings = msgspec.field(default_factory=UplinkSettings)
+    s1: S1Settings = msgspec.field(default_factory=S1Settings)
     s2: S2Config = msgspec.field(default_factory=S2Config)
+    policy: PolicyConfig | None = None
+    """A WASM policy enforced at ingest (drop / flag / transform), docs/policy-language.md."""
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.outbox import OutboxStats
@@ -52,6 +53,19 @@ class _StateCollector(Collector):
         )
 
 
+class _PolicyCollector(Collector):
+    def __init__(self, counts: Any) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "cybernetic_policy_decisions", "WASM policy decisions at ingest", labels=["decision"]
+        )
+        for name in ("allowed", "flagged", "denied", "transformed", "faults"):
+            family.add_metric([name], float(getattr(self._counts, name, 0)))
+        yield family
+
+
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -83,6 +97,10 @@ class GatewayMetrics:
         self.acked = Counter(
             "cybernetic_uplink_acked_readings", "Readings acknowledged by the cloud", registry=r
         )
+
+    def watch_policy(self, counts: Any) -> None:
+        """Export a policy stage's running totals (wasm.stage.StageCounts)."""
+        self.registry.register(_PolicyCollector(counts))
 
     def watch(
         self, stats: Callable[[], OutboxStats], uplink: Callable[[], tuple[bool, float]]

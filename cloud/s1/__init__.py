@@ -19,7 +19,7 @@ from amcp.runtime.mqtt import Backoff, make_client
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext, ChildSpec
 from amcp.store import Store
-from amcp.wire import EnvelopeError, Opened, SourceMismatchError
+from amcp.wire import EnvelopeError, Opened
 from amcp.wire.messages import CapabilityAnnouncement
 from cloud.s1.registry import CloudCapabilityRegistry, Owner
 from cloud.s1.router import IntentRouter, Routed, RouterNotConnectedError
@@ -48,11 +48,7 @@ def open_envelope(
     """
     if not retained:
         return links.open(gateway, data, topic)
-    links._ensure(gateway)  # noqa: SLF001 - TODO: CloudLinks.open(..., retained=True)
-    opened = links.opener.open(data, topic, retained=True)
-    if opened is not None and opened.header.source != gateway:
-        raise SourceMismatchError(opened.header.key_id, gateway, opened.header.source)
-    return opened
+    return links.open_retained(gateway, data, topic)
 
 
 class CloudS1:

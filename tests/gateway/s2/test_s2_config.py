@@ -11,7 +11,7 @@ from gateway.s2.config import AdaptiveConfig, RateLimit, S2Config
 
 def test_defaults_decode() -> None:
     config = from_dict({}, S2Config, environ={})
-    assert config.limits.device == RateLimit(rate=100.0, burst=200)
+    assert config.limits.device == RateLimit(rate=1_000.0, burst=100_000)
     assert config.phi.threshold == 8.0
     assert set(config.limits.adaptive.signals) == {"ingest_backlog", "outbox_depth", "cpu"}
 
