@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -22,6 +22,11 @@ from amcp.crypto.keys import ED25519, KeyEntry, ed25519_key_id, hmac_key_id
 
 Verify = Callable[[bytes, bytes], bool]
 """``verify(signature, data) -> bool``; constant-time for HMAC."""
+
+Buffer = bytes | memoryview
+VerifyParts = Callable[[Buffer, Sequence[Buffer]], bool]
+"""``verify(signature, parts) -> bool`` over the concatenation of ``parts``, without making it:
+envelopes are verified straight from views into the received frame (no copy of the payload)."""
 
 
 class KeyringFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,11 +46,31 @@ def _ed25519_verifier(public_raw: bytes) -> Verify:
     return verify
 
 
+def _ed25519_parts_verifier(verify: Verify) -> VerifyParts:
+    def verify_parts(signature: Buffer, parts: Sequence[Buffer]) -> bool:
+        return verify(bytes(signature), b"".join(parts))
+
+    return verify_parts
+
+
 def _hmac_verifier(secret: bytes) -> Verify:
     def verify(signature: bytes, data: bytes) -> bool:
         return hmac.compare_digest(hmac.digest(secret, data, "sha256"), signature)
 
     return verify
+
+
+def _hmac_parts_verifier(secret: bytes) -> VerifyParts:
+    # keyed once: each check copies the state with the key's inner and outer pads absorbed
+    keyed = hmac.new(secret, digestmod="sha256")
+
+    def verify_parts(signature: Buffer, parts: Sequence[Buffer]) -> bool:
+        h = keyed.copy()
+        for part in parts:
+            h.update(part)
+        return hmac.compare_digest(h.digest(), signature)
+
+    return verify_parts
 
 
 def _check_id(entry: KeyEntry) -> None:
@@ -62,7 +87,8 @@ def _check_id(entry: KeyEntry) -> None:
 
 class Keyring:
     def __init__(self, entries: Iterable[KeyEntry] = ()) -> None:
-        self._entries: dict[str, tuple[KeyEntry, Verify]] = {}
+        # one mapping, replaced whole on change: a reader sees an entry with its verifiers
+        self._entries: dict[str, tuple[KeyEntry, Verify, VerifyParts]] = {}
         for entry in entries:
             self.add(entry)
 
@@ -74,12 +100,23 @@ class Keyring:
             if entry.alg == ED25519
             else _hmac_verifier(entry.material)
         )
+        parts = (
+            _ed25519_parts_verifier(verifier)
+            if entry.alg == ED25519
+            else _hmac_parts_verifier(entry.material)
+        )
         entries = dict(self._entries)
-        entries[entry.key_id] = (entry, verifier)
+        entries[entry.key_id] = (entry, verifier, parts)
         self._entries = entries
 
     def get(self, key_id: str) -> tuple[KeyEntry, Verify] | None:
-        return self._entries.get(key_id)
+        found = self._entries.get(key_id)
+        return None if found is None else (found[0], found[1])
+
+    def get_parts(self, key_id: str) -> tuple[KeyEntry, VerifyParts] | None:
+        """Like :meth:`get`, with a verifier over parts of the signed bytes."""
+        found = self._entries.get(key_id)
+        return None if found is None else (found[0], found[2])
 
     def entry(self, key_id: str) -> KeyEntry:
         found = self._entries.get(key_id)
@@ -88,7 +125,7 @@ class Keyring:
         return found[0]
 
     def entries(self) -> list[KeyEntry]:
-        return [e for e, _ in self._entries.values()]
+        return [found[0] for found in self._entries.values()]
 
     def retire(self, key_id: str, not_after_ms: int) -> None:
         """Start the rotation overlap: the key verifies until ``not_after_ms``, then never."""

@@ -134,6 +134,18 @@ class ReplayGuard:
         self.false_positives = 0
         self.floor_ms = 0
         self._load()
+        # the containers are only ever changed in place: bind them once for the hot loop
+        self._hot = (
+            self._counters,
+            self._dirty.add,
+            self._counter_window,
+            self._counter_mask,
+            self._gens,
+            self._sender_keys,
+            self._mul,
+            self.gen_ms,
+            self._store,
+        )
 
     # -- persistence ------------------------------------------------------------------
     def _meta(self, key: str) -> bytes | None:
@@ -245,17 +257,11 @@ class ReplayGuard:
         out: list[Verdict] = []
         append = out.append
         floor = self.floor_ms
-        counters = self._counters
-        mark_dirty = self._dirty.add
-        window = self._counter_window
-        window_mask = self._counter_mask
-        gens = self._gens
-        sender_keys = self._sender_keys
-        mul = self._mul
-        gen_ms = self.gen_ms
-        store = self._store
-        flush_every = self._flush_every
         unflushed = self._unflushed
+        (counters, mark_dirty, window, window_mask, gens, sender_keys, mul, gen_ms, store) = (
+            self._hot
+        )
+        flush_every = self._flush_every
         for sender, ts_ms, nonce, epoch, counter in items:
             if ts_ms < floor:
                 append(_BEFORE)

@@ -12,6 +12,8 @@ strings (the same idea as COSE_Sign1's Sig_structure; docs/wire.md has the byte 
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import msgspec
 
 from amcp.wire.errors import MalformedEnvelopeError, OversizedEnvelopeError, UnsupportedVersionError
@@ -33,6 +35,16 @@ class Frame(msgspec.Struct, array_like=True, frozen=True):
     header: bytes
     payload: bytes
     signature: bytes
+
+
+class FrameView(msgspec.Struct, array_like=True, frozen=True):
+    """:class:`Frame` decoded without copying: the byte fields are views into the input, so
+    a verifier hashes the payload where it arrived (it is most of the frame)."""
+
+    version: int
+    header: memoryview
+    payload: memoryview
+    signature: memoryview
 
 
 class Header(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -57,24 +69,30 @@ class Header(msgspec.Struct, frozen=True, omit_defaults=True):
     counter: int | None = None
 
 
+_B = TypeVar("_B", bytes, memoryview)
+Buffer = bytes | memoryview
+_F = TypeVar("_F", Frame, FrameView)
+
 _FRAME_ENCODER = msgspec.msgpack.Encoder()
 _FRAME_DECODER = msgspec.msgpack.Decoder(Frame)
+_VIEW_DECODER = msgspec.msgpack.Decoder(FrameView)
 _HEADER_DECODER = msgspec.msgpack.Decoder(Header)
 
 
 def signing_input(version: int, topic: bytes, header: bytes, payload: bytes) -> bytes:
     """The canonical bytes a signature covers: every field but the signature, and the topic."""
-    return b"".join(
-        (
-            _PREFIX,
-            version.to_bytes(1, "big"),
-            len(topic).to_bytes(4, "big"),
-            topic,
-            len(header).to_bytes(4, "big"),
-            header,
-            payload,
-        )
-    )
+    return b"".join(signing_parts(topic_prefix(version, topic), header, payload))
+
+
+def topic_prefix(version: int, topic: bytes) -> bytes:
+    """The start of :func:`signing_input`, fixed per (version, topic): verifiers cache it."""
+    return b"".join((_PREFIX, version.to_bytes(1, "big"), len(topic).to_bytes(4, "big"), topic))
+
+
+def signing_parts(prefix: bytes, header: Buffer, payload: _B) -> tuple[bytes, _B]:
+    """:func:`signing_input` as two parts whose concatenation it is: a small head (prefix and
+    header) and the payload, hashed where it lies instead of joined into a copy."""
+    return b"".join((prefix, len(header).to_bytes(4, "big"), header)), payload
 
 
 def encode_header(header: Header) -> bytes:
@@ -87,10 +105,23 @@ def encode_frame(header: bytes, payload: bytes, signature: bytes) -> bytes:
 
 def decode_frame(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> tuple[Frame, Header]:
     """Size, then structure: raises only :class:`MalformedEnvelopeError` and its subclasses."""
+    return _decode(_FRAME_DECODER, data, max_bytes)
+
+
+def decode_frame_view(
+    data: bytes, max_bytes: int = MAX_FRAME_BYTES
+) -> tuple[FrameView, Header]:
+    """:func:`decode_frame` without copying the byte fields (views into ``data``)."""
+    return _decode(_VIEW_DECODER, data, max_bytes)
+
+
+def _decode(
+    decoder: msgspec.msgpack.Decoder[_F], data: bytes, max_bytes: int
+) -> tuple[_F, Header]:
     if len(data) > max_bytes:
         raise OversizedEnvelopeError("frame", len(data), max_bytes)
     try:
-        frame = _FRAME_DECODER.decode(data)
+        frame = decoder.decode(data)
     except (msgspec.DecodeError, ValueError, RecursionError) as exc:
         raise MalformedEnvelopeError(f"not an aMCP frame: {exc}") from None
     if frame.version != WIRE_VERSION:

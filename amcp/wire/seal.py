@@ -28,10 +28,12 @@ from amcp.wire.envelope import (
     MAX_TOPIC_BYTES,
     WIRE_VERSION,
     Header,
-    decode_frame,
+    decode_frame_view,
     encode_frame,
     encode_header,
     signing_input,
+    signing_parts,
+    topic_prefix,
 )
 from amcp.wire.errors import (
     BadSignatureError,
@@ -47,13 +49,18 @@ from amcp.wire.errors import (
 from amcp.wire.messages import MESSAGE_DECODER, RETAINED_KINDS, Message, encode_message, kind_of
 
 DEFAULT_WINDOW_S = 90.0
+_MAX_TOPICS = 1024
 
 
 class Verified(msgspec.Struct, frozen=True):
-    """An authentic, fresh envelope whose payload has not been decoded yet."""
+    """An authentic, fresh envelope whose payload has not been decoded yet.
+
+    ``payload`` is a read-only view into the received frame (not copied: it is most of the
+    frame); ``bytes(verified.payload)`` to keep it beyond the frame.
+    """
 
     header: Header
-    payload: bytes
+    payload: bytes | memoryview
     topic: str
 
 
@@ -133,16 +140,29 @@ class Opener:
         self._clock = clock or time
         self._window_ms = int(window_s * 1000)
         self._max_bytes = max_bytes
+        self._prefixes: dict[str, bytes] = {}
+
+    def _topic_prefix(self, topic: str) -> bytes:
+        """The signing-input prefix for ``topic``, cached (a link uses a handful of topics)."""
+        prefix = self._prefixes.get(topic)
+        if prefix is None:
+            if len(self._prefixes) >= _MAX_TOPICS:
+                self._prefixes = {}
+            prefix = topic_prefix(WIRE_VERSION, _encode_topic(topic))
+            self._prefixes = {**self._prefixes, topic: prefix}  # replaced whole: thread-safe
+        return prefix
 
     def verify(self, data: bytes, topic: str, *, retained: bool = False) -> Verified:
         """Every check but payload decoding. ``retained`` skips window and replay checks for
         retained-kind messages, which the caller then judges by version (:meth:`open`)."""
-        frame, header = decode_frame(data, self._max_bytes)
+        if type(data) is not bytes:
+            data = bytes(data)  # views below must not see the caller change the buffer
+        frame, header = decode_frame_view(data, self._max_bytes)
         now_ms = int(self._clock.time() * 1000)
         retained = retained and header.kind in RETAINED_KINDS
         if not retained and abs(header.ts_ms - now_ms) > self._window_ms:
             raise StaleEnvelopeError(header.ts_ms, now_ms, self._window_ms)
-        found = self.keyring.get(header.key_id)
+        found = self.keyring.get_parts(header.key_id)
         if found is None:
             raise UnknownKeyError(header.key_id)
         entry, check = found
@@ -152,7 +172,7 @@ class Opener:
             raise ExpiredKeyError(entry.key_id, entry.not_after_ms)
         if entry.owner != header.source:
             raise SourceMismatchError(entry.key_id, entry.owner, header.source)
-        signed = signing_input(frame.version, _encode_topic(topic), frame.header, frame.payload)
+        signed = signing_parts(self._topic_prefix(topic), frame.header, frame.payload)
         if not check(frame.signature, signed):
             raise BadSignatureError(entry.key_id)
         if not retained:
@@ -188,7 +208,7 @@ class Opener:
         return Opened(verified.header, message, topic)
 
 
-def decode_payload(header: Header, payload: bytes) -> Message:
+def decode_payload(header: Header, payload: bytes | memoryview) -> Message:
     """The message inside an envelope; its kind must match the (signed) header's kind."""
     try:
         message = MESSAGE_DECODER.decode(payload)
