@@ -14,6 +14,7 @@ import json
 import random
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,6 +23,32 @@ from pathlib import Path
 import aiomqtt
 
 from cybernetic.stack import Stack, scrape
+from gateway.s1.responder import DeviceResponder
+from gateway.s1.simulated import temperature_handlers
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEMO_CAPABILITY = {
+    "name": "temp.sample",
+    "device": "sensor-01",
+    "action": "sample",
+    "description": "stream n temperature samples from sensor-01, then their mean",
+    "timeout": 30.0,
+    "input_schema": {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "minimum": 1, "maximum": 100},
+            "interval": {"type": "number", "minimum": 0, "maximum": 5},
+        },
+    },
+}
+
+
+def _gateway_overrides() -> dict[str, object]:
+    overrides: dict[str, object] = {"s1": {"capabilities": [DEMO_CAPABILITY]}}
+    policy = EXAMPLES / "policies" / "demo.policy"
+    if policy.exists():  # shipped with the source tree and the package
+        overrides["policy"] = {"file": str(policy)}
+    return overrides
 
 
 @dataclass
@@ -74,9 +101,41 @@ def _account(stack: Stack, devices: list[SimulatedDevice], elapsed: float) -> st
         f" | gateway stored {int(g.get('cybernetic_ingest_stored_readings_total', 0))}"
         f", outbox {int(g.get('cybernetic_outbox_rows', 0))} rows"
         f", uplink {'up' if g.get('cybernetic_uplink_connected') else 'down'}"
+        f", policy flagged {int(g.get('cybernetic_policy_decisions_total:decision=flagged', 0))}"
         f" | cloud stored {int(c.get('cybernetic_cloud_stored_readings_total', 0))}"
         f", duplicates {int(c.get('cybernetic_cloud_duplicate_readings_total', 0))}"
     )
+
+
+async def _send_intent(stack: Stack, started: float) -> None:
+    """Once the gateway announced its capabilities, send the demo intent and show its stream."""
+    await asyncio.sleep(3)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cybernetic",
+        "intent",
+        "send",
+        "temp.sample",
+        "--args",
+        '{"n": 4, "interval": 0.4}',
+        "-c",
+        str(stack.cloud_config),
+        "--timeout",
+        "20",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    _say(f"[{time.monotonic() - started:6.1f}s] intent temp.sample sent to sensor-01's capability")
+    try:
+        async for line in proc.stdout:
+            _say(f"           intent | {line.decode(errors='replace').rstrip()}")
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def run_demo(opts: DemoOptions) -> int:
@@ -86,7 +145,7 @@ async def run_demo(opts: DemoOptions) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    stack = Stack(state, gateway_id="demo-gw")
+    stack = Stack(state, gateway_id="demo-gw", gateway=_gateway_overrides())
     try:
         devices = [
             SimulatedDevice(name, stack.add_device(name), opts.interval)
@@ -102,8 +161,17 @@ async def run_demo(opts: DemoOptions) -> int:
         )
         started = time.monotonic()
         deadline = started + opts.duration if opts.duration else None
+        responder = DeviceResponder(
+            devices[0].name,
+            temperature_handlers(),
+            host=stack.edge.host,
+            port=stack.edge.port,
+            password=devices[0].password,
+        )
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(d.run(stack.edge.host, stack.edge.port)) for d in devices]
+            tasks.append(tg.create_task(responder.run()))
+            tasks.append(tg.create_task(_send_intent(stack, started)))
             try:
                 while not stop.is_set():
                     left = 2.0 if deadline is None else deadline - time.monotonic()

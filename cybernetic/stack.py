@@ -35,7 +35,8 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def scrape(port: int, timeout: float = 2.0) -> dict[str, float]:
-    """Sum every sample of a Prometheus endpoint by sample name ({} when unreachable)."""
+    """Every sample of a Prometheus endpoint ({} when unreachable): summed by sample name, and
+    also by ``name:label=value`` for each label, e.g. ``x_total:decision=flagged``."""
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=timeout).text
     except httpx.HTTPError:
@@ -44,6 +45,9 @@ def scrape(port: int, timeout: float = 2.0) -> dict[str, float]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             out[sample.name] = out.get(sample.name, 0.0) + sample.value
+            for label, value in sample.labels.items():
+                key = f"{sample.name}:{label}={value}"
+                out[key] = out.get(key, 0.0) + sample.value
     return out
 
 
