@@ -10,6 +10,7 @@ duplicate readings and acknowledges again). After a reconnect every open batch i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ class _WireBatch(msgspec.Struct, frozen=True, tag="telemetry.batch", omit_defaul
     gateway: str
     readings: list[msgspec.Raw]
     events: list[msgspec.Raw] = msgspec.field(default_factory=list)
+
+
+IDLE_RECHECK_S = 1.0
+"""An idle uplink looks at the outbox at least this often, whatever it was told."""
 
 
 def telemetry_topic(prefix: str, gateway: str) -> str:
@@ -131,10 +136,13 @@ class Uplink:
                 self._slot.clear()
                 await self._slot.wait()
                 continue
+            # clear before looking: an append that lands while we look sets it again, so
+            # its rows are never left waiting for the next reading to arrive
+            self.outbox.appended.clear()
             batch = await self.outbox.next_batch(s.batch_max)
             if batch is None:
-                self.outbox.appended.clear()
-                await self.outbox.appended.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.outbox.appended.wait(), IDLE_RECHECK_S)
                 if s.batch_interval:  # let a batch fill up a little when traffic is light
                     await asyncio.sleep(s.batch_interval)
                 continue
