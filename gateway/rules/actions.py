@@ -1,0 +1,275 @@
+"""What a fired rule does: events and alerts to the cloud, device commands, capabilities.
+
+Matching runs on the ingest path and must never wait for an action, so the stage only
+*submits*; this runner does the work on its own tasks:
+
+- **events, alerts and algedonic signals** become :class:`~amcp.wire.telemetry.EventRecord`
+  rows in the outbox, in batches. The outbox is durable and the uplink forwards it when the
+  cloud is reachable, so an alert raised during a week offline still arrives. An algedonic
+  signal is an event named ``algedonic`` with severity ``critical`` (the fields of
+  :class:`~amcp.wire.messages.AlgedonicSignal` in ``attrs``); routing it to its own priority
+  topic on the cloud side is a later issue. A failing append is retried until it succeeds.
+- **device commands** are published on the local broker as the JSON the S1 device protocol
+  defines (``devices/{device}/commands/{id}``, :mod:`gateway.s1.devicewire`), QoS 1;
+- **capabilities** are callables registered by name (S1 provides them), sync or async.
+
+Commands and capabilities are retried with exponential backoff and jitter
+(``retry_attempts``); one that still fails is counted and reported to the cloud as a
+``rules.action.failed`` event. Nothing here can stop matching: a full queue drops the new
+action and counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+
+from amcp.runtime.mqtt import Backoff, make_client
+from amcp.runtime.settings import BrokerLink
+from amcp.wire.telemetry import EventRecord
+from gateway.rules.manager import Entry
+from gateway.rules.model import (
+    ActionSpec,
+    AlgedonicAction,
+    CapabilityAction,
+    CommandAction,
+    EventAction,
+)
+from gateway.rules.settings import RulesSettings
+from gateway.s1.devicewire import ENCODER, DeviceCommand, command_topic
+
+log = logging.getLogger(__name__)
+
+Capability = Callable[[Mapping[str, Any], Mapping[str, Any]], object]
+"""Called as ``capability(args, event)``; may return an awaitable, which is awaited."""
+AppendEvents = Callable[[list[EventRecord]], Awaitable[object]]
+
+
+class PermanentActionError(Exception):
+    """An action that cannot succeed by retrying (unknown capability, no device to address)."""
+
+
+class NotConnectedError(ConnectionError):
+    """The local broker connection is down; a command waits for the next attempt."""
+
+
+@dataclass(frozen=True)
+class Job:
+    rule_id: str
+    spec: CommandAction | CapabilityAction
+    event: Mapping[str, Any]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _reading_attrs(rule_id: str, kind: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "rule": rule_id,
+        "kind": kind,
+        "reading": {k: event[k] for k in ("boot", "seq", "ts_ms") if k in event},
+        "values": event.get("values", {}),
+    }
+
+
+def event_record(
+    rule_id: str,
+    entry: Entry,
+    spec: EventAction | AlgedonicAction,
+    event: Mapping[str, Any],
+    gateway: str,
+) -> EventRecord:
+    """The outbox row for an event-like action (pure: used by ``patterns test`` as well)."""
+    source = str(event.get("device", gateway))
+    attrs = _reading_attrs(rule_id, entry.kind, event)
+    if isinstance(spec, AlgedonicAction):
+        attrs |= {
+            "valence": spec.valence,
+            "intensity": spec.intensity,
+            "origin": f"rules/{gateway}/{rule_id}",
+            "reason": spec.reason or f"rule {rule_id} fired for {source}",
+        }
+        return EventRecord("algedonic", _now_ms(), source, "critical", attrs)
+    if spec.message:
+        attrs["message"] = spec.message
+    return EventRecord(spec.name or f"rules.{rule_id}", _now_ms(), source, spec.severity, attrs)
+
+
+class ActionRunner:
+    def __init__(
+        self,
+        settings: RulesSettings,
+        append_events: AppendEvents,
+        *,
+        gateway: str,
+        local_broker: BrokerLink | None = None,
+        capabilities: Mapping[str, Capability] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self._append = append_events
+        self.local_broker = local_broker
+        self.capabilities: dict[str, Capability] = dict(capabilities or {})
+        self.records: asyncio.Queue[EventRecord] = asyncio.Queue(maxsize=settings.queue_max)
+        self.jobs: asyncio.Queue[Job] = asyncio.Queue(maxsize=settings.queue_max)
+        self.counts: Counter[tuple[str, str]] = Counter()
+        """(action type, outcome) → count; outcomes: ok, retried, failed, dropped."""
+        self._client: aiomqtt.Client | None = None
+        self._warned: set[str] = set()
+
+    def register_capability(self, name: str, fn: Capability) -> None:
+        self.capabilities[name] = fn
+
+    # -- submitting (on the event loop, from the ingest stage) ---------------------------
+    def submit(self, rule_id: str, entry: Entry, event: Mapping[str, Any]) -> None:
+        for spec in entry.actions:
+            self._submit_one(rule_id, entry, spec, event)
+
+    def _submit_one(
+        self, rule_id: str, entry: Entry, spec: ActionSpec, event: Mapping[str, Any]
+    ) -> None:
+        kind = spec.__struct_config__.tag
+        try:
+            if isinstance(spec, EventAction | AlgedonicAction):
+                self.records.put_nowait(event_record(rule_id, entry, spec, event, self.gateway))
+                self.counts[str(kind), "ok"] += 1
+            else:
+                self.jobs.put_nowait(Job(rule_id, spec, event))
+        except asyncio.QueueFull:
+            self.counts[str(kind), "dropped"] += 1
+
+    def report(self, record: EventRecord) -> None:
+        """Queue an event of the rules service itself (refusals, swaps, failed actions)."""
+        try:
+            self.records.put_nowait(record)
+        except asyncio.QueueFull:
+            self.counts["report", "dropped"] += 1
+
+    # -- running --------------------------------------------------------------------------
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._write_events(), name="rules-events")
+            for i in range(self.settings.workers):
+                tg.create_task(self._work(), name=f"rules-action-{i}")
+            if self.local_broker is not None:
+                tg.create_task(self._broker(self.local_broker), name="rules-broker")
+
+    async def _write_events(self) -> None:
+        s = self.settings
+        while True:
+            batch = [await self.records.get()]
+            while not self.records.empty() and len(batch) < 1000:
+                batch.append(self.records.get_nowait())
+            backoff = Backoff(s.retry_initial, s.retry_max)
+            while True:  # the outbox is the guarantee: keep the batch until it is stored
+                try:
+                    await self._append(batch)
+                    break
+                except Exception as exc:
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "rule events not stored, retrying",
+                        extra={"error": str(exc), "events": len(batch), "retry_in_s": delay},
+                    )
+                    await asyncio.sleep(delay)
+
+    async def _work(self) -> None:
+        while True:
+            job = await self.jobs.get()
+            await self.execute(job)
+
+    async def execute(self, job: Job) -> bool:
+        """Run one job with retries; True when it succeeded."""
+        s = self.settings
+        kind = str(job.spec.__struct_config__.tag)
+        backoff = Backoff(s.retry_initial, s.retry_max)
+        error: Exception | None = None
+        attempt = 0
+        for attempt in range(1, s.retry_attempts + 1):
+            try:
+                if isinstance(job.spec, CommandAction):
+                    await self._command(job.spec, job)
+                else:
+                    await self._capability(job.spec, job)
+            except PermanentActionError as exc:
+                error = exc
+                break
+            except Exception as exc:
+                error = exc
+                if attempt < s.retry_attempts:
+                    self.counts[kind, "retried"] += 1
+                    await asyncio.sleep(backoff.next_delay())
+            else:
+                self.counts[kind, "ok"] += 1
+                return True
+        self.counts[kind, "failed"] += 1
+        if job.rule_id not in self._warned:
+            self._warned.add(job.rule_id)
+            log.warning("rule action failed", extra={"rule": job.rule_id, "error": str(error)})
+        attrs = {
+            "rule": job.rule_id,
+            "action": kind,
+            "error": f"{type(error).__name__}: {error}",
+            "attempts": attempt,
+        }
+        source = str(job.event.get("device", self.gateway))
+        self.report(EventRecord("rules.action.failed", _now_ms(), source, "warning", attrs))
+        return False
+
+    async def _command(self, spec: CommandAction, job: Job) -> None:
+        device = spec.device or job.event.get("device")
+        if not isinstance(device, str) or not device:
+            raise PermanentActionError("command action has no device (none set, none in event)")
+        if self.local_broker is None:
+            raise PermanentActionError("no local broker configured for device commands")
+        client = self._client
+        if client is None:
+            raise NotConnectedError("local broker not connected")
+        command = DeviceCommand(
+            id=uuid.uuid4().hex,
+            action=spec.action,
+            args=spec.args,
+            correlation=f"rule:{job.rule_id}",
+            timeout_ms=spec.timeout_ms,
+        )
+        await client.publish(command_topic(device, command.id), ENCODER.encode(command), qos=1)
+
+    async def _capability(self, spec: CapabilityAction, job: Job) -> None:
+        fn = self.capabilities.get(spec.capability)
+        if fn is None:
+            raise PermanentActionError(f"no capability {spec.capability!r} is registered")
+        result = fn(spec.args, job.event)
+        if inspect.isawaitable(result):
+            await result
+
+    async def _broker(self, link: BrokerLink) -> None:
+        """Keep one local-broker connection for commands (reconnecting with backoff)."""
+        backoff = Backoff(link.reconnect_initial, link.reconnect_max)
+        client = make_client(link, f"{self.gateway}-rules", clean_session=True)
+        while True:
+            try:
+                async with client:
+                    self._client = client
+                    backoff.reset()
+                    async for _ in client.messages:  # nothing subscribed: ends on disconnect
+                        pass
+            except aiomqtt.MqttError as exc:
+                self._client = None
+                delay = backoff.next_delay()
+                log.warning(
+                    "rules: local broker connection lost",
+                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
+                )
+                await asyncio.sleep(delay)
+            finally:
+                self._client = None
