@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -167,6 +167,34 @@ def _drop(checked: _Checked, rid: str) -> None:
     checked.rules.pop(rid, None)
 
 
+def _settle(
+    checked: _Checked,
+    docs: Mapping[str, Sourced],
+    refuse: Callable[[str, Exception], None],
+    clock: Clock,
+    carry: RuleSet | None,
+) -> RuleEngine:
+    """Build the engine, refusing each rule the build names as bad, until it builds."""
+    for _ in range(len(docs) + 1):
+        for wid, spec in list(checked.windows.items()):
+            if spec.pattern not in checked.patterns:
+                refuse(wid, ValueError(f"window watches unknown pattern {spec.pattern!r}"))
+        try:
+            return RuleEngine.build(
+                checked.patterns,
+                windows=checked.windows,
+                situations=checked.situations,
+                clock=clock,
+                carry=carry.engine.patterns if carry is not None else None,
+            )
+        except GoldrushError as exc:
+            bad = exc.pattern_id
+            if bad is None or bad not in checked.entries or bad not in docs:
+                raise BuildRefusedError(str(exc)) from exc
+            refuse(bad, exc)
+    raise BuildRefusedError("rule set did not settle")  # pragma: no cover - each round drops one
+
+
 def build_rules(
     docs: Mapping[str, Sourced],
     named: Mapping[str, ActionSpec],
@@ -209,26 +237,7 @@ def build_rules(
             _check(rid, src.rule, named, checked)
         except (GoldrushError, ValueError) as exc:
             refuse(rid, exc)
-    for _ in range(len(docs) + 1):
-        for wid, spec in list(checked.windows.items()):
-            if spec.pattern not in checked.patterns:
-                refuse(wid, ValueError(f"window watches unknown pattern {spec.pattern!r}"))
-        try:
-            engine = RuleEngine.build(
-                checked.patterns,
-                windows=checked.windows,
-                situations=checked.situations,
-                clock=clock,
-                carry=carry.engine.patterns if carry is not None else None,
-            )
-            break
-        except GoldrushError as exc:
-            bad = exc.pattern_id
-            if bad is None or bad not in checked.entries or bad not in docs:
-                raise BuildRefusedError(str(exc)) from exc
-            refuse(bad, exc)
-    else:  # pragma: no cover - each round removes a rule, so the loop ends before this
-        raise BuildRefusedError("rule set did not settle")
+    engine = _settle(checked, docs, refuse, clock, carry)
     ruleset = RuleSet(engine, checked.entries, checked.rules, generation)
     return BuildResult(ruleset, refused, (time.perf_counter() - start) * 1000)
 
