@@ -93,7 +93,9 @@ class NonceStore:
             )
         ]
         db.execute("DELETE FROM nonce_runs WHERE gen = ? AND part = ?", where)
-        db.execute("INSERT INTO nonce_runs VALUES (?,?,?,?)", (gen, part, self._seq, b"".join(blobs)))
+        db.execute(
+            "INSERT INTO nonce_runs VALUES (?,?,?,?)", (gen, part, self._seq, b"".join(blobs))
+        )
         self._seq += 1
         self._rows[where] = 1
 

@@ -108,16 +108,12 @@ def decode_frame(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> tuple[Frame, 
     return _decode(_FRAME_DECODER, data, max_bytes)
 
 
-def decode_frame_view(
-    data: bytes, max_bytes: int = MAX_FRAME_BYTES
-) -> tuple[FrameView, Header]:
+def decode_frame_view(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> tuple[FrameView, Header]:
     """:func:`decode_frame` without copying the byte fields (views into ``data``)."""
     return _decode(_VIEW_DECODER, data, max_bytes)
 
 
-def _decode(
-    decoder: msgspec.msgpack.Decoder[_F], data: bytes, max_bytes: int
-) -> tuple[_F, Header]:
+def _decode(decoder: msgspec.msgpack.Decoder[_F], data: bytes, max_bytes: int) -> tuple[_F, Header]:
     if len(data) > max_bytes:
         raise OversizedEnvelopeError("frame", len(data), max_bytes)
     try:
