@@ -7,20 +7,34 @@ verified: it records what it accepts.
   sliding bitmap of the ``counter_window`` counters below it (RFC 6479 style). Exact and tiny.
 - **Nonce senders**: a Bloom filter per generation of envelope *timestamps* (a replay carries
   the same signed timestamp, so it lands in the same generation). A Bloom hit is confirmed
-  exactly: first in the in-memory buffer of not yet persisted digests, then in the on-disk
-  store (:mod:`amcp.replay.store`), which is read only on a hit. A false positive is counted
-  and the message accepted. Generations older than the clock window are dropped: anything
-  they could match is already refused as stale.
+  exactly: first in the generation's in-memory buffer of not yet persisted records, then in
+  the on-disk store (:mod:`amcp.replay.store`), which is read only on a hit. A false positive
+  is counted and the message accepted. Generations older than the clock window are dropped:
+  anything they could match is already refused as stale.
 
-The Bloom hash is a keyed BLAKE2b of ``sender || 0x00 || nonce`` under a random 16-byte salt
-kept in the store: stable across restarts (the filters are rebuilt from the stored digests and
-later checks must agree with them) and unpredictable to senders, who choose their nonces: with
-an unkeyed or merely "mixed" hash (say, nonce bytes times a secret constant) a sender holding a
-valid key could pick nonces that land on the same bits or the same store partition and turn
-every check into a disk lookup. The per-sender keyed prefix is hashed once and copied per check.
+The record of a (sender, nonce) is ``((N ^ S) * M) mod 2**128``: ``N`` the 16-byte nonce as a
+little-endian integer (other lengths are first folded with keyed BLAKE2b), ``S`` a per-sender
+key (keyed BLAKE2b of the key id), ``M`` an odd multiplier; ``S`` and ``M`` derive from a random
+salt kept in the store, so records and Bloom positions are stable across restarts (filters are
+rebuilt from the stored records). Why this and not BLAKE2b per check (2-3x the cost):
 
-Writes are batched (every ``flush_every`` records, on :meth:`flush` and :meth:`close`). Until
-a flush, the Bloom filter plus the buffer answer "seen" exactly. If the process dies before a
+- *Exact per sender*: XOR with a constant and multiplication by an odd number modulo 2**128
+  are bijections, so one sender's records never collide. Two senders' records collide only if
+  their nonces differ by exactly ``S1 ^ S2``, a secret: 2**-128 for honest random nonces, and
+  not aimable by a sender holding a valid key.
+- *Unpredictable positions*: Bloom bits and the store partition come from the top 96 bits of
+  the product (multiply-shift hashing, whose high bits depend on every input bit; for inputs
+  chosen without knowing ``M`` they collide about as often as random bits). Taking nonce bytes
+  as they are, or XOR alone, would let a sender that chooses its nonces land them all on the
+  same bits and partition.
+- What it does not resist is an adversary that reads the state file or measures, over many
+  messages, which nonces are slow; that buys only extra store lookups (slower checks): never a
+  false reject (records are exact) nor an accepted replay (every hit is confirmed exactly,
+  every accepted record is kept).
+
+Writes are batched (every ``flush_every`` accepted checks, on :meth:`flush` and :meth:`close`):
+until a flush the Bloom filter plus the buffer answer "seen" exactly, and a flush appends a few
+hundred rows however many nonces it holds. If the process dies before a
 flush, the next open finds the store marked unclean and refuses every envelope stamped before
 that restart: state that may be missing can never admit a replay.
 Thread-safe: one lock around each check or batch (SQLite runs under it, so from async code
