@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from amcp.goldrush import GoldrushError, parse
+from amcp.goldrush.patternset import PatternStats
 from amcp.goldrush.query import Cond, split_with
 from amcp.goldrush.situations import RuleEngine, SituationSpec
 from amcp.goldrush.windows import Clock, WindowSpec
@@ -192,6 +193,8 @@ def _settle(
             if bad is None or bad not in checked.entries or bad not in docs:
                 raise BuildRefusedError(str(exc)) from exc
             refuse(bad, exc)
+        except Exception as exc:  # RecursionError, MemoryError, a bug: never half a set
+            raise BuildRefusedError(f"{type(exc).__name__}: {exc}") from exc
     raise BuildRefusedError("rule set did not settle")  # pragma: no cover - each round drops one
 
 
@@ -235,7 +238,7 @@ def build_rules(
             continue
         try:
             _check(rid, src.rule, named, checked)
-        except (GoldrushError, ValueError) as exc:
+        except (GoldrushError, ValueError, RecursionError) as exc:
             refuse(rid, exc)
     engine = _settle(checked, docs, refuse, clock, carry)
     ruleset = RuleSet(engine, checked.entries, checked.rules, generation)
@@ -243,11 +246,25 @@ def build_rules(
 
 
 def carry_state(old: RuleSet, new: RuleSet) -> int:
-    """Move window and situation history from ``old`` into ``new`` where nothing changed.
+    """Move counters, and window and situation history where nothing changed, to ``new``.
 
     Runs on the event loop at swap time, so no event is counted by the old set after its
     history moved. Returns how many windows kept their state.
     """
+    # counters were carried when the build started, in another thread; the old set kept
+    # counting since, so take them again now that it has stopped (exact, not approximate)
+    old_ps, new_ps = old.engine.patterns, new.engine.patterns
+    stats = new_ps._stats  # noqa: SLF001
+    for pid, was in old_ps._stats.items():  # noqa: SLF001
+        if pid in stats:
+            stats[pid] = PatternStats(
+                was.matched,
+                was.action_runs,
+                was.action_ns,
+                was.action_errors,
+                input_before=was.input_before + old_ps.input - was.input_mark,
+                input_mark=new_ps.input,
+            )
     kept = 0
     for wid, win in new.engine.windows.items():
         prev = old.engine.windows.get(wid)
