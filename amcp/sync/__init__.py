@@ -1,0 +1,42 @@
+"""CRDT delta sync between gateways and the cloud over MQTT (ARCHITECTURE §4, docs/sync.md).
+
+- :class:`GatewaySync` / :class:`CloudSync`: ``run(ctx)`` for the daemons' supervision trees.
+- :class:`SyncSettings`: the ``[sync]`` configuration section.
+- :class:`SyncEngine`: the transport-independent state machine both of them drive.
+- :class:`Authority`: which side may write which namespace (enforced on merge).
+- :mod:`amcp.sync.frames`: the wire frames (carried in ``SyncFrame`` envelopes).
+"""
+
+from amcp.sync.authority import (
+    DEFAULT_RULES,
+    REFUSED_NAMESPACE,
+    Authority,
+    NamespaceRule,
+    Owner,
+    Refusal,
+)
+from amcp.sync.engine import Role, SyncEngine, SyncStats
+from amcp.sync.frames import Ack, Delta, FrameError, Hello
+from amcp.sync.settings import SyncSettings
+from amcp.sync.transport import CloudSync, GatewaySync, down_topic, up_topic
+
+__all__ = [
+    "DEFAULT_RULES",
+    "REFUSED_NAMESPACE",
+    "Ack",
+    "Authority",
+    "CloudSync",
+    "Delta",
+    "FrameError",
+    "GatewaySync",
+    "Hello",
+    "NamespaceRule",
+    "Owner",
+    "Refusal",
+    "Role",
+    "SyncEngine",
+    "SyncSettings",
+    "SyncStats",
+    "down_topic",
+    "up_topic",
+]
