@@ -15,9 +15,10 @@ from amcp.sync.authority import (
     Owner,
     Refusal,
 )
-from amcp.sync.engine import Role, SyncEngine, SyncStats
+from amcp.sync.engine import SyncEngine
 from amcp.sync.frames import Ack, Delta, FrameError, Hello
 from amcp.sync.settings import SyncSettings
+from amcp.sync.stats import Role, SyncStats
 from amcp.sync.transport import CloudSync, GatewaySync, down_topic, up_topic
 
 __all__ = [

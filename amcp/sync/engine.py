@@ -27,55 +27,26 @@ committed, never where they merely sent.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import math
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import msgspec
-
 from amcp.runtime.clock import Clock, SystemClock
-from amcp.store import ChangeSet, Chunk, ClockSkewError, InvalidRowError, Row, Store
+from amcp.store import ChangeSet, Chunk, ClockSkewError, Row, Store
 from amcp.store import UnknownPeerError as _UnknownPeerError
 from amcp.store.rows import encode_changes
-from amcp.sync.authority import REFUSED_NAMESPACE, Authority, Refusal
-from amcp.sync.frames import Ack, Delta, Frame, FrameError, Hello, compress, unpack_changes
+from amcp.sync.authority import Authority, Refusal
+from amcp.sync.frames import Ack, Delta, Frame, FrameError, Hello, compress
+from amcp.sync.inbound import Inbound
 from amcp.sync.settings import SyncSettings
+from amcp.sync.stats import Role, SyncStats
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[str, Frame], Awaitable[None]]
-MAX_RECORDED_PER_BATCH = 100
 _EMPTY = encode_changes(ChangeSet([], [], 0))
-_refusal_encoder = msgspec.msgpack.Encoder()
-
-
-class Role(enum.StrEnum):
-    GATEWAY = "gateway"
-    CLOUD = "cloud"
-
-
-@dataclass
-class SyncStats:
-    """Counters for metrics and tests (the transports add bytes)."""
-
-    frames_sent: int = 0
-    frames_received: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    deltas_sent: int = 0
-    rows_sent: int = 0
-    rows_merged: int = 0
-    refused: int = 0
-    refused_by: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    """(peer, namespace, reason) → rows refused."""
-    gaps: int = 0
-    stalls: int = 0
-    resyncs: int = 0
-    skew_refusals: int = 0
-    malformed: int = 0
 
 
 @dataclass
@@ -115,8 +86,15 @@ class SyncEngine:
         self.stats = SyncStats()
         self.sessions: dict[str, _Session] = {}
         self._clock: Clock = clock or SystemClock()
-        self._on_refused = on_refused
         self._send: Send | None = None
+        self._inbound = Inbound(
+            store,
+            role,
+            authority=self.authority,
+            stats=self.stats,
+            clock=self._clock,
+            on_refused=on_refused,
+        )
         self._wake = asyncio.Event()
         self._hello_sent: dict[str, float] = {}
 
@@ -236,13 +214,13 @@ class SyncEngine:
             await self._ask_hello(peer)
             return
         try:
-            rows, chunks, refused = await asyncio.to_thread(self._admit, peer, delta)
+            rows, chunks, refused = await asyncio.to_thread(self._inbound.admit, peer, delta)
         except FrameError as exc:
             self.stats.malformed += 1
             log.warning("sync: malformed delta", extra={"peer": peer, "error": str(exc)})
             return
         try:
-            await self._merge(session, rows, chunks, delta.version, refused)
+            await self._inbound.merge(peer, rows, chunks, delta.version, refused)
         except ClockSkewError as exc:
             # Nothing applied and no ack: the peer stalls, probes, and resends later.
             self.stats.skew_refusals += 1
@@ -257,85 +235,8 @@ class SyncEngine:
         session.received = max(session.received, delta.version)
         self.stats.rows_merged += len(rows)
         if refused:
-            await self._record(refused)
+            await self._inbound.record(refused)
         await self._emit(peer, Ack(delta.database_id, delta.version))
-
-    def _admit(self, peer: str, delta: Delta) -> tuple[list[Row], list[Chunk], list[Refusal]]:
-        """Decode a delta and split it into what authority allows and what it refuses."""
-        changes = unpack_changes(delta)
-        if self.role is Role.CLOUD:
-
-            def why(item: Row | Chunk) -> str | None:
-                return self.authority.from_gateway(peer, item)
-        else:
-            why = self.authority.from_cloud
-        rows: list[Row] = []
-        chunks: list[Chunk] = []
-        refused: list[Refusal] = []
-        now_ms = int(self._clock.time() * 1000)
-        items: list[Row | Chunk] = [*changes.rows, *changes.chunks]
-        for item in items:
-            reason = why(item)
-            if reason is not None:
-                if isinstance(item, Row):
-                    refused.append(
-                        Refusal(peer, item.namespace, item.key, item.site, item.hlc, reason, now_ms)
-                    )
-            elif isinstance(item, Row):
-                rows.append(item)
-            else:
-                chunks.append(item)
-        return rows, chunks, refused
-
-    async def _merge(
-        self,
-        session: _Session,
-        rows: list[Row],
-        chunks: list[Chunk],
-        version: int,
-        refused: list[Refusal],
-    ) -> None:
-        """Merge, dropping (and recording) any row the store finds invalid."""
-        while True:
-            try:
-                await self.store.merge(rows, chunks, peer=session.peer, peer_version=version)
-            except InvalidRowError as exc:
-                bad = (exc.namespace, exc.key)
-                now_ms = int(self._clock.time() * 1000)
-                drop = [r for r in rows if (r.namespace, r.key) == bad]
-                kept_chunks = [c for c in chunks if (c.namespace, c.key) != bad]
-                if not drop and len(kept_chunks) == len(chunks):
-                    raise
-                refused += [
-                    Refusal(session.peer, r.namespace, r.key, r.site, r.hlc, exc.reason, now_ms)
-                    for r in drop
-                ]
-                rows = [r for r in rows if (r.namespace, r.key) != bad]
-                chunks = kept_chunks
-            else:
-                return
-
-    async def _record(self, refused: list[Refusal]) -> None:
-        """Count every refused row; keep the first few of a batch as local events."""
-        self.stats.refused += len(refused)
-        for r in refused:
-            self.stats.refused_by[r.peer, r.namespace, r.reason] += 1
-            if self._on_refused is not None:
-                self._on_refused(r)
-        first = refused[0]
-        log.warning(
-            "sync: rows refused by authority",
-            extra={
-                "peer": first.peer,
-                "rows": len(refused),
-                "namespace": first.namespace,
-                "reason": first.reason,
-            },
-        )
-        await self.store.write(
-            (REFUSED_NAMESPACE, f"{r.peer}/{r.namespace}/{r.key}", _refusal_encoder.encode(r))
-            for r in refused[:MAX_RECORDED_PER_BATCH]
-        )
 
     async def _on_ack(self, peer: str, ack: Ack) -> None:
         session = self.sessions.get(peer)

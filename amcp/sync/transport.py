@@ -30,9 +30,10 @@ from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.store import Store
 from amcp.sync.authority import Refusal
-from amcp.sync.engine import Role, Send, SyncEngine
+from amcp.sync.engine import Send, SyncEngine
 from amcp.sync.frames import STREAM, Frame, FrameError, decode_frame, encode_frame
 from amcp.sync.settings import SyncSettings
+from amcp.sync.stats import Role
 from amcp.wire import EnvelopeError, Opened, SyncFrame
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,14 @@ from cybernetic.bench import sync
 
 def test_sync_bench_reports_its_fields() -> None:
     result = sync.run(argparse.Namespace(keys=5, overwrites=20, runs=1))
-    assert result["pycrdt_catchup_bytes"] == sync.pycrdt_catchup(5, 20)
+    # pycrdt's size varies a little with its random client ids
+    reference = result["pycrdt_catchup_bytes"]
+    assert isinstance(reference, int)
+    assert abs(reference - sync.pycrdt_catchup(5, 20)) < reference // 10
     catchup = result["catchup_bytes"]
     assert isinstance(catchup, int)
     assert catchup > 0
-    assert result["bytes_ratio"] == round(result["pycrdt_catchup_bytes"] / catchup, 1)
+    assert result["bytes_ratio"] == round(reference / catchup, 1)
     one = result["one_key_delta_bytes"]
     assert isinstance(one, int)
     assert 0 < one < result["one_key_frame_bytes"] < result["one_key_envelope_bytes"]  # type: ignore[operator]
