@@ -12,7 +12,12 @@ Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class BrokerLink(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One MQTT connection. The password may come from the environment or a file instead."""
+    """One MQTT connection. The password may come from the environment or a file instead.
+
+    With ``ca_file`` or ``cert_file`` set the connection uses TLS; with ``cert_file`` it is
+    mutual TLS, where the certificate (from enrolment, docs/trust.md) is the identity and no
+    username or password is needed. All empty: plain TCP, as before.
+    """
 
     host: str = "127.0.0.1"
     port: Port = 1883
@@ -22,6 +27,16 @@ class BrokerLink(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keepalive: Annotated[int, msgspec.Meta(ge=5, le=3600)] = 30
     reconnect_initial: Seconds = 0.2
     reconnect_max: Seconds = 10.0
+    ca_file: str = ""
+    """PEM trust bundle that verifies the broker's certificate (the fleet root)."""
+    cert_file: str = ""
+    """PEM client certificate; may hold the private key too (enrolment writes both in one)."""
+    key_file: str = ""
+    """PEM private key of ``cert_file`` when it is a separate file (mode 0600)."""
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.ca_file or self.cert_file)
 
     def secret(self) -> str | None:
         """The password: inline (or from ``CYBERNETIC__…__PASSWORD``), else from its file."""
@@ -32,7 +47,8 @@ class BrokerLink(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return None
 
     def __repr__(self) -> str:  # never print the password
-        return f"BrokerLink(host={self.host!r}, port={self.port}, username={self.username!r})"
+        tls = ", tls" if self.uses_tls else ""
+        return f"BrokerLink(host={self.host!r}, port={self.port}, username={self.username!r}{tls})"
 
 
 class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
