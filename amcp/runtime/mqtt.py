@@ -9,6 +9,8 @@ to automatic PUBACK would acknowledge readings before they are on disk.
 from __future__ import annotations
 
 import random
+import ssl
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -20,9 +22,54 @@ class ManualAckUnsupportedError(RuntimeError):
     """The installed aiomqtt/paho no longer exposes the manual-ack API we rely on."""
 
 
+class ReloadingTLSContext(ssl.SSLContext):
+    """A client TLS context that re-reads its certificate file before each new connection.
+
+    paho keeps one context for a client's whole life, and a renewal (docs/trust.md) replaces
+    the certificate file while the daemon runs: without this the next reconnect would present
+    the old certificate, and fail once it is revoked or expired. The file is re-read only when
+    it changed (inode, size or mtime: renewals replace it atomically).
+    """
+
+    cert_file: str = ""
+    key_file: str | None = None
+    _stamp: tuple[int, int, int] | None = None
+
+    def reload_if_changed(self) -> None:
+        st = Path(self.cert_file).stat()
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp != self._stamp:
+            self.load_cert_chain(self.cert_file, self.key_file)
+            self._stamp = stamp
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        if self.cert_file:
+            self.reload_if_changed()
+        return super().wrap_socket(*args, **kwargs)
+
+
+def tls_context(link: BrokerLink) -> ssl.SSLContext | None:
+    """The TLS context ``link`` asks for (None for plain TCP); verifies the broker's name."""
+    if not link.uses_tls:
+        return None
+    ctx = ReloadingTLSContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if link.ca_file:
+        ctx.load_verify_locations(cafile=link.ca_file)
+    else:
+        ctx.load_default_certs()
+    if link.cert_file:
+        ctx.cert_file = link.cert_file
+        ctx.key_file = link.key_file or None
+        ctx.reload_if_changed()  # a missing or bad certificate fails now, not at connect
+    return ctx
+
+
 def make_client(
     link: BrokerLink, identifier: str, *, clean_session: bool, **kw: Any
 ) -> aiomqtt.Client:
+    if link.uses_tls and "tls_context" not in kw:
+        kw["tls_context"] = tls_context(link)
     return aiomqtt.Client(
         link.host,
         link.port,
