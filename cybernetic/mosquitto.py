@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 MOSQUITTO_BIN = "mosquitto"
@@ -41,6 +42,35 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """A mutual-TLS listener: clients present certificates from the fleet CA (docs/trust.md).
+
+    The certificate's common name becomes the MQTT username (``use_identity_as_username``),
+    so the ACL's ``%u`` patterns keep each gateway to its own topics; ``crlfile`` lists revoked
+    certificates and is re-read on SIGHUP (:meth:`MosquittoBroker.reload`).
+    """
+
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    crlfile: Path | None = None
+    port: int | None = None
+
+
+def render_tls(listener: TlsListener, *, port: int, bind: str = "127.0.0.1") -> str:
+    template = (config_dir() / "mosquitto-tls.conf.template").read_text()
+    crl_line = f"crlfile {listener.crlfile}" if listener.crlfile else "# no crlfile: no revocation"
+    return template.format(
+        tls_port=port,
+        bind=bind,
+        cafile=listener.cafile,
+        certfile=listener.certfile,
+        keyfile=listener.keyfile,
+        crl_line=crl_line,
+    )
+
+
 def render_config(
     *,
     port: int,
@@ -50,10 +80,12 @@ def render_config(
     bind: str = "127.0.0.1",
     log_file: Path | None = None,
     run_as: str | None = None,
+    tls: TlsListener | None = None,
+    tls_port: int | None = None,
 ) -> str:
     template = (config_dir() / "mosquitto.conf.template").read_text()
     log_dest = f"log_dest file {log_file}" if log_file else "log_dest stderr"
-    return template.format(
+    text = template.format(
         port=port,
         bind=bind,
         state_dir=state_dir,
@@ -63,17 +95,33 @@ def render_config(
         # a private broker started by root keeps root's files readable (tests, demo)
         run_as=run_as or getpass.getuser(),
     )
+    if tls is not None:
+        text += render_tls(tls, port=tls_port or tls.port or free_port(), bind=bind)
+    return text
 
 
 class MosquittoBroker:
     """One Mosquitto process on a loopback port with its own state folder."""
 
-    def __init__(self, state_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        port: int | None = None,
+        *,
+        tls: TlsListener | None = None,
+        acl: str = "acl",
+    ) -> None:
+        """``tls`` adds a mutual-TLS listener on :attr:`tls_port`; ``acl`` names the shipped
+        ACL file (``acl-cloud`` for a cloud broker that gateways reach by certificate)."""
         if shutil.which(MOSQUITTO_BIN) is None:
             raise BrokerError("mosquitto is not installed: apt-get install mosquitto")
         self.state_dir = state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.port = port if port is not None else free_port()
+        self.tls = tls
+        self.tls_port: int | None = None
+        if tls is not None:
+            self.tls_port = tls.port if tls.port is not None else free_port()
         self.host = "127.0.0.1"
         self.password_file = state_dir / "passwd"
         self.acl_file = state_dir / "acl"
@@ -81,7 +129,7 @@ class MosquittoBroker:
         self.log_file = state_dir / "mosquitto.log"
         self._users: dict[str, str] = {}
         self._proc: subprocess.Popen[bytes] | None = None
-        shutil.copyfile(config_dir() / "acl", self.acl_file)
+        shutil.copyfile(config_dir() / acl, self.acl_file)
         self.password_file.touch(mode=0o600)
         self.conf_file.write_text(
             render_config(
@@ -90,6 +138,8 @@ class MosquittoBroker:
                 password_file=self.password_file,
                 acl_file=self.acl_file,
                 log_file=self.log_file,
+                tls=tls,
+                tls_port=self.tls_port,
             )
         )
 
