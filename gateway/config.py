@@ -34,7 +34,9 @@ class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     devices: list[str] = msgspec.field(default_factory=list)
     """Allow-list of device ids; empty with ``auto_register`` accepts any device."""
     auto_register: bool = True
-    batch_max: Positive = 1000
+    batch_max: Positive = 500
+    """Readings per outbox commit; keep it well under the broker's max_inflight_messages so
+    the broker keeps sending while a commit runs."""
     batch_interval: Seconds = 0.01
     dead_letter_max_rows: Positive = 10_000
 

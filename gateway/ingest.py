@@ -16,13 +16,21 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiomqtt
 
-from amcp.runtime.mqtt import Backoff, enable_manual_ack, make_client
+from amcp.runtime.mqtt import (
+    Backoff,
+    connection_lost,
+    enable_manual_ack,
+    make_client,
+    on_message_direct,
+    wait_disconnected,
+)
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire.telemetry import Reading
 from gateway.config import GatewayConfig
@@ -48,6 +56,54 @@ class _Pending:
     readings: list[Reading] = field(default_factory=list)
     rejected: list[tuple[str, str, str, bytes]] = field(default_factory=list)
     acks: list[tuple[int, int]] = field(default_factory=list)
+
+
+class _Session:
+    """One connection's batching: messages as paho delivers them, commits in order, then acks.
+
+    Batches fill while the previous one commits (the broker keeps sending up to its in-flight
+    window), so a commit's fsync never stalls the stream. Everything here belongs to one
+    connection: after a reconnect the broker redelivers what was not acknowledged.
+    """
+
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+        self.ready: deque[_Pending] = deque()
+        self.pending = _Pending()
+        self.wake = asyncio.Event()
+        self.batch_max = ingest.settings.batch_max
+
+    def on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        pending = self.pending
+        self.ingest.accept(pending, topic, payload)
+        if qos:
+            pending.acks.append((mid, qos))
+        if len(pending.readings) + len(pending.rejected) >= self.batch_max:
+            self.ready.append(pending)
+            self.pending = _Pending()
+        self.wake.set()
+
+    def _has_pending(self) -> bool:
+        p = self.pending
+        return bool(p.acks or p.readings or p.rejected)
+
+    async def commit_loop(self, paho: Any) -> None:
+        ingest = self.ingest
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if not self.ready:  # a partial batch: give it a moment to fill
+                await asyncio.sleep(ingest.settings.batch_interval)
+                if self._has_pending():
+                    self.ready.append(self.pending)
+                    self.pending = _Pending()
+            while self.ready:
+                batch = self.ready.popleft()
+                await ingest.commit(batch)
+                for mid, qos in batch.acks:  # only now may the broker forget them
+                    paho.ack(mid, qos)
+            if self._has_pending():  # what arrived meanwhile must not wait for a next message
+                self.wake.set()
 
 
 class Ingest:
@@ -110,7 +166,8 @@ class Ingest:
             seq, boot = p.seq, p.boot or "-"
         return Reading(device, boot, seq, p.ts_ms or now, p.values, now)
 
-    def _accept(self, pending: _Pending, topic: str, payload: bytes) -> None:
+    def accept(self, pending: _Pending, topic: str, payload: bytes) -> None:
+        self.backlog += 1
         try:
             pending.readings.append(self.to_reading(topic, payload))
         except PayloadError as exc:
@@ -123,6 +180,11 @@ class Ingest:
         client = make_client(link, f"{self.config.gateway.id}-ingest", clean_session=False)
         paho = enable_manual_ack(client)
         while True:
+            # a fresh session state per connection, hooked up *before* connecting: a persistent
+            # session's queued messages arrive right after CONNACK, before any subscribe
+            session = _Session(self)
+            self.backlog = 0  # what the last connection left uncommitted comes again
+            on_message_direct(client, session.on_message)
             try:
                 async with client:
                     await client.subscribe(self.settings.topic, qos=1)
@@ -130,8 +192,13 @@ class Ingest:
                     backoff.reset()
                     ctx.ready()
                     log.info("ingest subscribed", extra={"topic": self.settings.topic})
-                    await self._consume(client, paho)
-            except aiomqtt.MqttError as exc:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(session.commit_loop(paho), name="ingest-commit")
+                        tg.create_task(wait_disconnected(client), name="ingest-link")
+            except (aiomqtt.MqttError, ExceptionGroup) as caught:
+                exc = connection_lost(caught)
+                if exc is None:
+                    raise
                 self.connected = False
                 delay = backoff.next_delay()
                 log.warning(
@@ -142,48 +209,7 @@ class Ingest:
             finally:
                 self.connected = False
 
-    async def _consume(self, client: aiomqtt.Client, paho: Any) -> None:
-        queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=4)
-        pending = _Pending()
-        wake = asyncio.Event()
-
-        async def receive() -> None:
-            nonlocal pending
-            async for message in client.messages:
-                self._accept(pending, message.topic.value, message.payload)
-                self.backlog += 1
-                if message.qos:
-                    pending.acks.append((message.mid, message.qos))
-                if len(pending.acks) >= self.settings.batch_max:
-                    batch, pending = pending, _Pending()
-                    await queue.put(batch)
-                else:
-                    wake.set()
-
-        async def flush_on_time() -> None:
-            nonlocal pending
-            while True:
-                await wake.wait()
-                await asyncio.sleep(self.settings.batch_interval)
-                wake.clear()
-                if pending.acks or pending.readings or pending.rejected:
-                    batch, pending = pending, _Pending()
-                    await queue.put(batch)
-
-        async def commit() -> None:
-            while True:
-                batch = await queue.get()
-                await self._commit(batch)
-                self.backlog -= len(batch.readings) + len(batch.rejected)
-                for mid, qos in batch.acks:  # only now may the broker forget them
-                    paho.ack(mid, qos)
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(receive(), name="ingest-receive")
-            tg.create_task(flush_on_time(), name="ingest-flush")
-            tg.create_task(commit(), name="ingest-commit")
-
-    async def _commit(self, batch: _Pending) -> None:
+    async def commit(self, batch: _Pending) -> None:
         readings = batch.readings
         m = self.metrics
         m.received.inc(len(readings) + len(batch.rejected))
@@ -197,3 +223,4 @@ class Ingest:
                 m.rejected.labels(reason).inc()
                 log.info("payload refused", extra={"reason": reason, "detail": detail[:200]})
             await self.outbox.dead_letter(batch.rejected)
+        self.backlog -= len(batch.readings) + len(batch.rejected)

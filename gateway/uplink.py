@@ -19,7 +19,7 @@ import aiomqtt
 import msgspec
 
 from amcp.link import GatewayLink
-from amcp.runtime.mqtt import Backoff, make_client
+from amcp.runtime.mqtt import Backoff, connection_lost, make_client
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import EnvelopeError
 from amcp.wire.telemetry import BatchAck
@@ -101,7 +101,10 @@ class Uplink:
                     ctx.ready()
                     log.info("uplink connected", extra={"host": link.host, "port": link.port})
                     await self._session(client)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, ExceptionGroup) as caught:
+                exc = connection_lost(caught)
+                if exc is None:
+                    raise
                 self.connected = False
                 delay = backoff.next_delay()
                 log.warning(

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiomqtt
 
 from amcp.link import CloudLinks
-from amcp.runtime.mqtt import Backoff, make_client
+from amcp.runtime.mqtt import Backoff, connection_lost, make_client
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext, ChildSpec
 from amcp.store import Store
@@ -110,7 +110,10 @@ class CloudS1:
                     ctx.ready()
                     async for message in client.messages:
                         await self._on_message(message)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, ExceptionGroup) as caught:
+                exc = connection_lost(caught)
+                if exc is None:
+                    raise
                 delay = backoff.next_delay()
                 log.warning("cloud broker lost (s1)", extra={"error": str(exc), "retry_s": delay})
                 await asyncio.sleep(delay)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import aiomqtt
 import msgspec
 
-from amcp.runtime.mqtt import Backoff, make_client
+from amcp.runtime.mqtt import Backoff, connection_lost, make_client
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from gateway.s1.devicewire import (
@@ -86,7 +86,10 @@ class CommandExecutor:
                     ctx.ready()
                     async for message in client.messages:
                         self._on_message(message.topic.value, message.payload)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, ExceptionGroup) as caught:
+                exc = connection_lost(caught)
+                if exc is None:
+                    raise
                 delay = backoff.next_delay()
                 log.warning("local broker lost (s1)", extra={"error": str(exc), "retry_s": delay})
                 await asyncio.sleep(delay)

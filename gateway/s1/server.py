@@ -15,7 +15,7 @@ import logging
 import aiomqtt
 
 from amcp.link import GatewayLink
-from amcp.runtime.mqtt import Backoff, make_client
+from amcp.runtime.mqtt import Backoff, connection_lost, make_client
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.store.lww import Change
@@ -80,7 +80,10 @@ class LinkServer:
                         tg.create_task(self._announce_loop(client), name="s1-announce")
                         async for message in client.messages:
                             await self._on_message(tg, client, message)
-                except aiomqtt.MqttError as exc:
+                except (aiomqtt.MqttError, ExceptionGroup) as caught:
+                    exc = connection_lost(caught)
+                    if exc is None:
+                        raise
                     delay = backoff.next_delay()
                     log.warning("cloud link lost (s1)", extra={"error": str(exc), "retry_s": delay})
                     await asyncio.sleep(delay)

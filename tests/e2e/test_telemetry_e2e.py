@@ -190,3 +190,17 @@ async def test_bad_payloads_are_refused_with_reasons_while_good_traffic_flows(
         assert stack.gateway_proc.poll() is None
     finally:
         stack.close()
+
+
+async def test_backlog_queued_while_the_gateway_was_down_arrives_to_the_last_reading(
+    stack: Stack,
+) -> None:
+    """A backlog that is not a whole number of commit batches: the tail must not wait for a
+    next reading that may never come."""
+    dev = stack.add_device("dev-backlog")
+    stack.start()
+    await asyncio.to_thread(stack.wait_gateway_ready)
+    stack.stop_gateway()  # its persistent session keeps collecting readings in the broker
+    await publish_readings(stack.edge.host, stack.edge.port, "dev-backlog", dev, range(1, 751))
+    stack.start_gateway()
+    assert await asyncio.to_thread(stack.wait_cloud_count, 750, 60) == 750, _diagnose(stack)
