@@ -3,8 +3,9 @@
 SQLite in WAL mode with ``synchronous=FULL``, so a committed reading survives a power cut.
 Every write goes through one writer thread (readers never block it); callers ``await`` the
 coroutine methods, which run in that thread. Readings are appended in batches (group commit),
-grouped into uplink batches whose id stays the same across retries, and deleted only when the
-cloud's acknowledgement for their batch arrives.
+grouped into uplink batches whose id stays the same across retries (batches live in memory:
+after a restart the unacknowledged rows are batched again), and deleted only when the cloud's
+acknowledgement for their batch arrives.
 
 Disk use is bounded by ``max_bytes`` and ``max_age`` with an explicit overflow policy:
 ``drop-oldest`` deletes the oldest rows to make room, ``refuse-new`` drops the new readings.
@@ -30,7 +31,7 @@ from amcp.wire.telemetry import EventRecord, Reading
 from gateway.config import OutboxSettings, Overflow
 
 T = TypeVar("T")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 READING, EVENT = 0, 1  # outbox row kinds
 
 _SCHEMA = """
@@ -41,12 +42,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     size INTEGER NOT NULL,
     body BLOB NOT NULL,
     kind INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS batches (
-    batch_id TEXT PRIMARY KEY,
-    first_id INTEGER NOT NULL,
-    last_id INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -113,6 +108,7 @@ class Outbox:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
         self._db: sqlite3.Connection | None = None
         self._cursor = 0  # rows with id > cursor are not in any batch
+        self._unacked: dict[str, Batch] = {}
         self.stats = OutboxStats()
         self._lock = threading.Lock()  # guards stats read by the metrics thread
         self.appended = asyncio.Event()
@@ -147,14 +143,13 @@ class Outbox:
                 f"({SCHEMA_VERSION}); upgrade cybernetic-edge or move the file away"
             )
         self._db = db
-        last = db.execute("SELECT max(last_id) FROM batches").fetchone()[0]
-        self._cursor = int(last or 0)
+        self._cursor = 0
+        self._unacked.clear()
         rows, size, oldest = db.execute(
             "SELECT count(*), coalesce(sum(size), 0), min(added_ms) FROM outbox"
         ).fetchone()
-        nb = db.execute("SELECT count(*) FROM batches").fetchone()[0]
         with self._lock:
-            self.stats = OutboxStats(rows, size, oldest, nb)
+            self.stats = OutboxStats(rows, size, oldest, 0)
 
     @staticmethod
     def _migrate(db: sqlite3.Connection, version: int) -> None:
@@ -163,6 +158,8 @@ class Outbox:
             columns = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
             if "kind" not in columns:
                 db.execute("ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0")
+        if version < 3:  # batches moved to memory
+            db.execute("DROP TABLE IF EXISTS batches")
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
         db.execute("COMMIT")
 
@@ -305,13 +302,15 @@ class Outbox:
         return n
 
     # -- batches ------------------------------------------------------------------------
+    # Batches live in memory: forming one writes nothing (no fsync per batch). After a restart
+    # every unacknowledged row is simply batched again under a new id; the cloud drops the
+    # readings it already has by their identity (device, boot, seq).
     async def next_batch(self, max_rows: int) -> Batch | None:
         """Group the oldest rows not yet in a batch into a new batch, or None if none."""
         return await self._run(lambda: self._next_batch(max_rows))
 
     def _next_batch(self, max_rows: int) -> Batch | None:
-        db = self.db
-        rows = db.execute(
+        rows = self.db.execute(
             "SELECT id, added_ms, body, kind FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
             (self._cursor, max_rows),
         ).fetchall()
@@ -325,60 +324,47 @@ class Outbox:
             oldest_ms=rows[0][1],
             events=[r[2] for r in rows if r[3] == EVENT],
         )
-        db.execute(
-            "INSERT INTO batches VALUES (?, ?, ?, ?)",
-            (batch.batch_id, batch.first_id, batch.last_id, self._now_ms()),
-        )
         self._cursor = batch.last_id
+        self._unacked[batch.batch_id] = batch
         with self._lock:
-            self.stats.open_batches += 1
+            self.stats.open_batches = len(self._unacked)
         return batch
 
     async def open_batches(self) -> list[Batch]:
         """Batches sent before but not acknowledged, oldest first (to send again)."""
-        return await self._run(self._open_batches)
-
-    def _open_batches(self) -> list[Batch]:
-        db = self.db
-        out: list[Batch] = []
-        for batch_id, first, last in db.execute(
-            "SELECT batch_id, first_id, last_id FROM batches ORDER BY first_id"
-        ).fetchall():
-            rows = db.execute(
-                "SELECT added_ms, body, kind FROM outbox WHERE id BETWEEN ? AND ? ORDER BY id",
-                (first, last),
-            ).fetchall()
-            oldest = rows[0][0] if rows else self._now_ms()
-            readings = [r[1] for r in rows if r[2] == READING]
-            events = [r[1] for r in rows if r[2] == EVENT]
-            out.append(Batch(batch_id, first, last, readings, oldest, events))
-        return out
+        return await self._run(lambda: sorted(self._unacked.values(), key=lambda b: b.first_id))
 
     async def ack(self, batch_id: str) -> int:
         """The cloud committed this batch: delete its rows. Unknown ids are ignored."""
         return await self._run(lambda: self._ack(batch_id))
 
     def _ack(self, batch_id: str) -> int:
-        db = self.db
-        row = db.execute(
-            "SELECT first_id, last_id FROM batches WHERE batch_id = ?", (batch_id,)
-        ).fetchone()
-        if row is None:
+        batch = self._unacked.pop(batch_id, None)
+        if batch is None:
             return 0
-        db.execute("BEGIN IMMEDIATE")
-        n, size = db.execute(
-            "SELECT count(*), coalesce(sum(size), 0) FROM outbox WHERE id BETWEEN ? AND ?", row
-        ).fetchone()
-        db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", row)
-        db.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
-        db.execute("COMMIT")
+        db = self.db
+        span = (batch.first_id, batch.last_id)
+        # A deletion need not reach the disk before we go on: lost in a power cut, the rows
+        # are sent again and the cloud drops them as duplicates. The next append's fsync
+        # makes it durable anyway (the WAL is written in order).
+        db.execute("PRAGMA synchronous=OFF")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            n, size = db.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM outbox WHERE id BETWEEN ? AND ?",
+                span,
+            ).fetchone()
+            db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", span)
+            db.execute("COMMIT")
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
         oldest = None
         if self.stats.rows - n > 0:
             oldest = db.execute("SELECT added_ms FROM outbox ORDER BY id LIMIT 1").fetchone()
         with self._lock:
             self.stats.rows -= n
             self.stats.bytes -= size
-            self.stats.open_batches -= 1
+            self.stats.open_batches = len(self._unacked)
             self.stats.oldest_ms = oldest[0] if oldest else None
         return int(n)
 

@@ -139,6 +139,13 @@ class Uplink:
                 self._slot.clear()
                 await self._slot.wait()
                 continue
+            if self._inflight:
+                # Ack-clocked batching: with batches in flight, wait for an ack (or at most
+                # batch_interval) so a live stream travels in a few fuller batches rather than
+                # many tiny ones the cloud must each commit.
+                self._slot.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot.wait(), s.batch_interval)
             # clear before looking: an append that lands while we look sets it again, so
             # its rows are never left waiting for the next reading to arrive
             self.outbox.appended.clear()
