@@ -4,7 +4,9 @@ Tree (rest_for_one)::
 
     cloud
     ├── readings    the SQLite reading store
+    ├── state       the cloud's CRDT store (amcp.store)
     ├── ingest      cloud broker → store → ack to the gateway
+    ├── sync        CRDT deltas with every gateway (amcp.sync)
     └── s1          capability registry from announcements, intent router
 """
 
@@ -19,6 +21,8 @@ from amcp.link import CloudLinks, secrets_in_dir
 from amcp.runtime.metrics import MetricsServer
 from amcp.runtime.service import Service
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
+from amcp.store import Store
+from amcp.sync import CloudSync
 from cloud.config import CloudConfig
 from cloud.ingest import CloudIngest
 from cloud.readings import ReadingStore
@@ -39,14 +43,25 @@ class Cloud:
             window_s=config.links.clock_window,
         )
         self.ingest = CloudIngest(config, self.store, self.registry, self.links)
+        # the cloud's CRDT state, shared by S1's registry and sync with every gateway
+        self.state_store = Store(state / "store.sqlite3", site=config.cloud.id)
         self.s1 = CloudS1(
-            config.s1, state / "s1.sqlite3", self.links, broker=config.broker, site=config.cloud.id
+            config.s1, self.state_store, self.links, broker=config.broker, site=config.cloud.id
+        )
+        self.sync = CloudSync(
+            config.sync, self.state_store, self.links, config.broker, cloud=config.cloud.id
         )
         self.supervisor = Supervisor(
             "cloud",
             [
                 ChildSpec("readings", self._run_store, wait_ready=True, shutdown_timeout=10),
+                ChildSpec("state", self._run_state, wait_ready=True, shutdown_timeout=10),
                 ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
+                *(
+                    [ChildSpec("sync", self.sync.run, shutdown_timeout=5)]
+                    if config.sync.enabled
+                    else []
+                ),
                 *self.s1.child_specs(),
             ],
             strategy=Strategy.REST_FOR_ONE,
@@ -61,6 +76,14 @@ class Cloud:
             await asyncio.Event().wait()
         finally:
             await asyncio.shield(self.store.close())
+
+    async def _run_state(self, ctx: ChildContext) -> None:
+        await self.state_store.open()
+        ctx.ready()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.shield(self.state_store.close())
 
     async def serve(self) -> int:
         server = None

@@ -7,6 +7,7 @@ from typing import Annotated
 import msgspec
 
 from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings
+from amcp.sync import SyncSettings
 from cloud.s1 import CloudS1Settings
 
 
@@ -33,6 +34,7 @@ class CloudConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ingest: CloudIngestSettings = msgspec.field(default_factory=CloudIngestSettings)
     links: LinkSettings = msgspec.field(default_factory=LinkSettings)
     s1: CloudS1Settings = msgspec.field(default_factory=CloudS1Settings)
+    sync: SyncSettings = msgspec.field(default_factory=SyncSettings)
     metrics: MetricsSettings = msgspec.field(
         default_factory=lambda: MetricsSettings(listen="127.0.0.1:9465")
     )

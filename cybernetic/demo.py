@@ -46,8 +46,11 @@ DEMO_CAPABILITY = {
 def _gateway_overrides() -> dict[str, object]:
     overrides: dict[str, object] = {"s1": {"capabilities": [DEMO_CAPABILITY]}}
     policy = EXAMPLES / "policies" / "demo.policy"
-    if policy.exists():  # shipped with the source tree and the package
+    if policy.exists():  # shipped with the source tree
         overrides["policy"] = {"file": str(policy)}
+    patterns = EXAMPLES / "patterns" / "demo.toml"
+    if patterns.exists():
+        overrides["rules"] = {"files": [str(patterns)]}
     return overrides
 
 
@@ -104,6 +107,7 @@ def _account(stack: Stack, devices: list[SimulatedDevice], elapsed: float) -> st
         f", policy flagged {int(g.get('cybernetic_policy_decisions_total:decision=flagged', 0))}"
         f" | cloud stored {int(c.get('cybernetic_cloud_stored_readings_total', 0))}"
         f", duplicates {int(c.get('cybernetic_cloud_duplicate_readings_total', 0))}"
+        f", events {int(c.get('cybernetic_cloud_events_total', 0))}"
     )
 
 

@@ -4,9 +4,12 @@ Tree (rest_for_one: a part depends on those started before it)::
 
     gateway
     ├── outbox      opens the SQLite outbox; expires old rows
+    ├── state       the CRDT store (amcp.store) shared by S1, rules and sync
     ├── s2          load signals → adaptive limits, zombies, leases; S2 events → outbox
+    ├── rules       GoldRush patterns from config, files and the store; actions
     ├── uplink      outbox → cloud broker, deletes on the cloud's ack
-    ├── ingest      local broker → S2 limits → WASM policy → outbox, acknowledges after commit
+    ├── sync        CRDT deltas both ways with the cloud (amcp.sync)
+    ├── ingest      local broker → S2 limits → WASM policy → rules → outbox, ack after commit
     └── s1          capabilities, intent dispatch, child units (gateway.s1)
 
 The outbox starts first and stops last, so nothing is written to a closed database.
@@ -23,10 +26,14 @@ from amcp.runtime.config import load
 from amcp.runtime.metrics import MetricsServer
 from amcp.runtime.service import Service
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
+from amcp.store import Store
+from amcp.sync import GatewaySync
 from gateway.config import GatewayConfig
 from gateway.ingest import Ingest, Stage
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox
+from gateway.rules import RulesService
+from gateway.rules.settings import STORE_FILE
 from gateway.s1 import S1
 from gateway.s2.service import S2Service
 from gateway.uplink import Uplink
@@ -69,6 +76,24 @@ class Gateway:
             ingest_backlog=lambda: self.ingest.backlog,
         )
         self.s2.register(self.metrics.registry)
+        # the gateway's CRDT state (capabilities, twins, patterns, limits), shared by S1, the
+        # rules and sync so a row merged from the cloud notifies whoever uses it
+        self.store = Store(state / STORE_FILE, site=config.gateway.id)
+        self.rules = RulesService(
+            config.rules,
+            self.store,
+            self.outbox.append_events,
+            gateway=config.gateway.id,
+            local_broker=config.local_broker,
+        )
+        self.sync = GatewaySync(
+            config.sync,
+            self.store,
+            self.link,
+            config.uplink.broker,
+            gateway=config.gateway.id,
+            cloud=config.uplink.cloud_id,
+        )
         self.policy: PolicyStage | None = None
         ingest_stages: list[Stage] = [self.s2.stage]
         if config.policy is not None:
@@ -76,12 +101,13 @@ class Gateway:
             self.policy = PolicyStage.from_config(config.policy, base=base)
             self.metrics.watch_policy(self.policy.counts)
             ingest_stages.append(self.policy)
+        ingest_stages.append(self.rules.stage)
         self.ingest = Ingest(
             config, self.outbox, self.metrics, stages=[*ingest_stages, *(stages or [])]
         )
         self.s1 = S1(
             config.s1,
-            state / "s1.sqlite3",
+            self.store,
             self.link,
             gateway=config.gateway.id,
             local_broker=config.local_broker,
@@ -93,8 +119,15 @@ class Gateway:
             "gateway",
             [
                 ChildSpec("outbox", self._run_outbox, wait_ready=True, shutdown_timeout=10),
+                ChildSpec("state", self._run_store, wait_ready=True, shutdown_timeout=10),
                 ChildSpec("s2", self._run_s2, wait_ready=True, shutdown_timeout=5),
+                ChildSpec("rules", self.rules.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("uplink", self.uplink.run, shutdown_timeout=5),
+                *(
+                    [ChildSpec("sync", self.sync.run, shutdown_timeout=5)]
+                    if config.sync.enabled
+                    else []
+                ),
                 ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
                 *self.s1.child_specs(),
             ],
@@ -114,6 +147,14 @@ class Gateway:
         finally:
             await asyncio.shield(self.outbox.close())
 
+    async def _run_store(self, ctx: ChildContext) -> None:
+        await self.store.open()
+        ctx.ready()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.shield(self.store.close())
+
     async def _run_s2(self, ctx: ChildContext) -> None:
         await self.s2.run(ctx, self.outbox.append_events)
 
@@ -130,6 +171,7 @@ class Gateway:
         # live-tunable settings; a changed broker address or id needs a restart
         self.config.ingest.devices[:] = new.ingest.devices
         self.s2.gate.apply(new.s2.limits)
+        self.rules.reload()
         if self.policy is not None and new.policy is not None:
             agent = await asyncio.to_thread(
                 PolicyAgent.load, new.policy.file, zones=new.policy.zones or None

@@ -8,6 +8,8 @@ from typing import Annotated
 import msgspec
 
 from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings, Seconds
+from amcp.sync import SyncSettings
+from gateway.rules import RulesSettings
 from gateway.s1 import S1Settings
 from gateway.s2.config import S2Config
 from wasm import PolicyConfig
@@ -74,6 +76,8 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     outbox: OutboxSettings = msgspec.field(default_factory=OutboxSettings)
     uplink: UplinkSettings = msgspec.field(default_factory=UplinkSettings)
     s1: S1Settings = msgspec.field(default_factory=S1Settings)
+    rules: RulesSettings = msgspec.field(default_factory=RulesSettings)
+    sync: SyncSettings = msgspec.field(default_factory=SyncSettings)
     s2: S2Config = msgspec.field(default_factory=S2Config)
     policy: PolicyConfig | None = None
     """A WASM policy enforced at ingest (drop / flag / transform), docs/policy-language.md."""
