@@ -7,6 +7,7 @@ the ingest benchmark. The gateway and the cloud run as subprocesses of the insta
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -14,14 +15,23 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import tomli_w
 from prometheus_client.parser import text_string_to_metric_families
 
-from cybernetic.mosquitto import MosquittoBroker, free_port
+from amcp.crypto.pki import FleetCA, write_secret_file
+from amcp.runtime.settings import BrokerLink
+from amcp.runtime.supervisor import ChildContext
+from cloud.enrolment import Enrolment, disconnect_client, init_pki, open_enrolment
+from cybernetic.mosquitto import MosquittoBroker, TlsListener, free_port
+from gateway.enrol import EnrolmentState, EnrolPaths, enrol, renew
+
+T = TypeVar("T")
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -59,12 +69,22 @@ class Stack:
         gateway_id: str = "gw-1",
         gateway: dict[str, Any] | None = None,
         cloud: dict[str, Any] | None = None,
+        tls: bool = False,
     ) -> None:
+        """``tls=True``: the gateway enrols with the fleet CA when the brokers start and
+        reaches the cloud broker over mutual TLS with its certificate (docs/trust.md)."""
         self.state = state
         state.mkdir(parents=True, exist_ok=True)
         self.gateway_id = gateway_id
+        self.tls = tls
+        self.pki_dir = state / "pki"
+        self.enrol_dir = state / "gateway-enrolment"
         self.edge = MosquittoBroker(state / "edge-broker")
-        self.cloud_broker = MosquittoBroker(state / "cloud-broker")
+        self.cloud_broker = (
+            MosquittoBroker(state / "cloud-broker", tls=self._init_pki(), acl="acl-cloud")
+            if tls
+            else MosquittoBroker(state / "cloud-broker")
+        )
         secrets = state / "secrets"
         secrets.mkdir(mode=0o700, exist_ok=True)
         self._secret_files: dict[str, Path] = {}
@@ -73,6 +93,8 @@ class Stack:
             (self.cloud_broker, "gateway", "cloud-gateway"),
             (self.cloud_broker, "cloud", "cloud-cloud"),
         ):
+            if tls and name == "cloud-gateway":
+                continue  # with TLS the gateway's certificate is its only cloud credential
             secret = os.urandom(16).hex()
             broker.add_user(user, secret)
             path = secrets / name
@@ -88,6 +110,10 @@ class Stack:
             path.chmod(0o600)
         self._secret_files["link"] = secrets / "link"
         self.links_dir = links_dir
+        if tls:  # enrolment makes the link secret; the password account is for enrolment only
+            self.links_dir = self.pki_dir / "links"
+            self._secret_files["link"] = EnrolPaths(self.enrol_dir).link_secret
+            self.cloud_broker.add_user("enrol", os.urandom(16).hex())
         self.gateway_metrics = free_port()
         self.cloud_metrics = free_port()
         self.gateway_config = state / "gateway.toml"
@@ -112,7 +138,7 @@ class Stack:
                 "broker": {
                     "port": self.cloud_broker.port,
                     "username": "gateway",
-                    "password_file": str(self._secret_files["cloud-gateway"]),
+                    "password_file": str(self._secret_files.get("cloud-gateway", "")),
                 },
             },
             "metrics": {"listen": f"127.0.0.1:{self.gateway_metrics}"},
@@ -127,6 +153,13 @@ class Stack:
             },
             "metrics": {"listen": f"127.0.0.1:{self.cloud_metrics}"},
         }
+        if self.tls:
+            paths = EnrolPaths(self.enrol_dir)
+            gw["uplink"]["broker"] = {  # type: ignore[index]
+                "port": self.cloud_broker.tls_port,
+                "ca_file": str(paths.trust_bundle),
+                "cert_file": str(paths.client_pem),
+            }
         self.gateway_config.write_text(tomli_w.dumps(_merge(gw, self._gateway_extra)))
         self.cloud_config.write_text(tomli_w.dumps(_merge(cl, self._cloud_extra)))
 
@@ -159,6 +192,8 @@ class Stack:
     def start_brokers(self) -> None:
         self.edge.start()
         self.cloud_broker.start()
+        if self.tls and not EnrolPaths(self.enrol_dir).state.exists():
+            self.enrol_gateway()
 
     def start_cloud(self) -> None:
         self.cloud_proc = self._spawn("cloud", self.cloud_config)
@@ -218,6 +253,100 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- trust (tls=True) ----------------------------------------------------------------
+    def _init_pki(self) -> TlsListener:
+        """The fleet CA and the cloud broker's server certificate (kept across restarts)."""
+        ca = FleetCA(self.pki_dir / "ca")
+        if not ca.exists():
+            init_pki(self.pki_dir)
+        tls_dir = self.state / "cloud-broker-tls"
+        if not (tls_dir / "server.pem").exists():
+            key, cert = ca.issue_server(["127.0.0.1", "localhost"], valid_s=365 * 86400.0)
+            write_secret_file(tls_dir / "server.key", key)
+            write_secret_file(tls_dir / "server.pem", cert)
+        return TlsListener(
+            cafile=ca.cert_path,
+            certfile=tls_dir / "server.pem",
+            keyfile=tls_dir / "server.key",
+            crlfile=ca.crl_path,
+        )
+
+    def _cloud_link(self) -> BrokerLink:
+        return BrokerLink(
+            port=self.cloud_broker.port,
+            username="cloud",
+            password_file=str(self._secret_files["cloud-cloud"]),
+        )
+
+    def _run(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run a coroutine on a private loop in a thread: callers may be inside a loop."""
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, work()).result()  # type: ignore[arg-type]
+
+    def _with_enrolment(self, work: Callable[[Enrolment], Awaitable[T]]) -> T:
+        """Run ``work`` while the cloud's enrolment service answers on the cloud broker."""
+
+        async def run() -> T:
+            enrolment = open_enrolment(self.pki_dir)
+            ctx = ChildContext("enrolment")
+            task = asyncio.create_task(enrolment.serve(self._cloud_link(), ctx))
+            try:
+                async with asyncio.timeout(10):
+                    await ctx.wait_ready()
+                return await work(enrolment)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                enrolment.store.close()
+
+        return self._run(run)
+
+    def enrol_gateway(self) -> EnrolmentState:
+        """Issue a one-time token and enrol the gateway with it, as an operator would."""
+        link = BrokerLink(
+            port=self.cloud_broker.port,
+            username="enrol",
+            password=self.cloud_broker.password("enrol"),
+        )
+
+        async def work(enrolment: Enrolment) -> EnrolmentState:
+            token = enrolment.issue_token(expires_s=300, gateway=self.gateway_id)
+            return await enrol(link, token.text(), self.gateway_id, self.enrol_dir)
+
+        return self._with_enrolment(work)
+
+    def renew_gateway(
+        self, *, certificate: bool = True, link_secret: bool = False
+    ) -> EnrolmentState:
+        """Renew over the mutual-TLS link; the running gateway uses a new certificate from
+        its next connection (a new link secret needs the daemons to re-read it)."""
+        base = BrokerLink(port=self.cloud_broker.tls_port or 0)
+        link = EnrolPaths(self.enrol_dir).tls_link(base)
+
+        async def work(_: Enrolment) -> EnrolmentState:
+            return await renew(
+                link, self.enrol_dir, certificate=certificate, link_secret=link_secret
+            )
+
+        return self._with_enrolment(work)
+
+    def kick_gateway(self) -> None:
+        """Close the gateway's live cloud session (it reconnects, or cannot if revoked)."""
+        self._run(lambda: disconnect_client(self._cloud_link(), f"{self.gateway_id}-uplink"))
+
+    def revoke_gateway(self) -> list[int]:
+        """Revoke the gateway: CRL (broker reloaded), register, link secret; and close its
+        live session so it has to reconnect with the revoked certificate."""
+        enrolment = open_enrolment(self.pki_dir)
+        try:
+            serials = enrolment.revoke(self.gateway_id)
+        finally:
+            enrolment.store.close()
+        self.cloud_broker.reload()
+        self.kick_gateway()
+        return serials
 
     # -- observation --------------------------------------------------------------------
     def cloud_count(self) -> int:
