@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from amcp.link import CloudLinks, secrets_in_dir
 from amcp.runtime.metrics import MetricsServer
 from amcp.runtime.service import Service
+from amcp.runtime.statemarker import write_marker
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
 from amcp.store import Store
 from amcp.sync import CloudSync
@@ -36,6 +37,7 @@ class Cloud:
         self.store = ReadingStore(Path(config.cloud.state_dir) / "readings.sqlite3")
         state = Path(config.cloud.state_dir)
         state.mkdir(parents=True, exist_ok=True)
+        write_marker(state)
         self.links = CloudLinks(
             secrets_in_dir(Path(config.links.secrets_dir)),
             state / "replay.sqlite3",

@@ -25,6 +25,7 @@ from amcp.link import GatewayLink, read_secret
 from amcp.runtime.config import load
 from amcp.runtime.metrics import MetricsServer
 from amcp.runtime.service import Service
+from amcp.runtime.statemarker import write_marker
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
 from amcp.store import Store
 from amcp.sync import GatewaySync
@@ -55,6 +56,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         state = Path(config.gateway.state_dir)
         state.mkdir(parents=True, exist_ok=True)
+        write_marker(state)
         self.outbox = Outbox(
             state / "outbox.sqlite3",
             config.outbox,
