@@ -14,7 +14,6 @@ CRDT store, S1 and rules state (an outbox v3 lacks the batches table v1/v2 build
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 STATE_SCHEMA = 3
@@ -48,4 +47,4 @@ def write_marker(state_dir: Path) -> None:
             return
     tmp = state_dir / f".{MARKER}.tmp"
     tmp.write_text(f"schema={schema}\nmin_reader={min_reader}\n")
-    os.replace(tmp, state_dir / MARKER)
+    tmp.replace(state_dir / MARKER)
