@@ -25,6 +25,8 @@ from amcp.link import CloudLinks, GatewayLink, read_secret, secrets_in_dir
 from amcp.runtime.settings import BrokerLink
 from amcp.wire import enrol as wire
 from amcp.wire.telemetry import BatchAck
+from cybernetic.__main__ import main
+from cybernetic.mosquitto import MosquittoBroker
 from gateway.enrol import (
     EnrolmentError,
     EnrolmentRefusedError,
@@ -294,3 +296,30 @@ def test_garbage_requests_are_dropped_without_error(cloud_factory: Callable[...,
         assert cloud.enrolment.handle(data, "gw-x") is None
 
     check()
+
+
+async def test_gateway_enrol_and_renew_from_the_command_line(
+    cloud_factory: Callable[..., Cloud],
+    broker: MosquittoBroker,
+    tmp_path: Path,
+    topic: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cloud = cloud_factory()
+    gw = f"gw-{topic}"
+    token = cloud.enrolment.issue_token(expires_s=60, gateway=gw).text()
+    (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "pw").write_text(broker.password("gateway"))
+    argv = [
+        "gateway", "enrol", "--id", gw, "--dir", str(tmp_path / "gw"),
+        "--broker", f"{broker.host}:{broker.port}", "--username", "gateway",
+        "--password-file", str(tmp_path / "pw"), "--token-file", str(tmp_path / "token"),
+    ]  # fmt: skip
+    async with serving(cloud):
+        assert await asyncio.to_thread(main, argv) == 0
+        out = capsys.readouterr().out
+        assert f"enrolled {gw}" in out
+        assert token not in out
+        assert await asyncio.to_thread(main, argv) == 2  # the token is spent
+        assert "already used" in capsys.readouterr().out
+    assert read_secret(tmp_path / "gw" / "link.secret") == read_secret(cloud.links_dir / gw)
