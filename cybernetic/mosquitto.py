@@ -146,8 +146,10 @@ class MosquittoBroker:
     # -- accounts -----------------------------------------------------------------------
     def add_user(self, username: str, password: str) -> None:
         """Create or update an account; a running broker reloads the password file."""
+        # the password goes in on stdin: on a command line any local user could read it in ps
         subprocess.run(  # noqa: S603 - fixed binary; arguments are not shell-parsed
-            [PASSWD_BIN, "-b", str(self.password_file), username, password],
+            [PASSWD_BIN, str(self.password_file), username],
+            input=f"{password}\n{password}\n".encode(),
             check=True,
             capture_output=True,
         )
