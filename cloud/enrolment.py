@@ -51,6 +51,8 @@ RESERVED_IDS = frozenset({"cloud", "gateway", "enrol"})
 
 def valid_gateway_id(gateway: str, cloud: str) -> bool:
     return bool(_GATEWAY_ID.match(gateway)) and gateway not in RESERVED_IDS | {cloud}
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
     token_id TEXT PRIMARY KEY,
