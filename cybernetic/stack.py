@@ -207,12 +207,13 @@ class Stack:
         self.start_gateway()
 
     def wait_gateway_ready(self, timeout: float = 20.0) -> None:
-        """Wait until the gateway's ingest session is subscribed (it serves metrics then)."""
+        """Wait until the gateway's ingest is subscribed: readings published before its first
+        subscription would find no session to wait in."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.gateway_proc is not None and self.gateway_proc.poll() is not None:
                 raise RuntimeError(f"gateway exited: {self.log('gateway')[-3000:]}")
-            if "cybernetic_uplink_connected" in scrape(self.gateway_metrics, 0.5):
+            if scrape(self.gateway_metrics, 0.5).get("cybernetic_ingest_connected") == 1:
                 return
             time.sleep(0.1)
         raise TimeoutError(f"gateway not ready in {timeout}s: {self.log('gateway')[-3000:]}")

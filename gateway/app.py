@@ -116,7 +116,7 @@ class Gateway:
             cloud_broker=config.uplink.broker,
             state_dir=state,
         )
-        self.metrics.watch(self.outbox.snapshot, self.uplink.status)
+        self.metrics.watch(self.outbox.snapshot, self.uplink.status, lambda: self.ingest.connected)
         self.supervisor = Supervisor(
             "gateway",
             [

@@ -19,10 +19,14 @@ from gateway.outbox import OutboxStats
 
 class _StateCollector(Collector):
     def __init__(
-        self, stats: Callable[[], OutboxStats], uplink: Callable[[], tuple[bool, float]]
+        self,
+        stats: Callable[[], OutboxStats],
+        uplink: Callable[[], tuple[bool, float]],
+        ingest: Callable[[], bool],
     ) -> None:
         self._stats = stats
         self._uplink = uplink
+        self._ingest = ingest
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         s = self._stats()
@@ -41,6 +45,11 @@ class _StateCollector(Collector):
             "cybernetic_uplink_batches_in_flight",
             "Batches sent and not yet acknowledged",
             s.open_batches,
+        )
+        yield GaugeMetricFamily(
+            "cybernetic_ingest_connected",
+            "1 while ingest is subscribed on the local broker",
+            float(self._ingest()),
         )
         connected, lag = self._uplink()
         yield GaugeMetricFamily(
@@ -103,6 +112,9 @@ class GatewayMetrics:
         self.registry.register(_PolicyCollector(counts))
 
     def watch(
-        self, stats: Callable[[], OutboxStats], uplink: Callable[[], tuple[bool, float]]
+        self,
+        stats: Callable[[], OutboxStats],
+        uplink: Callable[[], tuple[bool, float]],
+        ingest: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.registry.register(_StateCollector(stats, uplink))
+        self.registry.register(_StateCollector(stats, uplink, ingest))

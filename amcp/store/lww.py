@@ -122,8 +122,13 @@ class LWWStore:
     def _transaction(self) -> Iterator[None]:
         if self._closed:
             raise StoreClosedError(self.path)
-        start = self._version
         self._conn.execute("BEGIN IMMEDIATE")
+        # another process (``cybernetic patterns add`` on a running gateway's store) may have
+        # written since our last transaction: continue from the stored counter, under the lock
+        stored = self._conn.execute("SELECT value FROM meta WHERE name='version'").fetchone()
+        if stored is not None:
+            self._version = max(self._version, int(stored[0]))
+        start = self._version
         try:
             yield
             self._conn.executemany(

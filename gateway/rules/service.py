@@ -224,7 +224,9 @@ class RulesService:
             "build_ms": round(result.build_ms, 2),
         }
         log.info("rule set swapped", extra=attrs)
-        self.runner.report(EventRecord("rules.swapped", _now_ms(), "rules", "info", attrs))
+        if result.rules.generation > 1 or len(eng.patterns) or result.refused:
+            # the cloud hears of every change, but not of an empty rule set at start-up
+            self.runner.report(EventRecord("rules.swapped", _now_ms(), "rules", "info", attrs))
         self._swapped.set()
         return True
 

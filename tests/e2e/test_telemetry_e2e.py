@@ -112,6 +112,7 @@ async def test_gateway_killed_repeatedly_loses_and_duplicates_nothing(stack: Sta
 
 
 async def test_outbox_cap_applies_policy_counts_drops_and_stays_up(tmp_path: Path) -> None:
+    # no rules configured: nothing but these readings goes into the outbox
     stack = Stack(
         tmp_path / "s", gateway={"outbox": {"max_bytes": 20_000, "overflow": "drop-oldest"}}
     )
