@@ -186,7 +186,9 @@ async def test_a_flooding_device_trips_its_units_memory_quota(
         await dev.subscribed.wait()
         await rig.executor.wait_connected(10)
         job = asyncio.ensure_future(rig.dispatcher.run(Intent("i-f", "", "flood", {}), slow_emit))
-        await wait_for(lambda: line.buffered_bytes > 1000)
+        # keep the link blocked until the device is through: 80 KB of replies then pile up
+        # behind the first result, far past the 2000-byte quota, whatever the machine's load
+        await wait_for(lambda: bool(dev.finished or dev.cancelled))
         gate.set()
         final = await asyncio.wait_for(job, 10)
     assert (final.state, final.code) == ("failed", "refused")
