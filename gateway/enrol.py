@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import pwd
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,11 +115,16 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _node_signer(paths: EnrolPaths, gateway: str) -> Ed25519Signer:
+def _node_signer(paths: EnrolPaths, gateway: str, owner: str | None) -> Ed25519Signer:
     paths.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = KeyStore(paths.keys)
     if not store.exists():
-        return store.generate(gateway)
+        signer = store.generate(gateway)
+        if owner is not None:  # the key store writes as the caller: hand it to the service
+            entry = pwd.getpwnam(owner)
+            for path in [paths.directory, paths.keys, *paths.keys.rglob("*")]:
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        return signer
     signer = store.signer()
     if signer.owner != gateway:
         raise EnrolmentError(
@@ -187,7 +194,7 @@ async def enrol(
     """
     token = wire.BootstrapToken.parse(token_text)
     paths = EnrolPaths(directory)
-    signer = await asyncio.to_thread(_node_signer, paths, gateway)
+    signer = await asyncio.to_thread(_node_signer, paths, gateway, owner)
     tls_key = new_tls_key()
     agreement = GatewayAgreement(signer, cloud=cloud, epoch=epoch)
     request = wire.EnrolRequest(

@@ -4,6 +4,9 @@ revocation, and the link secret both ends agree on."""
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
+import pwd
 import stat
 import time
 from collections.abc import Callable
@@ -323,3 +326,22 @@ async def test_gateway_enrol_and_renew_from_the_command_line(
         assert await asyncio.to_thread(main, argv) == 2  # the token is spent
         assert "already used" in capsys.readouterr().out
     assert read_secret(tmp_path / "gw" / "link.secret") == read_secret(cloud.links_dir / gw)
+
+
+async def test_enrolment_files_belong_to_the_service_user(
+    cloud_factory: Callable[..., Cloud], gateway_link: BrokerLink, tmp_path: Path, topic: str
+) -> None:
+    owner = "nobody" if os.geteuid() == 0 else getpass.getuser()
+    uid = pwd.getpwnam(owner).pw_uid
+    cloud = cloud_factory()
+    token = cloud.enrolment.issue_token(expires_s=60).text()
+    async with serving(cloud):
+        await enrol(gateway_link, token, f"gw-{topic}", tmp_path / "gw", owner=owner, within_s=20)
+    paths = EnrolPaths(tmp_path / "gw")
+    files = [paths.client_pem, paths.link_secret, paths.state, paths.trust_bundle]
+    files += [p for p in paths.keys.rglob("*") if p.is_file()]
+    for f in files:
+        assert f.stat().st_uid == uid, f
+    for f in [paths.client_pem, paths.link_secret, *(paths.keys / "private").iterdir()]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert stat.S_IMODE(paths.keys.stat().st_mode) == 0o700
