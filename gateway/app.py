@@ -5,6 +5,7 @@ Tree (rest_for_one: a part depends on those started before it)::
     gateway
     ├── outbox      opens the SQLite outbox; expires old rows
     ├── state       the CRDT store (amcp.store) shared by S1, rules and sync
+    ├── twins       each device's latest values → its reported twin (synced to the cloud)
     ├── s2          load signals → adaptive limits, zombies, leases; S2 events → outbox
     ├── rules       GoldRush patterns from config, files and the store; actions
     ├── uplink      outbox → cloud broker, deletes on the cloud's ack
@@ -37,6 +38,7 @@ from gateway.rules import RulesService
 from gateway.rules.settings import STORE_FILE
 from gateway.s1 import S1
 from gateway.s2.service import S2Service
+from gateway.twins import TwinReporter
 from gateway.uplink import Uplink
 from wasm import PolicyAgent, PolicyStage
 
@@ -96,6 +98,7 @@ class Gateway:
             gateway=config.gateway.id,
             cloud=config.uplink.cloud_id,
         )
+        self.twins = TwinReporter(self.store, config.gateway.twin_interval)
         self.policy: PolicyStage | None = None
         ingest_stages: list[Stage] = [self.s2.stage]
         if config.policy is not None:
@@ -104,6 +107,7 @@ class Gateway:
             self.metrics.watch_policy(self.policy.counts)
             ingest_stages.append(self.policy)
         ingest_stages.append(self.rules.stage)
+        ingest_stages.append(self.twins.stage)
         self.ingest = Ingest(
             config, self.outbox, self.metrics, stages=[*ingest_stages, *(stages or [])]
         )
@@ -122,6 +126,7 @@ class Gateway:
             [
                 ChildSpec("outbox", self._run_outbox, wait_ready=True, shutdown_timeout=10),
                 ChildSpec("state", self._run_store, wait_ready=True, shutdown_timeout=10),
+                ChildSpec("twins", self.twins.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("s2", self._run_s2, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("rules", self.rules.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("uplink", self.uplink.run, shutdown_timeout=5),

@@ -27,6 +27,8 @@ class GatewaySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     id: Identifier
     state_dir: str = "/var/lib/cybernetic/gateway"
     zone: str = "default"
+    twin_interval: Seconds = 5.0
+    """How often each device's latest values are written to its reported twin."""
 
 
 class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
