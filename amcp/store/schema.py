@@ -41,6 +41,19 @@ MIGRATIONS: tuple[str, ...] = (
         received INTEGER NOT NULL DEFAULT 0, last_seen_ms INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 1 -> 2: the map clustered on its key (WITHOUT ROWID): a merge updates two b-trees instead
+    # of three, about a quarter more rows merged per second (measured, docs/store.md).
+    """
+    CREATE TABLE map_v2 (
+        ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB, hlc INTEGER NOT NULL,
+        site TEXT NOT NULL, chunks INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL,
+        PRIMARY KEY (ns, key)
+    ) WITHOUT ROWID;
+    INSERT INTO map_v2 SELECT ns, key, value, hlc, site, chunks, version FROM map;
+    DROP TABLE map;
+    ALTER TABLE map_v2 RENAME TO map;
+    CREATE UNIQUE INDEX map_version ON map (version);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
