@@ -149,7 +149,7 @@ async def run_demo(opts: DemoOptions) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    stack = Stack(state, gateway_id="demo-gw", gateway=_gateway_overrides())
+    stack = Stack(state, gateway_id="demo-gw", gateway=_gateway_overrides(), tls=True)
     try:
         devices = [
             SimulatedDevice(name, stack.add_device(name), opts.interval)
@@ -157,8 +157,11 @@ async def run_demo(opts: DemoOptions) -> int:
         ]
         stack.start()
         _say(f"Cybernetic Edge demo: state in {state}")
-        edge, cloud = stack.edge.port, stack.cloud_broker.port
-        _say(f"  edge broker 127.0.0.1:{edge}, cloud broker 127.0.0.1:{cloud}")
+        edge, cloud = stack.edge.port, stack.cloud_broker.tls_port or stack.cloud_broker.port
+        _say(
+            f"  edge broker 127.0.0.1:{edge}, cloud broker 127.0.0.1:{cloud}"
+            " (mutual TLS; the gateway enrolled with a one-time token)"
+        )
         _say(
             f"  metrics: gateway http://127.0.0.1:{stack.gateway_metrics}/metrics,"
             f" cloud http://127.0.0.1:{stack.cloud_metrics}/metrics"
