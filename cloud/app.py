@@ -25,6 +25,7 @@ from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Superviso
 from amcp.store import Store
 from amcp.sync import CloudSync
 from cloud.config import CloudConfig
+from cloud.enrolment import open_enrolment
 from cloud.ingest import CloudIngest
 from cloud.readings import ReadingStore
 from cloud.s1 import CloudS1
@@ -65,6 +66,11 @@ class Cloud:
                     else []
                 ),
                 *self.s1.child_specs(),
+                *(
+                    [ChildSpec("enrolment", self._run_enrolment, shutdown_timeout=5)]
+                    if config.enrolment.pki_dir
+                    else []
+                ),
             ],
             strategy=Strategy.REST_FOR_ONE,
             intensity=5,
@@ -86,6 +92,16 @@ class Cloud:
             await asyncio.Event().wait()
         finally:
             await asyncio.shield(self.state_store.close())
+
+    async def _run_enrolment(self, ctx: ChildContext) -> None:
+        """Answer gateways enrolling with one-time tokens (docs/trust.md)."""
+        settings = self.config.enrolment
+        enrolment = open_enrolment(
+            Path(settings.pki_dir),
+            links_dir=Path(self.config.links.secrets_dir),
+            cert_valid_s=settings.cert_valid_s,
+        )
+        await enrolment.serve(self.config.broker, ctx)
 
     async def serve(self) -> int:
         server = None

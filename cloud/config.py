@@ -28,11 +28,18 @@ class LinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     clock_window: Annotated[float, msgspec.Meta(gt=0)] = 90.0
 
 
+class EnrolmentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pki_dir: str = ""
+    """The fleet PKI made by ``cybernetic pki init``; empty: this cloud enrols no gateways."""
+    cert_valid_s: Annotated[float, msgspec.Meta(gt=0)] = 30 * 86400.0
+
+
 class CloudConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cloud: CloudSection = msgspec.field(default_factory=CloudSection)
     broker: BrokerLink = msgspec.field(default_factory=lambda: BrokerLink(username="cloud"))
     ingest: CloudIngestSettings = msgspec.field(default_factory=CloudIngestSettings)
     links: LinkSettings = msgspec.field(default_factory=LinkSettings)
+    enrolment: EnrolmentSettings = msgspec.field(default_factory=EnrolmentSettings)
     s1: CloudS1Settings = msgspec.field(default_factory=CloudS1Settings)
     sync: SyncSettings = msgspec.field(default_factory=SyncSettings)
     metrics: MetricsSettings = msgspec.field(
