@@ -8,11 +8,12 @@ reading is on disk. One writer thread; reads open their own connections.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import msgspec
 
 from amcp.wire.telemetry import EventRecord, Reading
 
@@ -39,6 +40,14 @@ CREATE TABLE IF NOT EXISTS events (
     attrs TEXT NOT NULL
 );
 """
+
+
+_encode_json = msgspec.json.Encoder().encode
+
+
+def _json(value: object) -> str:
+    """JSON text for a values column (msgspec: several times faster than the json module)."""
+    return _encode_json(value).decode()
 
 
 class ReadingStore:
@@ -90,7 +99,7 @@ class ReadingStore:
         assert self._db is not None
         db = self._db
         rows = [
-            (r.device, r.boot, r.seq, r.ts_ms, r.received_ms, now_ms, gateway, json.dumps(r.values))
+            (r.device, r.boot, r.seq, r.ts_ms, r.received_ms, now_ms, gateway, _json(r.values))
             for r in readings
         ]
         before = db.total_changes
@@ -102,7 +111,7 @@ class ReadingStore:
                 "INSERT INTO events (gateway, name, source, severity, ts_ms, stored_ms, attrs) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, json.dumps(e.attrs))
+                    (gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, _json(e.attrs))
                     for e in events
                 ],
             )

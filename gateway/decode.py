@@ -24,6 +24,7 @@ RESERVED = frozenset({"seq", "boot", "ts", "values"})
 MAX_DEPTH = 8
 MAX_SEQ = 2**63 - 1
 
+_SCALARS = frozenset({int, float, str, bool, type(None)})
 _json = msgspec.json.Decoder()
 _msgpack = msgspec.msgpack.Decoder()
 
@@ -122,5 +123,11 @@ def decode_payload(payload: bytes, *, max_bytes: int, max_fields: int) -> Decode
         values = {k: v for k, v in doc.items() if k not in RESERVED}
     if not values:
         raise BadShapeError("no measurements in payload")
-    _count_fields(values, 0, max_fields)
+    # the common case, a flat map of scalars, is checked without the recursive walk
+    if not (
+        len(values) <= max_fields
+        and all(type(k) is str for k in values)
+        and all(type(v) in _SCALARS for v in values.values())
+    ):
+        _count_fields(values, 0, max_fields)
     return DecodedPayload(seq=seq, boot=boot, ts_ms=ts, values=values)
