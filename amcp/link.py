@@ -52,9 +52,21 @@ class GatewayLink:
     ) -> None:
         keys = derive_link_keys(secret, gateway=gateway, cloud=cloud)
         self.gateway = gateway
+        self.cloud = cloud
         self.sealer = Sealer(keys.up, zone=zone)
         self.guard = ReplayGuard(replay_db, window_s=window_s)
-        self.opener = Opener(Keyring([keys.down.entry()]), self.guard, window_s=window_s)
+        self._keyring = Keyring([keys.down.entry()])
+        self.opener = Opener(self._keyring, self.guard, window_s=window_s)
+
+    def rekey(self, secret: bytes) -> None:
+        """Switch to keys from a renewed link secret (enrolment renewal).
+
+        New envelopes are signed with the new up key at once; the cloud's old down key stays
+        trusted beside the new one, so replies already on their way still open.
+        """
+        keys = derive_link_keys(secret, gateway=self.gateway, cloud=self.cloud)
+        self._keyring.add(keys.down.entry())
+        self.sealer.rekey(keys.up)
 
     def seal(self, message: Message, topic: str, context: Context | None = None) -> bytes:
         return self.sealer.seal(message, topic, context)
@@ -97,10 +109,32 @@ class CloudLinks:
                 sealer = self._sealers[gateway] = Sealer(keys.down)
             return sealer
 
+    def _reload(self, gateway: str) -> bool:
+        """Re-read a gateway's link secret (renewed by enrolment); True if it changed."""
+        secret = self._secrets(gateway)
+        if secret is None:
+            return False
+        keys = derive_link_keys(secret, gateway=gateway, cloud=self.cloud)
+        with self._lock:
+            if self._keyring.get(keys.up.key_id) is not None:
+                return False
+            self._keyring.add(keys.up.entry())  # the old key stays trusted beside it
+            self._sealers[gateway] = Sealer(keys.down)
+        return True
+
     def open(self, gateway: str, data: bytes, topic: str) -> Opened:
-        """Verify an envelope received on ``topic`` from ``gateway`` (named by the topic)."""
+        """Verify an envelope received on ``topic`` from ``gateway`` (named by the topic).
+
+        An envelope signed with a key we do not know yet makes us re-read the gateway's link
+        secret once: after a renewal the gateway switches first, and we follow.
+        """
         self._ensure(gateway)
-        opened = self.opener.open(data, topic)
+        try:
+            opened = self.opener.open(data, topic)
+        except UnknownKeyError:
+            if not self._reload(gateway):
+                raise
+            opened = self.opener.open(data, topic)
         assert opened is not None
         if opened.header.source != gateway:
             raise SourceMismatchError(opened.header.key_id, gateway, opened.header.source)

@@ -160,6 +160,8 @@ class Stack:
                 "ca_file": str(paths.trust_bundle),
                 "cert_file": str(paths.client_pem),
             }
+            gw["uplink"]["enrol_dir"] = str(self.enrol_dir)  # type: ignore[index]
+            cl["enrolment"] = {"pki_dir": str(self.pki_dir)}  # renewals go to the daemon
         self.gateway_config.write_text(tomli_w.dumps(_merge(gw, self._gateway_extra)))
         self.cloud_config.write_text(tomli_w.dumps(_merge(cl, self._cloud_extra)))
 

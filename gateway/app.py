@@ -31,6 +31,7 @@ from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Superviso
 from amcp.store import Store
 from amcp.sync import GatewaySync
 from gateway.config import GatewayConfig
+from gateway.enrol import EnrolPaths, RenewalPolicy, Renewer
 from gateway.ingest import Ingest, Stage
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox
@@ -143,6 +144,19 @@ class Gateway:
             period=30,
         )
         self.supervisor.add_subtree(self.s1.supervisor)
+        if config.uplink.enrol_dir:
+            up = config.uplink
+            self.renewer = Renewer(
+                up.broker,
+                Path(up.enrol_dir),
+                RenewalPolicy(
+                    cert_before_s=up.renew_cert_before,
+                    link_every_s=up.renew_link_every,
+                    check_every_s=up.renew_check_every,
+                ),
+                on_renewed=self._on_renewed,
+            )
+            self.supervisor.add_child(ChildSpec("renewer", self.renewer.run, shutdown_timeout=5))
 
     async def _run_outbox(self, ctx: ChildContext) -> None:
         await self.outbox.open()
@@ -153,6 +167,12 @@ class Gateway:
                 await self.outbox.expire()
         finally:
             await asyncio.shield(self.outbox.close())
+
+    def _on_renewed(self, _state: object) -> None:
+        """A renewal made a new link secret: sign with it from now on (the TLS context picks
+        up a renewed certificate by itself at the next connection)."""
+        self.link.rekey(read_secret(EnrolPaths(Path(self.config.uplink.enrol_dir)).link_secret))
+        log.info("link keys renewed")
 
     async def _run_store(self, ctx: ChildContext) -> None:
         await self.store.open()

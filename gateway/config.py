@@ -63,6 +63,12 @@ class UplinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The link secret shared with the cloud (hex, 16+ bytes, mode 0600): every message on
     the link travels in an envelope signed with keys derived from it (docs/wire.md)."""
     cloud_id: str = "cloud"
+    enrol_dir: str = ""
+    """Where ``cybernetic gateway enrol`` left this gateway's keys, certificate and link
+    secret; when set, the gateway renews the certificate and the link secret on schedule."""
+    renew_link_every: Seconds = 86400.0
+    renew_cert_before: Seconds = 7 * 86400.0
+    renew_check_every: Seconds = 600.0
     clock_window: Seconds = 90.0
     """Envelopes from the cloud stamped further than this from our clock are refused."""
 

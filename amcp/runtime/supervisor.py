@@ -171,6 +171,16 @@ class Supervisor:
         """This supervisor as a child of another (it reports ready when its children are)."""
         return ChildSpec(self.name, self.run, Restart.PERMANENT, shutdown_timeout, wait_ready=True)
 
+    def add_child(self, spec: ChildSpec) -> None:
+        """Append a child before the tree runs (it starts last, after the others)."""
+        if self._exits is not None:
+            raise SupervisorError(f"supervisor {self.name!r} is running: add children before")
+        if any(s.name == spec.name for s in self._specs):
+            raise ValueError(f"supervisor {self.name!r}: duplicate child name {spec.name!r}")
+        self._specs.append(spec)
+        self._counts[spec.name] = 0
+        self._states[spec.name] = ChildState.STOPPED
+
     def add_subtree(self, supervisor: Supervisor) -> None:
         """Register a nested supervisor so :meth:`tree` can show it."""
         self._subtrees[supervisor.name] = supervisor
