@@ -16,7 +16,7 @@ metrics and stored in the dead-letter table.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -95,9 +95,45 @@ def _count_fields(value: Any, depth: int, limit: int) -> int:
     raise BadShapeError(f"unsupported value type {type(value).__name__}")
 
 
+Scalar = int | float | str | bool | None
+
+
+class _Canonical(msgspec.Struct, forbid_unknown_fields=True):
+    """The common shape, decoded and validated by msgspec in one pass (the fast path)."""
+
+    values: dict[str, Scalar]
+    seq: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)] | None = None
+    boot: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    ts: Annotated[int, msgspec.Meta(ge=0, lt=2**53)] | None = None
+
+
+_fast_json = msgspec.json.Decoder(_Canonical)
+_fast_msgpack = msgspec.msgpack.Decoder(_Canonical)
+
+
 def decode_payload(payload: bytes, *, max_bytes: int, max_fields: int) -> DecodedPayload:
     if len(payload) > max_bytes:
         raise OversizedPayloadError(f"payload is {len(payload)} bytes, the limit is {max_bytes}")
+    # Fast path: ``{"seq", "boot", "ts", "values": {flat scalars}}``. Anything else, including
+    # every malformed payload, takes the general path below, which names what is wrong.
+    fast = _decode_fast(payload, max_fields)
+    if fast is not None:
+        return fast
+    return _decode_general(payload, max_fields)
+
+
+def _decode_fast(payload: bytes, max_fields: int) -> DecodedPayload | None:
+    decoder = _fast_json if payload[:1] == b"{" else _fast_msgpack
+    try:
+        c = decoder.decode(payload)
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter on bad UTF-8
+        return None
+    if not c.values or len(c.values) > max_fields:
+        return None
+    return DecodedPayload(seq=c.seq, boot=c.boot, ts_ms=c.ts, values=c.values)
+
+
+def _decode_general(payload: bytes, max_fields: int) -> DecodedPayload:
     doc = _decode_bytes(payload)
     if not isinstance(doc, dict):
         raise BadShapeError("payload must be an object")
