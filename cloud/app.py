@@ -12,7 +12,6 @@ Tree (rest_for_one)::
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -21,7 +20,7 @@ from amcp.link import CloudLinks, secrets_in_dir
 from amcp.runtime.metrics import MetricsServer
 from amcp.runtime.service import Service
 from amcp.runtime.statemarker import write_marker
-from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
+from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor, holding
 from amcp.store import Store
 from amcp.sync import CloudSync
 from cloud.config import CloudConfig
@@ -57,8 +56,18 @@ class Cloud:
         self.supervisor = Supervisor(
             "cloud",
             [
-                ChildSpec("readings", self._run_store, wait_ready=True, shutdown_timeout=10),
-                ChildSpec("state", self._run_state, wait_ready=True, shutdown_timeout=10),
+                ChildSpec(
+                    "readings",
+                    holding(self.store.open, self.store.close),
+                    wait_ready=True,
+                    shutdown_timeout=10,
+                ),
+                ChildSpec(
+                    "state",
+                    holding(self.state_store.open, self.state_store.close),
+                    wait_ready=True,
+                    shutdown_timeout=10,
+                ),
                 ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
                 *(
                     [ChildSpec("sync", self.sync.run, shutdown_timeout=5)]
@@ -76,22 +85,6 @@ class Cloud:
             intensity=5,
             period=30,
         )
-
-    async def _run_store(self, ctx: ChildContext) -> None:
-        await self.store.open()
-        ctx.ready()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await asyncio.shield(self.store.close())
-
-    async def _run_state(self, ctx: ChildContext) -> None:
-        await self.state_store.open()
-        ctx.ready()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await asyncio.shield(self.state_store.close())
 
     async def _run_enrolment(self, ctx: ChildContext) -> None:
         """Answer gateways enrolling with one-time tokens (docs/trust.md)."""

@@ -27,7 +27,7 @@ from amcp.runtime.config import load
 from amcp.runtime.metrics import MetricsServer
 from amcp.runtime.service import Service
 from amcp.runtime.statemarker import write_marker
-from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
+from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor, holding
 from amcp.store import Store
 from amcp.sync import GatewaySync
 from gateway.config import GatewayConfig
@@ -126,7 +126,12 @@ class Gateway:
             "gateway",
             [
                 ChildSpec("outbox", self._run_outbox, wait_ready=True, shutdown_timeout=10),
-                ChildSpec("state", self._run_store, wait_ready=True, shutdown_timeout=10),
+                ChildSpec(
+                    "state",
+                    holding(self.store.open, self.store.close),
+                    wait_ready=True,
+                    shutdown_timeout=10,
+                ),
                 ChildSpec("twins", self.twins.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("s2", self._run_s2, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("rules", self.rules.run, wait_ready=True, shutdown_timeout=5),
@@ -173,14 +178,6 @@ class Gateway:
         up a renewed certificate by itself at the next connection)."""
         self.link.rekey(read_secret(EnrolPaths(Path(self.config.uplink.enrol_dir)).link_secret))
         log.info("link keys renewed")
-
-    async def _run_store(self, ctx: ChildContext) -> None:
-        await self.store.open()
-        ctx.ready()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await asyncio.shield(self.store.close())
 
     async def _run_s2(self, ctx: ChildContext) -> None:
         await self.s2.run(ctx, self.outbox.append_events)

@@ -102,6 +102,24 @@ class ChildSpec:
     ready_timeout: float = 30.0
 
 
+def holding(
+    open_: Callable[[], Awaitable[object]], close: Callable[[], Awaitable[object]]
+) -> ChildFn:
+    """A child that owns a resource (a database): opens it, reports ready, keeps it open
+    until stopped, then closes it even while being cancelled. Children started after it
+    (rest_for_one) may rely on it being open."""
+
+    async def run(ctx: ChildContext) -> None:
+        await open_()
+        ctx.ready()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.shield(close())
+
+    return run
+
+
 @dataclass(frozen=True)
 class Backoff:
     initial: float = 0.1

@@ -209,3 +209,34 @@ async def test_child_that_never_becomes_ready_is_restarted_and_escalates() -> No
 def test_backoff_grows_and_is_capped() -> None:
     b = Backoff(initial=0.1, maximum=1.0, jitter=0.0)
     assert [b.delay(n) for n in range(6)] == [0.0, 0.1, 0.2, 0.4, 0.8, 1.0]
+
+
+async def test_a_holding_child_opens_before_its_siblings_and_closes_after_them() -> None:
+    from amcp.runtime.supervisor import holding  # noqa: PLC0415
+
+    events: list[str] = []
+
+    async def open_() -> None:
+        events.append("open")
+
+    async def close() -> None:
+        events.append("close")
+
+    async def user(ctx: ChildContext) -> None:
+        events.append("user up")
+        ctx.ready()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            events.append("user down")
+
+    sup = Supervisor(
+        "root",
+        [
+            ChildSpec("db", holding(open_, close), wait_ready=True),
+            ChildSpec("user", user, wait_ready=True),
+        ],
+    )
+    task, _ = await _running(sup)
+    await _stop(task)
+    assert events == ["open", "user up", "user down", "close"]
