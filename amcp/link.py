@@ -16,12 +16,20 @@ Envelopes are made when a message is *sent*: call :meth:`seal` right before publ
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from amcp.crypto import Keyring, derive_link_keys
 from amcp.replay import ReplayGuard
-from amcp.wire import Context, Opened, Opener, Sealer, SourceMismatchError, UnknownKeyError
+from amcp.wire import (
+    Context,
+    Opened,
+    Opener,
+    Sealer,
+    SourceMismatchError,
+    UnknownKeyError,
+)
 from amcp.wire.messages import Message
 
 DEFAULT_CLOUD_ID = "cloud"
@@ -88,13 +96,20 @@ class CloudLinks:
         *,
         cloud: str = DEFAULT_CLOUD_ID,
         window_s: float = 90.0,
+        recheck_s: float = 5.0,
     ) -> None:
+        """``recheck_s``: how often a gateway's secret is looked up again, so a gateway
+        revoked by another process (``cybernetic pki revoke`` deletes its secret) is refused
+        within that time by a running cloud."""
         self.cloud = cloud
         self._secrets = secrets
         self._keyring = Keyring()
         self.guard = ReplayGuard(replay_db, window_s=window_s)
         self.opener = Opener(self._keyring, self.guard, window_s=window_s)
         self._sealers: dict[str, Sealer] = {}
+        self._key_ids: dict[str, list[str]] = {}
+        self._checked: dict[str, float] = {}
+        self.recheck_s = recheck_s
         self._lock = threading.Lock()
 
     def _ensure(self, gateway: str) -> Sealer:
@@ -106,8 +121,27 @@ class CloudLinks:
                     raise UnknownKeyError(f"link:{gateway}")
                 keys = derive_link_keys(secret, gateway=gateway, cloud=self.cloud)
                 self._keyring.add(keys.up.entry())
+                self._key_ids.setdefault(gateway, []).append(keys.up.key_id)
+                self._checked[gateway] = time.monotonic()
                 sealer = self._sealers[gateway] = Sealer(keys.down)
             return sealer
+
+    def forget(self, gateway: str) -> None:
+        """Stop trusting a gateway at once (revocation): its keys are revoked in the keyring."""
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            for key_id in self._key_ids.pop(gateway, []):
+                self._keyring.revoke(key_id, now_ms)
+            self._sealers.pop(gateway, None)
+            self._checked.pop(gateway, None)
+
+    def _still_trusted(self, gateway: str) -> None:
+        last = self._checked.get(gateway)
+        if last is None or time.monotonic() - last < self.recheck_s:
+            return
+        self._checked[gateway] = time.monotonic()
+        if self._secrets(gateway) is None:
+            self.forget(gateway)
 
     def _reload(self, gateway: str) -> bool:
         """Re-read a gateway's link secret (renewed by enrolment); True if it changed."""
@@ -119,6 +153,7 @@ class CloudLinks:
             if self._keyring.get(keys.up.key_id) is not None:
                 return False
             self._keyring.add(keys.up.entry())  # the old key stays trusted beside it
+            self._key_ids.setdefault(gateway, []).append(keys.up.key_id)
             self._sealers[gateway] = Sealer(keys.down)
         return True
 
@@ -128,6 +163,7 @@ class CloudLinks:
         An envelope signed with a key we do not know yet makes us re-read the gateway's link
         secret once: after a renewal the gateway switches first, and we follow.
         """
+        self._still_trusted(gateway)  # a revoked gateway's keys are gone: UnknownKeyError
         self._ensure(gateway)
         try:
             opened = self.opener.open(data, topic)

@@ -59,3 +59,12 @@ def test_an_unknown_key_without_a_renewal_is_still_refused(tmp_path: Path) -> No
     stranger = GatewayLink("gw-1", os.urandom(32), None)
     with pytest.raises(UnknownKeyError):
         cloud.open("gw-1", stranger.seal(TelemetryBatch("b", "gw-1", []), UP), UP)
+
+
+def test_a_revoked_gateway_is_refused_by_a_running_cloud(tmp_path: Path) -> None:
+    gw, cloud, links = _pair(tmp_path)
+    cloud.recheck_s = 0.0  # look the secret up again on every envelope
+    assert cloud.open("gw-1", gw.seal(TelemetryBatch("b1", "gw-1", []), UP), UP)
+    (links / "gw-1").unlink()  # what `cybernetic pki revoke gw-1` does to its link secret
+    with pytest.raises(UnknownKeyError):
+        cloud.open("gw-1", gw.seal(TelemetryBatch("b2", "gw-1", []), UP), UP)
