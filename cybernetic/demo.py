@@ -77,7 +77,15 @@ class SimulatedDevice:
         self.published = 0
 
     async def run(self, host: str, port: int) -> None:
+        """Publish until cancelled; like a real device, reconnect when the broker goes away."""
         boot = f"{self.name}-{int(time.time())}"
+        while True:
+            try:
+                await self._publish(host, port, boot)
+            except aiomqtt.MqttError:
+                await asyncio.sleep(1.0)
+
+    async def _publish(self, host: str, port: int, boot: str) -> None:
         temp = random.uniform(18, 24)
         async with aiomqtt.Client(host, port, username=self.name, password=self.password) as client:
             while True:
@@ -129,6 +137,7 @@ async def _send_intent(stack: Stack, started: float) -> None:
         "20",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C goes to the demo, which ends this child itself
     )
     assert proc.stdout is not None
     _say(f"[{time.monotonic() - started:6.1f}s] intent temp.sample sent to sensor-01's capability")

@@ -171,6 +171,8 @@ class MosquittoBroker:
             [MOSQUITTO_BIN, "-c", str(self.conf_file)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # its own session: a Ctrl-C meant for the demo must not kill the broker under it
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

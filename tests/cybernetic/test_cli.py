@@ -80,17 +80,23 @@ def test_demo_runs_for_its_duration_and_leaves_no_process(tmp_path: Path) -> Non
 
 
 def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group, not just the demo."""
     state = tmp_path / "demo"
     with subprocess.Popen(
         [*CLI, "demo", "--state-dir", str(state)],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a process group of its own, as a shell job would have
     ) as proc:
         assert proc.stdout is not None
+        assert proc.stderr is not None
         for line in proc.stdout:  # wait for the first account: everything is up
             if "cloud stored" in line:
                 break
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(60) == 0
+        errors = proc.stderr.read()
+    assert "Traceback" not in errors, errors
+    assert "exception" not in errors.lower(), errors
     assert _processes_mentioning(str(state)) == []

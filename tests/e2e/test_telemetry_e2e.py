@@ -130,7 +130,7 @@ async def test_outbox_cap_applies_policy_counts_drops_and_stays_up(tmp_path: Pat
             if g.get("cybernetic_ingest_stored_readings_total", 0) >= 1000:
                 break
             await asyncio.sleep(0.2)
-        assert g["cybernetic_ingest_stored_readings_total"] == 1000
+        assert g["cybernetic_ingest_stored_readings_total"] == 1000, stack.log("gateway")[-3000:]
         assert 0 < g["cybernetic_outbox_bytes"] <= 20_000
         dropped = g["cybernetic_outbox_dropped_readings_total"]
         assert dropped > 0
