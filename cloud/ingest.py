@@ -13,7 +13,7 @@ import logging
 import time
 
 import aiomqtt
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from amcp.link import CloudLinks
 from amcp.runtime.mqtt import Backoff, enable_manual_ack, make_client
@@ -59,6 +59,12 @@ class CloudIngest:
             registry=registry,
         )
         self.events = Counter("cybernetic_cloud_events", "Gateway events stored", registry=registry)
+        self.connected = False
+        Gauge(
+            "cybernetic_cloud_ingest_connected",
+            "1 while cloud ingest is subscribed on the cloud broker",
+            registry=registry,
+        ).set_function(lambda: float(self.connected))
 
     async def run(self, ctx: ChildContext) -> None:
         link = self.config.broker
@@ -69,6 +75,7 @@ class CloudIngest:
             try:
                 async with client:
                     await client.subscribe(f"{self.prefix}/+/telemetry", qos=1)
+                    self.connected = True
                     backoff.reset()
                     ctx.ready()
                     log.info("cloud ingest subscribed")
@@ -77,6 +84,7 @@ class CloudIngest:
                         if message.qos:
                             paho.ack(message.mid, message.qos)
             except aiomqtt.MqttError as exc:
+                self.connected = False
                 delay = backoff.next_delay()
                 log.warning(
                     "cloud broker connection lost",

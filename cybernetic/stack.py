@@ -206,7 +206,21 @@ class Stack:
     def start(self) -> None:
         self.start_brokers()
         self.start_cloud()
+        self.wait_cloud_ready()
         self.start_gateway()
+
+    def wait_cloud_ready(self, timeout: float = 30.0) -> None:
+        """Wait until cloud ingest is subscribed. Its session is persistent, but before the
+        very first subscription a batch finds no session to wait in and is re-sent only after
+        the gateway's ack timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.cloud_proc is not None and self.cloud_proc.poll() is not None:
+                raise RuntimeError(f"cloud exited: {self.log('cloud')[-3000:]}")
+            if scrape(self.cloud_metrics, 0.5).get("cybernetic_cloud_ingest_connected") == 1:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"cloud not ready in {timeout}s: {self.log('cloud')[-3000:]}")
 
     def wait_gateway_ready(self, timeout: float = 20.0) -> None:
         """Wait until the gateway's ingest is subscribed: readings published before its first

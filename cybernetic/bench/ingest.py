@@ -137,6 +137,7 @@ async def _one_run(args: argparse.Namespace, state: Path) -> dict[str, float]:
         raw = await _raw_drain(stack, n)
         progress(f"bare aiomqtt subscriber: {raw:,.0f} msg/s")
         stack.start_cloud()
+        stack.wait_cloud_ready()  # both sides start as a deployed fleet would: cloud first
         stack.start_gateway()
         assert stack.gateway_proc is not None
         rss = 0.0
