@@ -8,7 +8,6 @@ batch is logged and counted, and never stops the loop.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -16,7 +15,7 @@ import aiomqtt
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from amcp.link import CloudLinks
-from amcp.runtime.mqtt import Backoff, enable_manual_ack, make_client
+from amcp.runtime.mqtt import Backoff, enable_manual_ack, make_client, pause_after_loss
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import EnvelopeError, derive
 from amcp.wire.telemetry import BatchAck, TelemetryBatch
@@ -83,14 +82,10 @@ class CloudIngest:
                         await self._handle(client, message)
                         if message.qos:
                             paho.ack(message.mid, message.qos)
-            except aiomqtt.MqttError as exc:
+            except (aiomqtt.MqttError, ExceptionGroup) as caught:
+                await pause_after_loss(caught, backoff, "cloud broker (ingest)")
+            finally:
                 self.connected = False
-                delay = backoff.next_delay()
-                log.warning(
-                    "cloud broker connection lost",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
-                )
-                await asyncio.sleep(delay)
 
     async def _handle(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         topic = message.topic.value

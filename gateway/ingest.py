@@ -25,10 +25,10 @@ import aiomqtt
 
 from amcp.runtime.mqtt import (
     Backoff,
-    connection_lost,
     enable_manual_ack,
     make_client,
     on_message_direct,
+    pause_after_loss,
     wait_disconnected,
 )
 from amcp.runtime.supervisor import ChildContext
@@ -196,16 +196,7 @@ class Ingest:
                         tg.create_task(session.commit_loop(paho), name="ingest-commit")
                         tg.create_task(wait_disconnected(client), name="ingest-link")
             except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                exc = connection_lost(caught)
-                if exc is None:
-                    raise
-                self.connected = False
-                delay = backoff.next_delay()
-                log.warning(
-                    "local broker connection lost",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
-                )
-                await asyncio.sleep(delay)
+                await pause_after_loss(caught, backoff, "local broker (ingest)")
             finally:
                 self.connected = False
 

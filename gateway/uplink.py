@@ -19,7 +19,7 @@ import aiomqtt
 import msgspec
 
 from amcp.link import GatewayLink
-from amcp.runtime.mqtt import Backoff, connection_lost, make_client
+from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import EnvelopeError
 from amcp.wire.telemetry import BatchAck
@@ -102,15 +102,7 @@ class Uplink:
                     log.info("uplink connected", extra={"host": link.host, "port": link.port})
                     await self._session(client)
             except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                exc = connection_lost(caught)
-                if exc is None:
-                    raise
-                self.connected = False
-                delay = backoff.next_delay()
-                log.warning(
-                    "cloud link lost", extra={"error": str(exc), "retry_in_s": round(delay, 2)}
-                )
-                await asyncio.sleep(delay)
+                await pause_after_loss(caught, backoff, "cloud broker (uplink)")
             finally:
                 self.connected = False
 

@@ -10,6 +10,7 @@ to automatic PUBACK would acknowledge readings before they are on disk.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import ssl
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from typing import Any
 import aiomqtt
 
 from amcp.runtime.settings import BrokerLink
+
+log = logging.getLogger(__name__)
 
 
 class ManualAckUnsupportedError(RuntimeError):
@@ -147,6 +150,20 @@ def connection_lost(exc: BaseException) -> aiomqtt.MqttError | None:
                 leaf = leaf.exceptions[0]
             return leaf if isinstance(leaf, aiomqtt.MqttError) else None
     return None
+
+
+async def pause_after_loss(caught: BaseException, backoff: Backoff, what: str) -> None:
+    """The one reconnect step every MQTT session loop shares: re-raise ``caught`` unless it
+    is a lost connection (:func:`connection_lost`), else log it once and sleep the backoff."""
+    exc = connection_lost(caught)
+    if exc is None:
+        raise caught
+    delay = backoff.next_delay()
+    log.warning(
+        "connection lost",
+        extra={"link": what, "error": str(exc), "retry_in_s": round(delay, 2)},
+    )
+    await asyncio.sleep(delay)
 
 
 class Backoff:

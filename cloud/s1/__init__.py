@@ -15,7 +15,7 @@ from pathlib import Path
 import aiomqtt
 
 from amcp.link import CloudLinks
-from amcp.runtime.mqtt import Backoff, connection_lost, make_client
+from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext, ChildSpec
 from amcp.store import Store
@@ -111,12 +111,7 @@ class CloudS1:
                     async for message in client.messages:
                         await self._on_message(message)
             except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                exc = connection_lost(caught)
-                if exc is None:
-                    raise
-                delay = backoff.next_delay()
-                log.warning("cloud broker lost (s1)", extra={"error": str(exc), "retry_s": delay})
-                await asyncio.sleep(delay)
+                await pause_after_loss(caught, backoff, "cloud broker (s1)")
             finally:
                 self.connected = False
                 self.router.attach(None, None)

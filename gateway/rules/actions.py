@@ -33,7 +33,7 @@ from typing import Any
 
 import aiomqtt
 
-from amcp.runtime.mqtt import Backoff, make_client
+from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
 from amcp.runtime.settings import BrokerLink
 from amcp.wire.telemetry import EventRecord
 from gateway.rules.manager import Entry
@@ -263,13 +263,7 @@ class ActionRunner:
                     backoff.reset()
                     async for _ in client.messages:  # nothing subscribed: ends on disconnect
                         pass
-            except aiomqtt.MqttError as exc:
-                self._client = None
-                delay = backoff.next_delay()
-                log.warning(
-                    "rules: local broker connection lost",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
-                )
-                await asyncio.sleep(delay)
+            except (aiomqtt.MqttError, ExceptionGroup) as caught:
+                await pause_after_loss(caught, backoff, "local broker (rules)")
             finally:
                 self._client = None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import aiomqtt
 import msgspec
 
-from amcp.runtime.mqtt import Backoff, connection_lost, make_client
+from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from gateway.s1.devicewire import (
@@ -87,12 +87,7 @@ class CommandExecutor:
                     async for message in client.messages:
                         self._on_message(message.topic.value, message.payload)
             except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                exc = connection_lost(caught)
-                if exc is None:
-                    raise
-                delay = backoff.next_delay()
-                log.warning("local broker lost (s1)", extra={"error": str(exc), "retry_s": delay})
-                await asyncio.sleep(delay)
+                await pause_after_loss(caught, backoff, "local broker (s1)")
             finally:
                 self._connected.clear()
                 self._client = self._tg = None

@@ -15,7 +15,7 @@ import logging
 import aiomqtt
 
 from amcp.link import GatewayLink
-from amcp.runtime.mqtt import Backoff, connection_lost, make_client
+from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.store.lww import Change
@@ -81,12 +81,7 @@ class LinkServer:
                         async for message in client.messages:
                             await self._on_message(tg, client, message)
                 except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                    exc = connection_lost(caught)
-                    if exc is None:
-                        raise
-                    delay = backoff.next_delay()
-                    log.warning("cloud link lost (s1)", extra={"error": str(exc), "retry_s": delay})
-                    await asyncio.sleep(delay)
+                    await pause_after_loss(caught, backoff, "cloud broker (s1)")
                 finally:
                     self.connected = False
         finally:
