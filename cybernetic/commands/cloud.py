@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from amcp.runtime.config import ConfigError, load
 from amcp.runtime.logs import setup_logging
 from amcp.runtime.service import run_loop
 from cloud.app import Cloud
 from cloud.config import CloudConfig
+from cybernetic.cli import load_config
 
 
 def register(sub: Any) -> None:
@@ -22,11 +22,8 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        config = load(args.config, CloudConfig)
-    except ConfigError as exc:
-        for err in exc.errors:
-            print(f"{exc.source}: {err}")
+    config = load_config(args.config, CloudConfig)
+    if config is None:
         return 2
     setup_logging(config.log.level)
     return run_loop(Cloud(config).serve)

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from amcp.runtime.config import ConfigError, load
 from cloud.config import CloudConfig
+from cybernetic.cli import load_config
 from gateway.config import GatewayConfig
 
 KINDS: dict[str, type[msgspec.Struct]] = {"gateway": GatewayConfig, "cloud": CloudConfig}
@@ -40,11 +40,7 @@ def _guess(path: Path) -> str | None:
 
 def _check(args: argparse.Namespace) -> int:
     kind = args.kind or _guess(args.file) or "gateway"
-    try:
-        load(args.file, KINDS[kind])
-    except ConfigError as exc:
-        for err in exc.errors:
-            print(f"{exc.source}: {err}")
+    if load_config(args.file, KINDS[kind]) is None:
         return 2
     print(f"{args.file}: valid {kind} configuration")
     return 0

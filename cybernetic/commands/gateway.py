@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amcp.runtime.config import ConfigError, load
 from amcp.runtime.logs import setup_logging
 from amcp.runtime.service import run_loop
 from amcp.runtime.settings import BrokerLink
 from amcp.wire.enrol import TokenFormatError
+from cybernetic.cli import load_config
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from gateway.enrol import EnrolmentError, EnrolPaths, enrol, renew
@@ -33,11 +33,8 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        config = load(args.config, GatewayConfig)
-    except ConfigError as exc:
-        for err in exc.errors:
-            print(f"{exc.source}: {err}")
+    config = load_config(args.config, GatewayConfig)
+    if config is None:
         return 2
     setup_logging(config.log.level)
     try:

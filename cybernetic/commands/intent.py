@@ -19,11 +19,11 @@ from typing import Any
 import msgspec
 
 from amcp.link import CloudLinks, secrets_in_dir
-from amcp.runtime.config import ConfigError, load
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire.messages import IntentUpdate
 from cloud.config import CloudConfig
 from cloud.s1 import CloudS1, CloudS1Settings
+from cybernetic.cli import load_config
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 
@@ -68,11 +68,8 @@ def _send(args: argparse.Namespace) -> int:
     if not isinstance(intent_args, dict):
         print("--args must be a JSON object")
         return EXIT_USAGE
-    try:
-        config = load(args.config, CloudConfig)
-    except ConfigError as exc:
-        for err in exc.errors:
-            print(f"{exc.source}: {err}")
+    config = load_config(args.config, CloudConfig)
+    if config is None:
         return EXIT_USAGE
     return asyncio.run(_run(config, args, intent_args))
 

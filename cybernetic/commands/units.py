@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from amcp.runtime.config import ConfigError, load
+from cybernetic.cli import report_config_errors
 from gateway.config import GatewayConfig
 from gateway.s1 import S1Settings, read_tree
 
@@ -65,8 +66,7 @@ def _units(args: argparse.Namespace) -> int:
     try:
         path = _tree_file(args)
     except ConfigError as exc:
-        for err in exc.errors:
-            print(f"{exc.source}: {err}")
+        report_config_errors(exc)
         return 2
     try:
         data = read_tree(path)
