@@ -18,7 +18,6 @@ children in reverse start order, each within its own ``shutdown_timeout``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import random
@@ -118,6 +117,18 @@ def holding(
             await asyncio.shield(close())
 
     return run
+
+
+async def stop_task(task: asyncio.Task[object], grace: float, attempts: int = 3) -> bool:
+    """Cancel ``task`` and wait up to ``grace`` seconds for it, cancelling again if it is
+    still running (a clean-up that waits forever, such as aiomqtt's disconnect handshake on
+    exit, yields to a second cancellation). True when the task has ended."""
+    for _ in range(attempts):
+        if task.done():
+            break
+        task.cancel()
+        await asyncio.wait({task}, timeout=grace)
+    return task.done()
 
 
 @dataclass(frozen=True)
@@ -323,14 +334,13 @@ class Supervisor:
 
     async def _cancel(self, running: _Running) -> None:
         task = running.task
-        if task.done():
-            return
-        task.cancel()
-        try:
-            async with asyncio.timeout(running.spec.shutdown_timeout):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(task)
-        except TimeoutError:
+        stopped = await stop_task(task, running.spec.shutdown_timeout, attempts=2)
+        if stopped and not task.cancelled() and task.exception() is not None:
+            log.error(
+                "child raised while stopping",
+                extra={"child": running.spec.name, "error": repr(task.exception())},
+            )
+        if not stopped:
             log.warning(
                 "child did not stop in time",
                 extra={
@@ -339,5 +349,3 @@ class Supervisor:
                     "timeout_s": running.spec.shutdown_timeout,
                 },
             )
-        except BaseException:
-            log.exception("child raised while stopping", extra={"child": running.spec.name})

@@ -240,3 +240,18 @@ async def test_a_holding_child_opens_before_its_siblings_and_closes_after_them()
     task, _ = await _running(sup)
     await _stop(task)
     assert events == ["open", "user up", "user down", "close"]
+
+
+async def test_stop_task_cancels_again_a_clean_up_that_would_wait_forever() -> None:
+    from amcp.runtime.supervisor import stop_task  # noqa: PLC0415
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:  # like aiomqtt's disconnect handshake on exit: waits for an answer forever
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    assert await stop_task(task, grace=0.05)
+    assert task.cancelled()

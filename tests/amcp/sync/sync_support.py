@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from amcp.link import CloudLinks, GatewayLink
 from amcp.runtime.settings import BrokerLink
-from amcp.runtime.supervisor import ChildContext
+from amcp.runtime.supervisor import ChildContext, stop_task
 from amcp.store import Store
 from amcp.sync import CloudSync, GatewaySync, Refusal, SyncSettings
 from cybernetic.mosquitto import MosquittoBroker
@@ -94,10 +93,7 @@ class Fleet:
         self._tasks["gw"] = asyncio.create_task(self.gw_sync.run(ChildContext("gw")))
 
     async def stop(self, name: str) -> None:
-        task = self._tasks.pop(name)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        assert await stop_task(self._tasks.pop(name), grace=5.0)
 
     async def close(self) -> None:
         for name in list(self._tasks):
