@@ -99,9 +99,16 @@ class S2Service:
         return (cpu - cpu0) / max(1e-6, now - wall0)
 
     def tick(self) -> None:
-        self.gate.observe_load("outbox_depth", float(self._outbox_depth()))
-        self.gate.observe_load("ingest_backlog", float(self._ingest_backlog()))
-        self.gate.observe_load("cpu", self._cpu())
+        # report only the signals the configuration watches: an operator may drop any of them
+        signals = self.config.limits.adaptive.signals
+        readings: dict[str, float] = {
+            "outbox_depth": float(self._outbox_depth()),
+            "ingest_backlog": float(self._ingest_backlog()),
+            "cpu": self._cpu(),
+        }
+        for name, value in readings.items():
+            if name in signals:
+                self.gate.observe_load(name, value)
         self.zombies.check()
         self.leases.sweep()
 

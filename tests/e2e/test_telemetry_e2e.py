@@ -112,9 +112,14 @@ async def test_gateway_killed_repeatedly_loses_and_duplicates_nothing(stack: Sta
 
 
 async def test_outbox_cap_applies_policy_counts_drops_and_stays_up(tmp_path: Path) -> None:
-    # no rules configured: nothing but these readings goes into the outbox
+    # nothing but these readings may go into the outbox: no rules, and no load signals (a
+    # busy CI machine would otherwise tighten S2's limits and put that event in the outbox)
     stack = Stack(
-        tmp_path / "s", gateway={"outbox": {"max_bytes": 20_000, "overflow": "drop-oldest"}}
+        tmp_path / "s",
+        gateway={
+            "outbox": {"max_bytes": 20_000, "overflow": "drop-oldest"},
+            "s2": {"limits": {"adaptive": {"signals": {}}}},
+        },
     )
     try:
         dev = stack.add_device("dev-cap")

@@ -93,7 +93,8 @@ class Fleet:
         self._tasks["gw"] = asyncio.create_task(self.gw_sync.run(ChildContext("gw")))
 
     async def stop(self, name: str) -> None:
-        assert await stop_task(self._tasks.pop(name), grace=5.0)
+        # generous: after 100k changes the engine may be deep in a merge when cancelled
+        assert await stop_task(self._tasks.pop(name), grace=20.0)
 
     async def close(self) -> None:
         for name in list(self._tasks):
