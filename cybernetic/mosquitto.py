@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import os
+import random
 import shutil
 import signal
 import socket
@@ -35,11 +37,42 @@ def config_dir() -> Path:
     raise BrokerError("shipped Mosquitto configuration not found (packaging/mosquitto)")
 
 
-def free_port() -> int:
+# Ports for private brokers and metrics endpoints come from below the kernel's ephemeral range
+# (32768-60999 on Linux), so an outgoing connection can never take one between the moment it
+# is chosen and the moment its listener binds; each pytest-xdist worker gets its own slice, so
+# two workers never hand out the same port; a process never hands out a port twice.
+_PORT_BASE = 20000
+_PORT_SLICES = 8
+_PORT_SLICE = 1500
+_handed_out: set[int] = set()
+
+
+def _port_slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else os.getpid()
+    start = _PORT_BASE + (index % _PORT_SLICES) * _PORT_SLICE
+    return range(start, start + _PORT_SLICE)
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        try:
+            s.bind(("127.0.0.1", port))  # no SO_REUSEADDR: a port in TIME_WAIT counts as taken
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on and this process has not handed out before."""
+    ports = _port_slice()
+    offset = random.randrange(len(ports))  # spreads ports; not a secret
+    for i in range(len(ports)):
+        port = ports[(offset + i) % len(ports)]
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    raise BrokerError(f"no free port left in {ports.start}-{ports.stop - 1}")
 
 
 @dataclass(frozen=True)
