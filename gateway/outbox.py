@@ -203,10 +203,11 @@ class Outbox:
                     n, freed = self._drop_oldest(over)
                     if n:
                         dropped["overflow_oldest"] = n
-                    if freed < over:  # the new readings alone exceed the cap
-                        rows, refused = self._fit(rows, self.settings.max_bytes)
-                        if refused:
-                            dropped["overflow_new"] = refused
+                    if freed < over:  # the new readings alone exceed the cap: the oldest go
+                        kept, older = self._fit(rows[::-1], self.settings.max_bytes)
+                        rows = kept[::-1]
+                        if older:
+                            dropped["overflow_oldest"] = n + older
                 else:
                     rows, refused = self._fit(rows, self.settings.max_bytes - self.stats.bytes)
                     if refused:

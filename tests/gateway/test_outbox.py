@@ -76,6 +76,21 @@ async def test_drop_oldest_makes_room_and_counts(tmp_path: Path) -> None:
     await ob.close()
 
 
+async def test_drop_oldest_keeps_the_newest_of_a_batch_larger_than_the_cap(
+    tmp_path: Path,
+) -> None:
+    one = len(msgspec.msgpack.encode(_readings(1)[0]))
+    ob = await _outbox(tmp_path / "o.db", max_bytes=one * 10, overflow=Overflow.DROP_OLDEST)
+    assert await ob.append(_readings(4)) == 4
+    # one ingest batch of 15 cannot fit whatever goes: all older rows and its own oldest go
+    assert await ob.append(_readings(15, start=5)) == 10
+    b = await ob.next_batch(100)
+    assert b is not None
+    assert _seqs(b.bodies) == list(range(10, 20))
+    assert await ob.drop_counts() == {"overflow_oldest": 9}
+    await ob.close()
+
+
 async def test_refuse_new_keeps_the_oldest_and_counts(tmp_path: Path) -> None:
     one = len(msgspec.msgpack.encode(_readings(1)[0]))
     ob = await _outbox(tmp_path / "o.db", max_bytes=one * 10, overflow=Overflow.REFUSE_NEW)
