@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -50,6 +51,14 @@ def _json(value: object) -> str:
     return _encode_json(value).decode()
 
 
+class StoreBatch(NamedTuple):
+    """One gateway batch's content, as :meth:`ReadingStore.store_many` takes it."""
+
+    gateway: str
+    readings: Sequence[Reading]
+    events: Sequence[EventRecord]
+
+
 class ReadingStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -85,41 +94,55 @@ class ReadingStore:
         Events carry no identity of their own: a re-sent batch may store an event twice
         (at-least-once), which shows as a repeat, never as a loss.
         """
+        return (await self.store_many([StoreBatch(gateway, readings, events)], now_ms))[0]
+
+    async def store_many(self, batches: Sequence[StoreBatch], now_ms: int) -> list[tuple[int, int]]:
+        """Commit several batches in one transaction (one fsync: group commit); returns
+        (stored, duplicates) for each, in order. A reading repeated in a later batch of the
+        same call counts as that batch's duplicate."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._store, gateway, readings, events, now_ms
+            self._executor, self._store_many, batches, now_ms
         )
 
-    def _store(
-        self,
-        gateway: str,
-        readings: Sequence[Reading],
-        events: Sequence[EventRecord],
-        now_ms: int,
-    ) -> tuple[int, int]:
+    def _store_many(self, batches: Sequence[StoreBatch], now_ms: int) -> list[tuple[int, int]]:
         assert self._db is not None
         db = self._db
-        rows = [
-            (r.device, r.boot, r.seq, r.ts_ms, r.received_ms, now_ms, gateway, _json(r.values))
-            for r in readings
-        ]
-        before = db.total_changes
+        results: list[tuple[int, int]] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            stored = db.total_changes - before
-            db.executemany(
-                "INSERT INTO events (gateway, name, source, severity, ts_ms, stored_ms, attrs) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, _json(e.attrs))
-                    for e in events
-                ],
-            )
+            for gateway, readings, events in batches:
+                rows = [
+                    (
+                        r.device,
+                        r.boot,
+                        r.seq,
+                        r.ts_ms,
+                        r.received_ms,
+                        now_ms,
+                        gateway,
+                        _json(r.values),
+                    )
+                    for r in readings
+                ]
+                before = db.total_changes
+                db.executemany(
+                    "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
+                stored = db.total_changes - before
+                results.append((stored, len(rows) - stored))
+                db.executemany(
+                    "INSERT INTO events (gateway, name, source, severity, ts_ms, stored_ms, attrs) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, _json(e.attrs))
+                        for e in events
+                    ],
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return stored, len(rows) - stored
+        return results
 
 
 def count_readings(path: Path) -> int:
