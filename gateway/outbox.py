@@ -108,6 +108,7 @@ class Outbox:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
         self._db: sqlite3.Connection | None = None
         self._cursor = 0  # rows with id > cursor are not in any batch
+        self._last_id = 0  # the newest row's id
         self._unacked: dict[str, Batch] = {}
         self.stats = OutboxStats()
         self._lock = threading.Lock()  # guards stats read by the metrics thread
@@ -144,6 +145,7 @@ class Outbox:
             )
         self._db = db
         self._cursor = 0
+        self._last_id = db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
         self._unacked.clear()
         rows, size, oldest = db.execute(
             "SELECT count(*), coalesce(sum(size), 0), min(added_ms) FROM outbox"
@@ -217,6 +219,8 @@ class Outbox:
             )
             self._count_drops(dropped)
             db.execute("COMMIT")
+            if rows:
+                self._last_id = db.execute("SELECT last_insert_rowid()").fetchone()[0]
         except BaseException:
             db.execute("ROLLBACK")
             self._reload_stats()
@@ -309,6 +313,23 @@ class Outbox:
     async def next_batch(self, max_rows: int) -> Batch | None:
         """Group the oldest rows not yet in a batch into a new batch, or None if none."""
         return await self._run(lambda: self._next_batch(max_rows))
+
+    async def next_batches(self, max_rows: int, count: int) -> list[Batch]:
+        """Up to ``count`` new batches at once (one trip to the writer thread)."""
+
+        def take() -> list[Batch]:
+            batches: list[Batch] = []
+            while len(batches) < count and (batch := self._next_batch(max_rows)) is not None:
+                batches.append(batch)
+            return batches
+
+        return await self._run(take)
+
+    @property
+    def unbatched(self) -> int:
+        """About how many rows are in no batch yet (never fewer; rows dropped by the overflow
+        policy may still be counted)."""
+        return self._last_id - self._cursor
 
     def _next_batch(self, max_rows: int) -> Batch | None:
         rows = self.db.execute(

@@ -116,39 +116,52 @@ class Uplink:
             tg.create_task(self._resend_stale(client), name="uplink-resend")
 
     async def _send(self, client: aiomqtt.Client, batch: Batch) -> None:
-        if batch.empty:  # every row was dropped by the overflow policy: nothing to send
-            await self.outbox.ack(batch.batch_id)
-            return
-        self._inflight[batch.batch_id] = _InFlight(batch, time.monotonic())
+        await self._send_all(client, [batch])
+
+    async def _send_all(self, client: aiomqtt.Client, batches: list[Batch]) -> None:
+        """Publish batches together: each waits for its PUBACK, none for another's."""
         topic = telemetry_topic(self.settings.topic_prefix, self.gateway)
-        await client.publish(topic, self.seal(batch, topic), qos=1)
-        self.metrics.batches_sent.inc()
+        publishes = []
+        for batch in batches:
+            if batch.empty:  # every row was dropped by the overflow policy: nothing to send
+                await self.outbox.ack(batch.batch_id)
+                continue
+            self._inflight[batch.batch_id] = _InFlight(batch, time.monotonic())
+            publishes.append(client.publish(topic, self.seal(batch, topic), qos=1))
+        await asyncio.gather(*publishes)
+        self.metrics.batches_sent.inc(len(publishes))
 
     async def _send_loop(self, client: aiomqtt.Client) -> None:
         s = self.settings
+        outbox = self.outbox
         while True:
-            if len(self._inflight) >= s.window:
+            room = s.window - len(self._inflight)
+            if room <= 0:
                 self._slot.clear()
                 await self._slot.wait()
                 continue
-            if self._inflight:
-                # Ack-clocked batching: with batches in flight, wait for an ack (or at most
-                # batch_interval) so a live stream travels in a few fuller batches rather than
-                # many tiny ones the cloud must each commit.
+            if self._inflight and outbox.unbatched < s.batch_max:
+                # Ack-clocked batching: with batches in flight and no full batch waiting, wait
+                # for an ack (or at most batch_interval) so a live stream travels in a few
+                # fuller batches rather than many tiny ones the cloud must each commit. A
+                # backlog never waits: its batches go out as fast as the window allows.
                 self._slot.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot.wait(), s.batch_interval)
+                room = s.window - len(self._inflight)
+                if room <= 0:
+                    continue
             # clear before looking: an append that lands while we look sets it again, so
             # its rows are never left waiting for the next reading to arrive
-            self.outbox.appended.clear()
-            batch = await self.outbox.next_batch(s.batch_max)
-            if batch is None:
+            outbox.appended.clear()
+            batches = await outbox.next_batches(s.batch_max, room)
+            if not batches:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.outbox.appended.wait(), IDLE_RECHECK_S)
+                    await asyncio.wait_for(outbox.appended.wait(), IDLE_RECHECK_S)
                 if s.batch_interval:  # let a batch fill up a little when traffic is light
                     await asyncio.sleep(s.batch_interval)
                 continue
-            await self._send(client, batch)
+            await self._send_all(client, batches)
 
     async def _receive_acks(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -152,3 +152,19 @@ async def test_stats_survive_a_restart(tmp_path: Path) -> None:
         before.oldest_ms,
     )
     await ob.close()
+
+
+async def test_next_batches_takes_several_and_unbatched_tells_what_waits(tmp_path: Path) -> None:
+    ob = await _outbox(tmp_path / "o.db")
+    await ob.append(_readings(25))
+    assert ob.unbatched == 25
+    batches = await ob.next_batches(10, 2)
+    assert [_seqs(b.bodies) for b in batches] == [list(range(1, 11)), list(range(11, 21))]
+    assert ob.unbatched == 5
+    assert [len(b.bodies) for b in await ob.next_batches(10, 5)] == [5]
+    assert ob.unbatched == 0
+    assert await ob.next_batches(10, 5) == []
+    await ob.close()
+    ob = await _outbox(tmp_path / "o.db")  # after a restart every unacknowledged row waits
+    assert ob.unbatched == 25
+    await ob.close()
