@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from amcp.link import GatewayLink, read_secret
 from amcp.runtime.config import load
@@ -41,7 +42,9 @@ from gateway.s1 import S1
 from gateway.s2.service import S2Service
 from gateway.twins import TwinReporter
 from gateway.uplink import Uplink
-from wasm import PolicyAgent, PolicyStage
+
+if TYPE_CHECKING:
+    from wasm import PolicyStage
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,8 @@ class Gateway:
         self.policy: PolicyStage | None = None
         ingest_stages: list[Stage] = [self.s2.stage]
         if config.policy is not None:
+            from wasm import PolicyStage  # noqa: PLC0415 - wasmtime loads only with a policy
+
             base = config_path.parent if config_path is not None else None
             self.policy = PolicyStage.from_config(config.policy, base=base)
             self.metrics.watch_policy(self.policy.counts)
@@ -197,6 +202,8 @@ class Gateway:
         self.s2.gate.apply(new.s2.limits)
         self.rules.reload()
         if self.policy is not None and new.policy is not None:
+            from wasm import PolicyAgent  # noqa: PLC0415 - loaded already with the policy
+
             agent = await asyncio.to_thread(
                 PolicyAgent.load, new.policy.file, zones=new.policy.zones or None
             )

@@ -15,27 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import msgspec
-
 from amcp.wire.telemetry import Reading
-from wasm.enforce import enforce
+from wasm.config import PolicyConfig
+from wasm.enforcement import enforce
 from wasm.errors import AgentFaultError
 from wasm.host import PolicyAgent
 from wasm.sandbox import AgentLimits
 
 log = logging.getLogger(__name__)
-
-
-class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """``policy:`` in the gateway config: which policy to enforce at ingest, and how."""
-
-    file: str
-    """A ``.policy`` source file (compiled at start-up) or a compiled ``.wasm`` agent."""
-    zones: dict[str, str] = {}
-    """Device id → zone, for ``zone`` tests."""
-    on_fault: Literal["keep", "drop"] = "keep"
-    """When the agent faults on a batch: keep it unchecked (fail-open) or drop it."""
-    memory_bytes: int = 16 << 20
 
 
 @dataclass
