@@ -100,3 +100,24 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     assert "Traceback" not in errors, errors
     assert "exception" not in errors.lower(), errors
     assert _processes_mentioning(str(state)) == []
+
+
+def test_each_command_module_registers_the_command_of_its_name() -> None:
+    from cybernetic.__main__ import build_parser, command_names  # noqa: PLC0415
+
+    for name in command_names():
+        parser = build_parser(only=name)
+        actions = [a for a in parser._actions if a.dest == "command"]
+        assert list(actions[0].choices) == [name]  # type: ignore[arg-type]
+
+
+def test_the_gateway_daemon_loads_neither_cloud_nor_benchmarks_nor_wasmtime() -> None:
+    code = (
+        "import sys\nfrom cybernetic.__main__ import main\n"
+        "try:\n    main(['gateway', 'run', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(' '.join(sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert "gateway.app" in loaded
+    assert not {"cloud", "cybernetic.bench", "cybernetic.stack", "wasmtime", "rich"} & loaded
