@@ -13,7 +13,8 @@ from amcp.crypto.keystore import KeyStore
 from amcp.crypto.pki import FleetCA
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
-from cloud.enrolment import Enrolment, EnrolmentStore
+from cloud.enrolment import Enrolment
+from cloud.enrolment_store import EnrolmentStore
 from cybernetic.mosquitto import MosquittoBroker
 
 
