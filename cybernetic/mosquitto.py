@@ -77,11 +77,14 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class TlsListener:
-    """A mutual-TLS listener: clients present certificates from the fleet CA (docs/trust.md).
+    """A TLS listener (docs/trust.md).
 
-    The certificate's common name becomes the MQTT username (``use_identity_as_username``),
-    so the ACL's ``%u`` patterns keep each gateway to its own topics; ``crlfile`` lists revoked
-    certificates and is re-read on SIGHUP (:meth:`MosquittoBroker.reload`).
+    With ``require_certificate`` (the cloud broker) clients present certificates from the
+    fleet CA and the certificate's common name becomes the MQTT username
+    (``use_identity_as_username``), so the ACL's ``%u`` patterns keep each gateway to its own
+    topics; ``crlfile`` lists revoked certificates and is re-read on SIGHUP
+    (:meth:`MosquittoBroker.reload`). Without it (a gateway's broker for devices) the broker
+    only proves itself and clients log in with their password, over the encrypted link.
     """
 
     cafile: Path
@@ -89,12 +92,19 @@ class TlsListener:
     keyfile: Path
     crlfile: Path | None = None
     port: int | None = None
+    require_certificate: bool = True
 
 
 def render_tls(listener: TlsListener, *, port: int, bind: str = "127.0.0.1") -> str:
     template = (config_dir() / "mosquitto-tls.conf.template").read_text()
     crl_line = f"crlfile {listener.crlfile}" if listener.crlfile else "# no crlfile: no revocation"
+    client_auth = (
+        "require_certificate true\nuse_identity_as_username true"
+        if listener.require_certificate
+        else "require_certificate false  # clients log in with their password, over TLS"
+    )
     return template.format(
+        client_auth=client_auth,
         tls_port=port,
         bind=bind,
         cafile=listener.cafile,
@@ -115,6 +125,7 @@ def render_config(
     run_as: str | None = None,
     tls: TlsListener | None = None,
     tls_port: int | None = None,
+    tls_bind: str | None = None,
 ) -> str:
     template = (config_dir() / "mosquitto.conf.template").read_text()
     log_dest = f"log_dest file {log_file}" if log_file else "log_dest stderr"
@@ -129,7 +140,8 @@ def render_config(
         run_as=run_as or getpass.getuser(),
     )
     if tls is not None:
-        text += render_tls(tls, port=tls_port or tls.port or free_port(), bind=bind)
+        listen = tls_port or tls.port or free_port()
+        text += render_tls(tls, port=listen, bind=tls_bind or bind)
     return text
 
 
@@ -144,7 +156,7 @@ class MosquittoBroker:
         tls: TlsListener | None = None,
         acl: str = "acl",
     ) -> None:
-        """``tls`` adds a mutual-TLS listener on :attr:`tls_port`; ``acl`` names the shipped
+        """``tls`` adds a TLS listener on :attr:`tls_port`; ``acl`` names the shipped
         ACL file (``acl-cloud`` for a cloud broker that gateways reach by certificate)."""
         if shutil.which(MOSQUITTO_BIN) is None:
             raise BrokerError("mosquitto is not installed: apt-get install mosquitto")

@@ -8,6 +8,10 @@ into the password file, and printed **once**: nothing else keeps them. The passw
 
 After a change the broker must reload the file: pass ``--pid`` / ``--pid-file`` to send it
 SIGHUP, or run ``systemctl reload mosquitto``.
+
+``cybernetic devices tls`` makes the gateway's own device CA and the broker's certificate, so
+devices reach the broker over TLS (port 8883 in the package) and their passwords never cross
+the network in the clear; devices trust ``devices-ca.pem`` (docs/trust.md, "Devices").
 """
 
 from __future__ import annotations
@@ -17,12 +21,18 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from amcp.crypto.pki import FleetCA, PkiError, write_secret_file
+
 PASSWD_BIN = "mosquitto_passwd"  # noqa: S105 - a program name
 DEFAULT_PASSWD = "/etc/cybernetic/mosquitto/passwd"  # noqa: S105 - a path
+DEFAULT_TLS_DIR = "/etc/cybernetic/mosquitto/tls"
+SERVER_VALID_S = 825 * 86400.0
+"""The broker certificate's lifetime: the longest that TLS clients commonly still accept."""
 RESERVED = frozenset({"gateway", "cloud", "enrol"})
 """Service accounts: not devices, never created or removed by this command."""
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -99,6 +109,42 @@ def remove(passwd_file: Path, name: str) -> None:
         raise DeviceAccountError(f"mosquitto_passwd -D failed for {name!r}")
 
 
+def default_hosts() -> list[str]:
+    """Names devices may use for this gateway: its host name, mDNS name and loopback."""
+    name = socket.gethostname()
+    return [name, f"{name}.local", "localhost", "127.0.0.1", "::1"]
+
+
+def init_tls(
+    directory: Path,
+    hosts: list[str],
+    *,
+    owner: str | None = None,
+    renew: bool = False,
+    valid_s: float = SERVER_VALID_S,
+) -> bool:
+    """The device CA (``ca/``, made once) and the broker's key and certificate for ``hosts``.
+
+    Writes ``server.key``, ``server.pem`` (owned by ``owner``, the broker's user, mode 0600)
+    and ``devices-ca.pem``, the public certificate devices trust. Returns False when a server
+    certificate is there already and ``renew`` is not set (an upgrade keeps what it has).
+    """
+    server_pem = directory / "server.pem"
+    if server_pem.exists() and not renew:
+        return False
+    ca = FleetCA(directory / "ca")
+    if not ca.exists():
+        ca.init(name=f"Cybernetic device CA ({socket.gethostname()})")
+    key, cert = ca.issue_server(hosts, valid_s=valid_s)
+    write_secret_file(directory / "server.key", key, owner=owner)
+    write_secret_file(server_pem, cert, owner=owner)
+    public = directory / "devices-ca.pem"
+    write_secret_file(public, ca.trust_bundle(), owner=owner)
+    public.chmod(0o644)
+    directory.chmod(0o755)
+    return True
+
+
 def reload_broker(pid: int) -> None:
     """Make Mosquitto re-read its password file (and ACL, CRL) without dropping clients."""
     os.kill(pid, signal.SIGHUP)
@@ -128,6 +174,21 @@ def register(sub: Any) -> None:
         p.set_defaults(handler=_handle)
     lst = verbs.add_parser("list", help="list device accounts (names only)")
     lst.set_defaults(handler=_list)
+    tls = verbs.add_parser(
+        "tls", help="the device CA and the broker's certificate for TLS (made once)"
+    )
+    tls.add_argument("--dir", type=Path, default=Path(DEFAULT_TLS_DIR), help="%(default)s")
+    tls.add_argument(
+        "--host",
+        action="append",
+        help="a name or IP devices use for this gateway (repeat; default: host name, "
+        "<host name>.local, localhost, 127.0.0.1, ::1)",
+    )
+    tls.add_argument("--owner", help="the broker's user, which must read the key (mosquitto)")
+    tls.add_argument(
+        "--renew", action="store_true", help="issue a new server certificate (the CA stays)"
+    )
+    tls.set_defaults(handler=_tls)
 
 
 def _pid(args: argparse.Namespace) -> int | None:
@@ -156,6 +217,22 @@ def _handle(args: argparse.Namespace) -> int:
         print("reload the broker to apply: systemctl reload mosquitto (or SIGHUP)")
     else:
         reload_broker(pid)
+    return 0
+
+
+def _tls(args: argparse.Namespace) -> int:
+    hosts = args.host or default_hosts()
+    try:
+        made = init_tls(args.dir, hosts, owner=args.owner, renew=args.renew)
+    except (PkiError, OSError, KeyError) as exc:
+        print(f"error: {exc}")
+        return 2
+    if not made:
+        print(f"{args.dir / 'server.pem'} exists; --renew issues a new one")
+        return 0
+    print(f"broker certificate for {', '.join(hosts)} in {args.dir}")
+    print(f"devices trust {args.dir / 'devices-ca.pem'}")
+    print("reload the broker to apply: systemctl reload mosquitto (or SIGHUP)")
     return 0
 
 

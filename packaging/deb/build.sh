@@ -140,17 +140,28 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, sys.argv[1])  # render from the source tree: the same template the tests use
-from cybernetic.mosquitto import render_config
+from cybernetic.mosquitto import TlsListener, render_config
 
+TLS = Path("/etc/cybernetic/mosquitto/tls")  # made by postinst: `cybernetic devices tls`
 Path(sys.argv[2]).write_text(
     render_config(
         port=1883,
-        bind="0.0.0.0",  # devices on the local network publish here; every client authenticates
+        bind="127.0.0.1",  # plain MQTT for the gateway and tools on this host only
         state_dir=Path("/var/lib/mosquitto"),
         password_file=Path("/etc/cybernetic/mosquitto/passwd"),
         acl_file=Path("/etc/cybernetic/mosquitto/acl"),
         log_file=None,  # stderr, which systemd sends to the journal
         run_as="mosquitto",
+        # devices on the local network: TLS, the broker proves itself, devices log in with
+        # their password, which never crosses the network in the clear
+        tls=TlsListener(
+            cafile=TLS / "devices-ca.pem",
+            certfile=TLS / "server.pem",
+            keyfile=TLS / "server.key",
+            require_certificate=False,
+        ),
+        tls_port=8883,
+        tls_bind="0.0.0.0",
     )
 )
 PY

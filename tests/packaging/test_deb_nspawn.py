@@ -182,10 +182,18 @@ def test_a_device_reading_reaches_the_cloud_tier(device: Container) -> None:
         "auth={'username': 'sensor-1', 'password': 'sensor-secret'})"
     )
     box.sh("/opt/cybernetic-edge/bin/python", "-c", publish)
+    # a device on the network: TLS on 8883, trusting the gateway's device CA, its password
+    over_tls = (
+        "import paho.mqtt.publish as p; p.single('devices/sensor-1/telemetry', "
+        "'{\"seq\": 2, \"t\": 21.6}', qos=1, hostname='127.0.0.1', port=8883, "
+        "auth={'username': 'sensor-1', 'password': 'sensor-secret'}, "
+        "tls={'ca_certs': '/etc/cybernetic/mosquitto/tls/devices-ca.pem'})"
+    )
+    box.sh("/opt/cybernetic-edge/bin/python", "-c", over_tls)
 
     def stored() -> float:
         text = box.sh("python3", "-c", FETCH, "http://127.0.0.1:9465/metrics").stdout
         match = re.search(r"^cybernetic_cloud_stored_readings_total (\S+)$", text, re.MULTILINE)
         return float(match.group(1)) if match else 0.0
 
-    wait_for("the reading in the cloud store", lambda: stored() == 1.0, 30, details)
+    wait_for("both readings in the cloud store", lambda: stored() == 2.0, 30, details)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Builds
+from cryptography import x509
 from deb_support import CACHE, HostDpkg, project_version, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -68,6 +69,17 @@ def test_fresh_install(host_dpkg: HostDpkg, debs: Builds) -> None:
     conf = (ETC / "mosquitto.conf").read_text()
     assert "password_file /etc/cybernetic/mosquitto/passwd" in conf
     assert "allow_anonymous false" in conf
+    # plain MQTT on this host only; devices on the network come over TLS with the device CA
+    assert "listener 1883 127.0.0.1" in conf
+    assert "listener 8883 0.0.0.0" in conf
+    tls = ETC / "mosquitto/tls"
+    assert mode(tls / "server.key") == ["mosquitto:mosquitto", "600"]
+    assert mode(tls / "devices-ca.pem") == ["mosquitto:mosquitto", "644"]
+    assert mode(tls / "ca/ca.key") == ["root:root", "600"]
+    server = x509.load_pem_x509_certificate((tls / "server.pem").read_bytes())
+    server.verify_directly_issued_by(
+        x509.load_pem_x509_certificate((tls / "devices-ca.pem").read_bytes())
+    )
 
     # enabled for the next boot, not started: there is no running systemd here
     wants = Path("/etc/systemd/system/multi-user.target.wants")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import aiomqtt
 import pytest
 
 from cybernetic.__main__ import main
-from cybernetic.mosquitto import MosquittoBroker
+from cybernetic.mosquitto import MosquittoBroker, TlsListener
 
 
 def _cli(capsys: pytest.CaptureFixture[str], broker: MosquittoBroker, *argv: str) -> str:
@@ -90,3 +91,62 @@ def test_service_accounts_and_bad_names_are_refused(
     assert main(["devices", "--passwd", str(passwd), "add", "dev-x"]) == 0
     assert main(["devices", "--passwd", str(passwd), "add", "dev-x"]) == 2  # exists
     assert passwd.stat().st_mode & 0o077 == 0
+
+
+# aiomqtt leaves paho's TLS socket for the garbage collector when the broker refuses a login
+@pytest.mark.filterwarnings("ignore:Exception ignored in. <ssl.SSLSocket")
+async def test_devices_reach_the_broker_over_tls_with_their_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tls_dir = tmp_path / "tls"
+    argv = ["devices", "tls", "--dir", str(tls_dir), "--host", "127.0.0.1", "--host", "gw.lan"]
+    assert main(argv) == 0
+    assert "devices trust" in capsys.readouterr().out
+    assert main(argv) == 0  # made once: a second run (an upgrade) keeps it
+    assert "exists" in capsys.readouterr().out
+    ca = tls_dir / "devices-ca.pem"
+    assert oct(ca.stat().st_mode & 0o777) == "0o644"
+    assert oct((tls_dir / "server.key").stat().st_mode & 0o777) == "0o600"
+    broker = MosquittoBroker(
+        tmp_path / "broker",
+        tls=TlsListener(
+            cafile=ca,
+            certfile=tls_dir / "server.pem",
+            keyfile=tls_dir / "server.key",
+            require_certificate=False,
+        ),
+    )
+    broker.start()
+    try:
+        broker.add_user("gateway", "gw-secret")
+        password = _password(_cli(capsys, broker, "add", "dev-t"))
+        await asyncio.sleep(0.2)
+        trusted = ssl.create_default_context(cafile=str(ca))
+
+        def device(password: str, context: ssl.SSLContext) -> aiomqtt.Client:
+            return aiomqtt.Client(
+                "127.0.0.1",
+                broker.tls_port or 0,
+                username="dev-t",
+                password=password,
+                tls_context=context,
+            )
+
+        async with aiomqtt.Client(
+            "127.0.0.1", broker.port, username="gateway", password="gw-secret"
+        ) as watcher:
+            await watcher.subscribe("devices/dev-t/telemetry", qos=1)
+            async with device(password, trusted) as dev:
+                await dev.publish("devices/dev-t/telemetry", b'{"seq": 1}', qos=1)
+            async with asyncio.timeout(5):
+                async for msg in watcher.messages:
+                    assert msg.payload == b'{"seq": 1}'
+                    break
+        with pytest.raises(aiomqtt.MqttError):  # wrong password: refused, over TLS too
+            async with device(password + "x", trusted):
+                pass
+        with pytest.raises(aiomqtt.MqttError):  # a broker the device does not trust
+            async with device(password, ssl.create_default_context()):
+                pass
+    finally:
+        broker.stop()
