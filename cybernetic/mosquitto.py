@@ -101,7 +101,7 @@ def render_tls(listener: TlsListener, *, port: int, bind: str = "127.0.0.1") -> 
     client_auth = (
         "require_certificate true\nuse_identity_as_username true"
         if listener.require_certificate
-        else "require_certificate false  # clients log in with their password, over TLS"
+        else "# clients log in with their password, over TLS\nrequire_certificate false"
     )
     return template.format(
         client_auth=client_auth,
