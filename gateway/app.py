@@ -82,6 +82,10 @@ class Gateway:
             config.s2,
             outbox_depth=lambda: self.outbox.stats.rows,
             ingest_backlog=lambda: self.ingest.backlog,
+            # a zombie device's capabilities move to a standby device (S1 is built below)
+            reassign=lambda unit, kind: self.s1.reassign(
+                unit, kind, healthy=lambda device: not self.s2.zombies.is_zombie(device)
+            ),
         )
         self.s2.register(self.metrics.registry)
         # the gateway's CRDT state (capabilities, twins, patterns, limits), shared by S1, the

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,29 @@ __all__ = [
     "UnitExistsError",
     "UnitTree",
     "UnknownUnitError",
+    "plan_moves",
     "read_tree",
     "write_tree",
 ]
+
+
+Carriers = Mapping[str, tuple[str, list[str]]]
+"""capability -> (the device carrying it out, its standby devices in order)"""
+
+
+def plan_moves(
+    carriers: Carriers, zombie: str, healthy: Callable[[str], bool]
+) -> dict[str, tuple[str, list[str]]]:
+    """Where each capability of ``zombie`` goes: its first healthy standby, with the zombie
+    moved to the end of the standby list. Capabilities with no healthy standby stay."""
+    moves: dict[str, tuple[str, list[str]]] = {}
+    for name, (device, standby) in carriers.items():
+        if device != zombie:
+            continue
+        target = next((d for d in standby if d != zombie and healthy(d)), None)
+        if target is not None:
+            moves[name] = (target, [d for d in standby if d not in (target, zombie)] + [zombie])
+    return moves
 
 
 class S1:
@@ -115,6 +136,8 @@ class S1:
         self.store = Store(store, site=gateway) if isinstance(store, Path) else store
         self.tree_path = state_dir / settings.tree_file
         self.registry = CapabilityRegistry(self.store, gateway, now=self.clock.time)
+        self._carriers = {c.name: (c.device, list(c.standby)) for c in settings.capabilities}
+        self._assigning: set[asyncio.Task[bool]] = set()
         self.units = UnitTree(
             gateway,
             root_quotas=settings.root_quotas,
@@ -185,6 +208,35 @@ class S1:
         except UnknownUnitError:
             return False
         return True
+
+    def reassign(self, unit: str, kind: str, *, healthy: Callable[[str], bool]) -> bool:
+        """S2's zombie hook: every capability the zombie device ``unit`` carries out moves to
+        its first ``healthy`` standby, and the zombie becomes its last standby.
+
+        Synchronous, as S2 calls it from its check; the registry rows (synced to the cloud,
+        re-announced) are written on a task. A recovered device takes nothing back: its work
+        stays where it is until the new carrier fails too. Returns whether anything moved.
+        """
+        if kind != "device":
+            return False
+        moves = plan_moves(self._carriers, unit, healthy)
+        for name, (device, standby) in moves.items():
+            self._carriers[name] = (device, standby)
+            log.warning(
+                "capability moved to a standby device",
+                extra={"capability": name, "zombie": unit, "device": device},
+            )
+            task = asyncio.get_running_loop().create_task(
+                self.registry.assign(name, device, standby), name=f"s1-assign-{name}"
+            )
+            self._assigning.add(task)
+            task.add_done_callback(self._assigned)
+        return bool(moves)
+
+    def _assigned(self, task: asyncio.Task[bool]) -> None:
+        self._assigning.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("writing a capability's new device failed", exc_info=task.exception())
 
     def describe(self) -> dict[str, Any]:
         """Everything ``cybernetic units`` shows: the unit tree and S1's own state."""

@@ -31,6 +31,7 @@ class CapabilityRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     action: str
     unit: str = ""
     timeout_s: float | None = None
+    standby: list[str] = msgspec.field(default_factory=list)
 
 
 class _AnnounceState(msgspec.Struct, frozen=True):
@@ -53,7 +54,15 @@ def record_from_config(cap: CapabilityConfig) -> CapabilityRecord:
         cost=cap.cost,
         owner=f"device:{cap.device}",
     )
-    return CapabilityRecord(spec, cap.device, cap.action or cap.name, cap.unit, cap.timeout)
+    return CapabilityRecord(
+        spec, cap.device, cap.action or cap.name, cap.unit, cap.timeout, list(cap.standby)
+    )
+
+
+def carried_by(record: CapabilityRecord, device: str, standby: list[str]) -> CapabilityRecord:
+    """``record`` carried out by ``device`` from now on, with ``standby`` behind it."""
+    spec = msgspec.structs.replace(record.spec, owner=f"device:{device}")
+    return msgspec.structs.replace(record, spec=spec, device=device, standby=standby)
 
 
 class CapabilityRegistry:
@@ -82,6 +91,15 @@ class CapabilityRegistry:
             record = _RECORD.decode(raw)
             out[record.spec.name] = record
         return out
+
+    async def assign(self, name: str, device: str, standby: list[str]) -> bool:
+        """Let ``device`` carry out capability ``name`` (a zombie's work moving to a standby);
+        False if the capability is gone."""
+        record = await self.get(name)
+        if record is None:
+            return False
+        await self.put(carried_by(record, device, standby))
+        return True
 
     async def sync_config(self, capabilities: Sequence[CapabilityConfig]) -> bool:
         """Make the registry hold exactly the configured capabilities; True if it changed."""

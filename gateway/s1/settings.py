@@ -61,6 +61,10 @@ class CapabilityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
     unit: UnitPath = ""
     timeout: Seconds | None = None
     """Whole-intent limit for this capability; ``intent_timeout`` when unset."""
+    standby: list[DeviceId] = msgspec.field(default_factory=list)
+    """Devices that can carry out the same action, in order of preference: when S2 declares
+    the carrying device a zombie, the capability moves to the first standby that is not one
+    (docs/s1.md, "Standby devices")."""
 
 
 class S1Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -27,7 +27,7 @@ from gateway.s2.events import S2Event
 from gateway.s2.leases import LeaseTable
 from gateway.s2.metrics import S2Collector
 from gateway.s2.stuck import StuckDetector
-from gateway.s2.zombies import ZombieDetector
+from gateway.s2.zombies import Reassign, ZombieDetector
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,16 @@ class S2Service:
         outbox_depth: Callable[[], int],
         ingest_backlog: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
+        reassign: Reassign | None = None,
     ) -> None:
+        """``reassign(unit, kind)`` moves a zombie's work elsewhere (S1's standby devices)."""
         self.config = config
         self._outbox_depth = outbox_depth
         self._ingest_backlog = ingest_backlog
         self.events: asyncio.Queue[EventRecord] = asyncio.Queue(maxsize=10_000)
         self.dropped_events = 0
         self.gate = RateGate(config.limits, clock, emit=self._emit)
-        self.zombies = ZombieDetector(config.phi, clock, emit=self._emit)
+        self.zombies = ZombieDetector(config.phi, clock, emit=self._emit, reassign=reassign)
         self.stuck = StuckDetector(config.stuck, clock, emit=self._emit)
         self.leases = LeaseTable(
             clock, ttl_s=config.lease_ttl_s, max_queue=config.lease_queue, emit=self._emit

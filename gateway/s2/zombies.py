@@ -41,13 +41,13 @@ class ZombieDetector:
         clock: Callable[[], float],
         *,
         emit: EventSink = discard,
-        reassign: Reassign = _no_reassign,
+        reassign: Reassign | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.phi = PhiAccrual(config, clock)
         self._clock = clock
         self._emit = emit
-        self._reassign = reassign
+        self._reassign = reassign or _no_reassign
         self._wall = wall
         self._kinds: dict[str, UnitKind] = {}
         self._zombies: dict[str, float] = {}

@@ -163,3 +163,39 @@ async def test_a_restarted_cloud_learns_capabilities_from_the_retained_announcem
     # the gateway is gone; a cloud starting now still finds its retained announcement
     async with running(d.cloud.run(ChildContext("cloud"))):
         await _wait_registered(d, "sensor.hang")
+
+
+async def test_a_zombie_devices_capability_moves_to_its_standby_and_the_cloud_sees_it(
+    broker: MosquittoBroker, topic: str, tmp_path: Path
+) -> None:
+    primary = device(broker, f"{topic}-primary", {"measure": measure})
+    standby = device(broker, f"{topic}-standby", {"measure": measure})
+    settings = S1Settings(
+        topic_prefix=topic, capabilities=caps(primary.device, standby=[standby.device])
+    )
+    d = make_deployment(broker, tmp_path, topic, "gw-z", settings)
+    async with running(primary.run(), standby.run(), *await _start(d)):
+        await _wait_registered(d, "sensor.measure")
+        first = [r async for r in d.cloud.router.stream("sensor.measure", {"n": 1}, 10)]
+        assert first[-1].update.state == "done"
+        # no healthy standby: the work stays where it is
+        assert not d.s1.reassign(primary.device, "device", healthy=lambda _: False)
+        # S2 declares the primary a zombie: its capabilities go to the standby
+        assert d.s1.reassign(primary.device, "device", healthy=lambda dev: dev != primary.device)
+        assert not d.s1.reassign(primary.device, "device", healthy=lambda _: True)  # moved
+
+        async def cloud_owner() -> str:
+            return (await d.cloud.registry.owners("sensor.measure"))[0].spec.owner
+
+        async with asyncio.timeout(10):
+            while await cloud_owner() != f"device:{standby.device}":  # noqa: ASYNC110 - polls the store
+                await asyncio.sleep(0.05)
+        record = await d.s1.registry.get("sensor.measure")
+        assert record is not None
+        assert (record.device, record.standby) == (standby.device, [primary.device])
+        second = [r async for r in d.cloud.router.stream("sensor.measure", {"n": 2}, 10)]
+    assert second[-1].update.state == "done"
+    assert len(primary.received) == 1  # only the first intent
+    assert len(standby.received) == 1  # the second one
+    assert not d.s1.reassign("some-other-device", "device", healthy=lambda _: True)
+    assert not d.s1.reassign(primary.device, "unit", healthy=lambda _: True)
