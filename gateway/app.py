@@ -130,6 +130,8 @@ class Gateway:
             cloud_broker=config.uplink.broker,
             state_dir=state,
         )
+        # a rule's capability action runs the gateway's own capability through S1
+        self.rules.runner.invoke = self.s1.invoke
         self.metrics.watch(self.outbox.snapshot, self.uplink.status, lambda: self.ingest.connected)
         self.supervisor = Supervisor(
             "gateway",

@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 
 Capability = Callable[[Mapping[str, Any], Mapping[str, Any]], object]
 """Called as ``capability(args, event)``; may return an awaitable, which is awaited."""
+
+Invoke = Callable[[str, dict[str, Any], str], Awaitable[Any]]
+"""``invoke(capability, args, correlation)``: S1 carrying out one of the gateway's own
+capabilities (on a device). An exception with a true ``permanent`` attribute is not retried."""
 AppendEvents = Callable[[list[EventRecord]], Awaitable[object]]
 
 
@@ -120,6 +124,8 @@ class ActionRunner:
         self._append = append_events
         self.local_broker = local_broker
         self.capabilities: dict[str, Capability] = dict(capabilities or {})
+        self.invoke: Invoke | None = None
+        """Where a capability no callable is registered for goes (S1, set by the daemon)."""
         self.records: asyncio.Queue[EventRecord] = asyncio.Queue(maxsize=settings.queue_max)
         self.jobs: asyncio.Queue[Job] = asyncio.Queue(maxsize=settings.queue_max)
         self.counts: Counter[tuple[str, str]] = Counter()
@@ -246,11 +252,19 @@ class ActionRunner:
 
     async def _capability(self, spec: CapabilityAction, job: Job) -> None:
         fn = self.capabilities.get(spec.capability)
-        if fn is None:
+        if fn is not None:
+            result = fn(spec.args, job.event)
+            if inspect.isawaitable(result):
+                await result
+            return
+        if self.invoke is None:
             raise PermanentActionError(f"no capability {spec.capability!r} is registered")
-        result = fn(spec.args, job.event)
-        if inspect.isawaitable(result):
-            await result
+        try:
+            await self.invoke(spec.capability, dict(spec.args), f"rule:{job.rule_id}")
+        except Exception as exc:
+            if getattr(exc, "permanent", False):
+                raise PermanentActionError(str(exc)) from exc
+            raise
 
     async def _broker(self, link: BrokerLink) -> None:
         """Keep one local-broker connection for commands (reconnecting with backoff)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,11 @@ from amcp.runtime.clock import Clock, SystemClock
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
 from amcp.store import Store
+from amcp.wire.messages import Intent, IntentUpdate
 from gateway.s1.commands import CommandExecutor
 from gateway.s1.dispatcher import Dispatcher
 from gateway.s1.errors import (
+    CapabilityFailedError,
     ChildQuotaError,
     CommandError,
     DepthLimitError,
@@ -64,6 +67,7 @@ __all__ = [
     "S1",
     "BreakerSettings",
     "CapabilityConfig",
+    "CapabilityFailedError",
     "CapabilityRecord",
     "CapabilityRegistry",
     "ChildQuotaError",
@@ -208,6 +212,21 @@ class S1:
         except UnknownUnitError:
             return False
         return True
+
+    async def invoke(self, capability: str, args: dict[str, Any], correlation: str) -> Any:
+        """Carry out a capability for the gateway itself (a rule's action) with everything an
+        intent from the cloud gets: schema check, unit quotas, timeouts, the device protocol.
+        Returns the final answer's data; raises :class:`CapabilityFailedError` otherwise.
+        Its signature is the rules' ``Invoke``: the daemon hands it to the action runner."""
+        intent = Intent(f"local-{uuid.uuid4().hex[:12]}", "", capability, dict(args))
+
+        async def nobody(_update: IntentUpdate) -> None:
+            return None
+
+        final = await self.dispatcher.run(intent, nobody, correlation=correlation)
+        if final.state != "done":
+            raise CapabilityFailedError(capability, final.code or "error", final.error or "")
+        return final.data
 
     def reassign(self, unit: str, kind: str, *, healthy: Callable[[str], bool]) -> bool:
         """S2's zombie hook: every capability the zombie device ``unit`` carries out moves to

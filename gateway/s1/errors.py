@@ -10,9 +10,10 @@ S1Error
 ├── QuotaExceededError           a running unit went over a quota
 │   ├── RateQuotaError           message rate
 │   └── MemoryQuotaError         buffered bytes
-└── CommandError                 a device command did not complete
-    ├── DeviceTimeoutError       the device said nothing for too long
-    └── DeviceFailedError        the device answered "failed"
+├── CommandError                 a device command did not complete
+│   ├── DeviceTimeoutError       the device said nothing for too long
+│   └── DeviceFailedError        the device answered "failed"
+└── CapabilityFailedError        a capability the gateway invoked itself did not complete
 """
 
 from __future__ import annotations
@@ -121,3 +122,22 @@ class DeviceFailedError(CommandError):
             action,
         )
         self.reason = reason
+
+
+class CapabilityFailedError(S1Error):
+    """A capability invoked by the gateway itself (a rule's action) ended ``failed``.
+
+    ``code`` is the intent failure code; ``permanent`` says whether trying again can help
+    (an unknown capability or arguments its schema refuses cannot).
+    """
+
+    PERMANENT = frozenset({"unknown_capability", "bad_args"})
+
+    def __init__(self, capability: str, code: str, message: str) -> None:
+        super().__init__(f"capability {capability!r} failed ({code}): {message}")
+        self.capability = capability
+        self.code = code
+
+    @property
+    def permanent(self) -> bool:
+        return self.code in self.PERMANENT

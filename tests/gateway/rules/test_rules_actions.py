@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -25,6 +26,9 @@ from gateway.rules import (
 )
 from gateway.rules.actions import ActionRunner, Job
 from gateway.rules.manager import Entry
+from gateway.s1 import S1Settings
+from tests.gateway.s1.s1_support import caps, device, make_deployment, measure
+from tests.gateway.s1.s1_support import running as s1_running
 
 FAST = {"retry_initial": 0.01, "retry_max": 0.02, "poll_interval": 0.05}
 
@@ -190,3 +194,41 @@ async def test_a_full_queue_drops_new_actions_and_counts_them() -> None:
     assert runner.jobs.qsize() == 2
     assert runner.counts["capability", "dropped"] == 3
     assert not await runner.execute(Job("p", CapabilityAction(capability="c"), {}))
+
+
+async def test_a_capability_action_runs_the_gateways_own_capability_on_its_device(
+    broker: MosquittoBroker, topic: str, tmp_path: Path
+) -> None:
+    """What the daemon wires: a capability no callable is registered for goes to S1, with the
+    rule as correlation; arguments its schema refuses fail at once, without retries."""
+    dev = device(broker, f"{topic}-pump", {"measure": measure})
+    s1 = make_deployment(
+        broker,
+        tmp_path,
+        topic,
+        "gw-r",
+        S1Settings(topic_prefix=topic, capabilities=caps(dev.device)),
+    ).s1
+    good = PatternRule(
+        when="temp > 30", actions=[CapabilityAction(capability="sensor.measure", args={"n": 2})]
+    )
+    bad = PatternRule(
+        when="temp > 90", actions=[CapabilityAction(capability="sensor.measure", args={"n": 0})]
+    )
+    sink = Sink()
+    settings = RulesSettings(patterns={"hot": good, "boil": bad}, **FAST)  # type: ignore[arg-type]
+    svc = RulesService(settings, None, sink, gateway="gw-r")
+    svc.runner.invoke = s1.invoke
+    async with s1_running(dev.run(), s1.supervisor.run(ChildContext("s1"))), running(svc):
+        await dev.subscribed.wait()
+        await s1.executor.wait_connected(10)
+        svc.stage([reading(dev.device, 1, temp=31)])
+        await until(lambda: svc.runner.counts["capability", "ok"] == 1)
+        svc.stage([reading(dev.device, 2, temp=95)])  # both rules fire; "boil" cannot succeed
+        await until(lambda: sink.named("rules.action.failed"))
+        await until(lambda: svc.runner.counts["capability", "ok"] == 2)
+    assert [c.correlation for c in dev.received] == ["rule:hot", "rule:hot"]
+    failed = sink.named("rules.action.failed")[0]
+    assert failed.attrs["rule"] == "boil"
+    assert failed.attrs["attempts"] == 1  # permanent: not retried
+    assert "bad_args" in str(failed.attrs["error"])
