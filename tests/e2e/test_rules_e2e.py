@@ -4,10 +4,8 @@ A rule written to the gateway's CRDT store (namespace ``patterns``, as sync writ
 cloud's rows) fires on live telemetry and its alert lands in the cloud's ``events`` table;
 alerts raised while the cloud broker is down arrive after it returns.
 
-The gateway runs in this process so the test can hand it the rules stage and child: the
-gateway config has no ``[rules]`` section yet. Once the lead wires ``RulesService`` into
-``gateway/app.py`` (see docs/rules.md, "Wiring"), these can run the gateway as a process
-with ``Stack(..., gateway={"rules": {...}})`` instead.
+The gateway (its own rules service and store) runs in this process so the test can write rows
+to its store and watch its rule manager.
 """
 
 from __future__ import annotations
@@ -24,16 +22,13 @@ from pathlib import Path
 import aiomqtt
 
 from amcp.runtime.config import load
-from amcp.runtime.supervisor import ChildContext
 from amcp.store import Store
 from cybernetic.stack import Stack, scrape
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from gateway.rules import (
-    STORE_FILE,
     PatternRule,
     RulesService,
-    RulesSettings,
     WindowRule,
     encode_rule,
 )
@@ -105,32 +100,17 @@ async def running_gateway(tmp_path: Path) -> AsyncIterator[Running]:
             assert time.monotonic() < deadline, stack.log("cloud")[-2000:]
             await asyncio.sleep(0.1)
         config = load(stack.gateway_config, GatewayConfig)
-        state = Path(config.gateway.state_dir)
-        await asyncio.to_thread(state.mkdir, parents=True, exist_ok=True)
-        async with Store(state / STORE_FILE, site=config.gateway.id) as store:
-            gw = Gateway(config, stages=[])
-            rules = RulesService(
-                RulesSettings(poll_interval=0.2),
-                store,
-                gw.outbox.append_events,
-                gateway=config.gateway.id,
-                local_broker=config.local_broker,
-            )
-            gw.ingest.stages.append(rules.stage)  # what the lead's wiring does in app.py
-            serve = asyncio.create_task(gw.serve())
-            ctx = ChildContext("rules")
-            child = asyncio.create_task(rules.run(ctx))
-            try:
-                async with asyncio.timeout(60):
-                    await ctx.wait_ready()
-                    while not (gw.ingest.connected and gw.uplink.connected):  # noqa: ASYNC110
-                        await asyncio.sleep(0.05)
-                yield Running(stack, gw, rules, store, password)
-            finally:
-                for task in (child, serve):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+        gw = Gateway(config)
+        serve = asyncio.create_task(gw.serve())
+        try:
+            async with asyncio.timeout(60):
+                while not (gw.ingest.connected and gw.uplink.connected):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            yield Running(stack, gw, gw.rules, gw.store, password)
+        finally:
+            serve.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serve
     finally:
         await asyncio.to_thread(stack.close)
 
@@ -173,13 +153,8 @@ async def test_a_pattern_from_the_store_fires_and_its_alert_reaches_the_cloud(
 async def test_alerts_raised_while_the_cloud_is_down_arrive_after_it_returns(
     tmp_path: Path,
 ) -> None:
-    """The cloud daemon is stopped (the gateway's uplink stays connected to the cloud broker,
-    so batches go unacknowledged and stay in the outbox). Stopping the cloud *broker* instead
-    is the stronger test; at the time of writing it trips a gateway regression (the uplink's
-    TaskGroup raises an ExceptionGroup its ``except MqttError`` misses, and the REST_FOR_ONE
-    restart that follows never brings ingest back), which
-    tests/e2e/test_telemetry_e2e.py::test_cloud_broker_outage_of_30_seconds_loses_nothing
-    shows as well; see the issue report."""
+    """The cloud broker goes down: the uplink loses its connection, alerts and signals wait
+    in the outbox with the readings, and everything arrives once the broker is back."""
     async with running_gateway(tmp_path) as run:
         rule = PatternRule(when="humidity > 90", actions=["alert", "algedonic"])
         await run.store.put("patterns", "soaked", encode_rule(rule))
@@ -187,7 +162,7 @@ async def test_alerts_raised_while_the_cloud_is_down_arrive_after_it_returns(
             while "soaked" not in run.rules.manager.active.entries:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
 
-        await asyncio.to_thread(run.stack.stop_cloud)
+        await asyncio.to_thread(run.stack.cloud_broker.stop)
         await _publish(run.stack, "sensor-01", run.password, [95.0, 20.0, 96.0], start=1)
         runner = run.rules.runner
         async with asyncio.timeout(20):  # alerts and signals are in the outbox, waiting
@@ -197,7 +172,7 @@ async def test_alerts_raised_while_the_cloud_is_down_arrive_after_it_returns(
                 await asyncio.sleep(0.05)
         assert _events(run.stack, "rules.soaked") == []
 
-        await asyncio.to_thread(run.stack.start_cloud)
+        await asyncio.to_thread(run.stack.cloud_broker.start)
         alerts = await _wait_events(run.stack, "rules.soaked", 2, 60)
         assert sorted(a[2]["reading"]["seq"] for a in alerts) == [1, 3]  # type: ignore[index]
         signals = await _wait_events(run.stack, "algedonic", 2, 10)
