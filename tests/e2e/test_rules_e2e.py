@@ -32,6 +32,7 @@ from gateway.rules import (
     WindowRule,
     encode_rule,
 )
+from tests.stopping import stop
 
 ALERT_DELAY_S = 10.0
 """The stated bound: a reading that completes a window is an event in the cloud store within
@@ -108,9 +109,7 @@ async def running_gateway(tmp_path: Path) -> AsyncIterator[Running]:
                     await asyncio.sleep(0.05)
             yield Running(stack, gw, gw.rules, gw.store, password)
         finally:
-            serve.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await serve
+            await stop(serve)
     finally:
         await asyncio.to_thread(stack.close)
 

@@ -16,6 +16,7 @@ from amcp.runtime.supervisor import ChildContext
 from cloud.enrolment import Enrolment
 from cloud.enrolment_store import EnrolmentStore
 from cybernetic.mosquitto import MosquittoBroker
+from tests.stopping import stop
 
 
 @dataclass
@@ -48,6 +49,4 @@ async def serving(cloud: Cloud) -> AsyncIterator[None]:
             await ctx.wait_ready()
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop(task)

@@ -18,6 +18,7 @@ from cybernetic.devices import publish_readings
 from cybernetic.stack import Stack, scrape
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
+from tests.stopping import stop
 from wasm import PolicyConfig, PolicyStage
 
 POLICY = """policy "live-test" version 1
@@ -63,8 +64,6 @@ async def test_policy_enforced_on_live_telemetry(tmp_path: Path) -> None:
         assert loads[45] == 45  # untouched
         assert stage.counts.denied == 100 - len(kept)
         assert stage.counts.transformed == sum(1 for s in kept if s % 100 >= 90)
-        gateway.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await gateway
+        await stop(gateway)
     finally:
         stack.close()

@@ -29,6 +29,7 @@ from gateway.rules.manager import Entry
 from gateway.s1 import S1Settings
 from tests.gateway.s1.s1_support import caps, device, make_deployment, measure
 from tests.gateway.s1.s1_support import running as s1_running
+from tests.stopping import stop
 
 FAST = {"retry_initial": 0.01, "retry_max": 0.02, "poll_interval": 0.05}
 
@@ -63,9 +64,7 @@ async def running(svc: RulesService) -> Any:
     try:
         yield svc
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop(task)
 
 
 def reading(device: str, seq: int, **values: float) -> Reading:

@@ -5,7 +5,6 @@ a hot swap under a continuous stream loses no events."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from amcp.wire.telemetry import EventRecord, Reading
 from gateway.config import OutboxSettings
 from gateway.outbox import Outbox
 from gateway.rules import PatternRule, RulesService, RulesSettings, WindowRule, encode_rule
+from tests.stopping import stop
 
 T0 = 1_700_000_000_000
 
@@ -70,9 +70,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         task = asyncio.create_task(svc.run(ctx))
         await ctx.wait_ready()
         yield Rig(svc, store, outbox)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop(task)
     await outbox.close()
 
 
@@ -183,9 +181,7 @@ async def test_a_patterns_file_is_read_and_reread_when_it_changes(tmp_path: Path
                 await asyncio.sleep(0.02)
         assert set(svc.manager.active.entries) == {"cold"}
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop(task)
 
 
 async def test_inline_config_rules_are_overridden_by_store_rows(rig: Rig) -> None:

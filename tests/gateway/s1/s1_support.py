@@ -17,6 +17,7 @@ from cloud.s1 import CloudS1, CloudS1Settings
 from cybernetic.mosquitto import MosquittoBroker
 from gateway.s1 import S1, CapabilityConfig, DeviceResponder, Done, Partial, Progress, S1Settings
 from gateway.s1.responder import Handler, Step
+from tests.stopping import stop
 
 
 def login(broker: MosquittoBroker, user: str) -> BrokerLink:
@@ -108,11 +109,7 @@ async def running(*jobs: Awaitable[None]) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await stop(*tasks)
 
 
 async def wait_for(predicate: Any, within: float = 10.0) -> None:
