@@ -33,7 +33,7 @@ from amcp.crypto.agreement import AgreementError, Offer, cloud_answer
 from amcp.crypto.keys import Ed25519Signer
 from amcp.crypto.keystore import KeyStore
 from amcp.crypto.pki import FleetCA, PkiError, load_cert, write_secret_file
-from amcp.runtime.mqtt import Backoff, make_client
+from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import enrol as wire
@@ -326,13 +326,10 @@ class Enrolment:
                             await client.publish(
                                 wire.response_topic(gateway, prefix), answer, qos=1
                             )
-            except aiomqtt.MqttError as exc:
-                delay = backoff.next_delay()
-                log.warning(
-                    "enrolment broker connection lost",
-                    extra={"error": str(exc), "retry_in_s": round(delay, 2)},
-                )
-                await asyncio.sleep(delay)
+            except aiomqtt.MqttError as caught:
+                # also ends the loop when the MqttError came from tearing down a cancelled
+                # session: the stop request is not lost (raise_if_cancelling)
+                await pause_after_loss(caught, backoff, "cloud broker (enrolment)")
 
 
 def init_pki(pki_dir: Path, *, cloud_id: str = "cloud", owner: str | None = None) -> FleetCA:

@@ -120,7 +120,7 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 def decode_manifest(raw: bytes) -> Manifest:
     try:
         return msgspec.json.decode(raw, type=Manifest)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: bad UTF-8 in a str
         raise AbiError(f"agent manifest is not valid: {exc}") from exc
 
 

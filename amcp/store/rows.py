@@ -8,7 +8,12 @@ Schema evolution: new fields go at the end with defaults; existing fields never 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import msgspec
+
+T = TypeVar("T")
 
 
 class Row(msgspec.Struct, array_like=True, frozen=True):
@@ -60,9 +65,16 @@ def encode_rows(rows: list[Row]) -> bytes:
     return _row_list_encoder.encode(rows)
 
 
+def _typed(decode: Callable[[bytes], T], data: bytes) -> T:
+    try:
+        return decode(data)
+    except UnicodeDecodeError as exc:  # msgspec raises it for invalid UTF-8 in a str field
+        raise msgspec.DecodeError(f"invalid UTF-8 in a text field: {exc.reason}") from None
+
+
 def decode_rows(data: bytes) -> list[Row]:
     """Decode rows; raises ``msgspec.ValidationError``/``DecodeError`` on bad input."""
-    return _row_list_decoder.decode(data)
+    return _typed(_row_list_decoder.decode, data)
 
 
 def encode_changes(changes: ChangeSet) -> bytes:
@@ -70,7 +82,8 @@ def encode_changes(changes: ChangeSet) -> bytes:
 
 
 def decode_changes(data: bytes) -> ChangeSet:
-    return _changes_decoder.decode(data)
+    """Decode a change set; raises ``msgspec.ValidationError``/``DecodeError`` on bad input."""
+    return _typed(_changes_decoder.decode, data)
 
 
 def row_size(row: Row) -> int:

@@ -150,7 +150,7 @@ def decode(data: bytes) -> Frame:
         raise MalformedFrameError(f"enrolment frame of {len(data)} bytes over {MAX_FRAME_BYTES}")
     try:
         return _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: bad UTF-8 in a str
         raise MalformedFrameError(f"not an enrolment frame: {exc}") from None
 
 

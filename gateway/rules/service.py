@@ -265,7 +265,7 @@ class RulesService:
             for key, value in rows.items():
                 try:
                     docs[key] = Sourced(decode_rule(value), "store")
-                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 too
                     self._report_bad(key, value, f"{type(exc).__name__}: {exc}", "store")
                     good = self.manager.good.get(key)
                     if good is not None:

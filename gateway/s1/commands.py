@@ -102,7 +102,7 @@ class CommandExecutor:
             return  # late reply to a finished command, or another device's topic
         try:
             reply = REPLY_DECODER.decode(payload)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec: bad UTF-8 in a str
             self.malformed += 1
             log.warning("malformed device reply", extra={"device": device, "error": str(exc)})
             return

@@ -92,7 +92,7 @@ class DeviceResponder:
             async for message in client.messages:
                 try:
                     command = COMMAND_DECODER.decode(message.payload)
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, UnicodeDecodeError):
                     log.warning("malformed command", extra={"device": self.device})
                     continue
                 self.received.append(command)

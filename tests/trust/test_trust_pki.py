@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from amcp.crypto.agreement import AgreementError, GatewayAgreement, Offer, cloud_answer
@@ -160,6 +160,7 @@ def test_frame_mac_and_signature_cover_every_field() -> None:
 
 
 @given(st.binary(max_size=2048))
+@example(b"\x82\xa4type\xadenrol.request\xa8token_id\xa1\xff")  # bad UTF-8 in a str field
 def test_decoder_raises_only_its_own_error(data: bytes) -> None:
     with contextlib.suppress(wire.MalformedFrameError):
         wire.decode(data)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from amcp.store import (
@@ -270,6 +270,7 @@ def test_one_small_row_encodes_compactly() -> None:
 
 @settings(max_examples=200)
 @given(st.binary(max_size=200))
+@example(b"\x91\x95\xab" + b"\x00" * 10 + b"\x80")  # invalid UTF-8 in a str: msgspec's own error
 def test_decoders_reject_garbage_with_typed_errors(data: bytes) -> None:
     for decode in (decode_rows, decode_changes):
         with contextlib.suppress(msgspec.DecodeError):  # ValidationError is a DecodeError

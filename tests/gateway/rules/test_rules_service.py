@@ -102,11 +102,12 @@ async def test_a_broken_row_leaves_the_running_set_in_place_and_is_reported(rig:
     running = rig.svc.manager.active
     await rig.put("hot", PatternRule(when="temp > > 30"))
     await rig.put("junk", b"\x00not json")
+    await rig.put("garbled", b'{"type": "pattern", "when": "\xff"}')  # not UTF-8
     assert rig.svc.manager.active is running
     rig.svc.stage(readings("d", 1, temp=31.0))
     assert len(await rig.drain("rules.hot")) == 1
     refused = await rig.drain("rules.refused")
-    assert {e.attrs["rule"] for e in refused} == {"hot", "junk"}
+    assert {e.attrs["rule"] for e in refused} == {"hot", "junk", "garbled"}
     hot = next(e for e in refused if e.attrs["rule"] == "hot")
     assert hot.severity == "error"
     assert hot.attrs["kept_previous"] is True

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from amcp.runtime.supervisor import ChildContext
@@ -12,6 +15,7 @@ from amcp.store import Store
 from amcp.wire.messages import Intent, IntentUpdate
 from cybernetic.mosquitto import MosquittoBroker
 from gateway.s1 import CommandExecutor, Dispatcher, QuotaSettings, S1Settings, UnitTree
+from gateway.s1.devicewire import response_topic
 from gateway.s1.registry import CapabilityRegistry
 from gateway.s1.settings import BreakerSettings, CapabilityConfig
 from tests.gateway.s1.s1_support import Hang, caps, device, login, measure, running, wait_for
@@ -213,3 +217,32 @@ async def test_the_simulated_temperature_device_answers_its_capability(
     assert (final.state, final.data["n"]) == ("done", 2)
     assert len([u for u in rig.updates if u.state == "result"]) == 2
     assert (refused.state, refused.code) == ("failed", "bad_args")
+
+
+async def test_a_garbled_reply_is_counted_and_the_command_goes_on(
+    store: Store, broker: MosquittoBroker, topic: str
+) -> None:
+    """A device answering with bytes that are not valid UTF-8 (msgspec raises its own
+    UnicodeDecodeError for them) is counted as malformed; its next, good reply completes."""
+    name = f"{topic}-raw"
+    password = os.urandom(8).hex()
+    broker.add_user(name, password)
+    rig = await _rig(store, broker, name)
+    async with running(rig.executor.run(ChildContext("x"))):
+        await rig.executor.wait_connected(10)
+        async with aiomqtt.Client(
+            broker.host, broker.port, username=name, password=password
+        ) as dev:
+            await dev.subscribe(f"devices/{name}/commands/+", qos=1)
+            intent = asyncio.create_task(rig.run("sensor.measure", {"n": 1}))
+            async with asyncio.timeout(10):
+                command = await anext(aiter(dev.messages))
+            command_id = command.topic.value.rsplit("/", 1)[1]
+            reply_topic = response_topic(name, command_id)
+            await dev.publish(reply_topic, b'{"id": "\xff", "state": "done"}', qos=1)
+            good = {"id": command_id, "state": "done", "data": {"sum": 0}}
+            await dev.publish(reply_topic, json.dumps(good).encode(), qos=1)
+            async with asyncio.timeout(10):
+                final = await intent
+    assert (final.state, final.data) == ("done", {"sum": 0})
+    assert rig.executor.malformed == 1
