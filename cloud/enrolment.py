@@ -327,8 +327,12 @@ class Enrolment:
                                 wire.response_topic(gateway, prefix), answer, qos=1
                             )
             except aiomqtt.MqttError as caught:
-                # also ends the loop when the MqttError came from tearing down a cancelled
-                # session: the stop request is not lost (raise_if_cancelling)
+                # tearing down a cancelled session can end in an MqttError (the DISCONNECT
+                # failed) instead of CancelledError: the stop request must still stop the
+                # loop. No TaskGroup runs here, so the task's count of requests is exact.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from caught
                 await pause_after_loss(caught, backoff, "cloud broker (enrolment)")
 
 

@@ -174,24 +174,9 @@ def connection_lost(exc: BaseException) -> aiomqtt.MqttError | None:
     return None
 
 
-def raise_if_cancelling() -> None:
-    """Re-raise a cancellation that a TaskGroup turned into its children's errors.
-
-    In Python 3.11 a TaskGroup whose task is cancelled while its children fail (a session's
-    tasks losing the connection as it is torn down) raises the children's errors instead of
-    CancelledError. A reconnect loop that handles those errors would run on and never stop;
-    the request is still counted (``Task.cancelling()``), so it is raised again here.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 async def pause_after_loss(caught: BaseException, backoff: Backoff, what: str) -> None:
     """The one reconnect step every MQTT session loop shares: re-raise ``caught`` unless it
-    is a lost connection (:func:`connection_lost`), else log it once and sleep the backoff.
-    A cancellation the session swallowed (:func:`raise_if_cancelling`) ends the loop."""
-    raise_if_cancelling()
+    is a lost connection (:func:`connection_lost`), else log it once and sleep the backoff."""
     exc = connection_lost(caught)
     if exc is None:
         raise caught

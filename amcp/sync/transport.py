@@ -25,7 +25,7 @@ import aiomqtt
 
 from amcp.link import DEFAULT_CLOUD_ID, CloudLinks, GatewayLink
 from amcp.runtime.clock import Clock
-from amcp.runtime.mqtt import Backoff, make_client, raise_if_cancelling
+from amcp.runtime.mqtt import Backoff, make_client
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.store import Store
@@ -102,7 +102,6 @@ class _MqttSync:
                         tg.create_task(self.engine.serve(self._sender(client)), name="sync")
                         tg.create_task(self._receive(client), name="sync-receive")
             except* aiomqtt.MqttError as group:
-                raise_if_cancelling()  # a stop request the session's TaskGroup swallowed
                 delay = backoff.next_delay()
                 log.warning(
                     "sync link lost",

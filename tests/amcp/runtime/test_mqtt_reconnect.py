@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiomqtt
 import pytest
 
@@ -28,32 +26,3 @@ async def test_a_real_failure_beside_a_lost_connection_propagates() -> None:
     with pytest.raises(ExceptionGroup) as err:
         await pause_after_loss(group, FAST, "test")
     assert err.value is group
-
-
-async def test_a_cancellation_the_sessions_taskgroup_swallowed_still_ends_the_loop() -> None:
-    """Python 3.11: cancelled while its children fail, a TaskGroup raises their errors, not
-    CancelledError; the reconnect loop must not take that for a lost connection and go on."""
-
-    async def session() -> None:
-        async def link() -> None:
-            try:
-                await asyncio.sleep(10)
-            except asyncio.CancelledError:
-                raise aiomqtt.MqttError("connection lost during teardown") from None
-
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(link())
-            await asyncio.sleep(10)
-
-    async def reconnect_loop() -> None:
-        while True:
-            try:
-                await session()
-            except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                await pause_after_loss(caught, FAST, "test")
-
-    task = asyncio.create_task(reconnect_loop())
-    await asyncio.sleep(0.05)
-    task.cancel()
-    await asyncio.wait({task}, timeout=2)
-    assert task.cancelled()
