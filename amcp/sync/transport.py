@@ -27,7 +27,7 @@ from amcp.link import DEFAULT_CLOUD_ID, CloudLinks, GatewayLink
 from amcp.runtime.clock import Clock
 from amcp.runtime.mqtt import Backoff, make_client
 from amcp.runtime.settings import BrokerLink
-from amcp.runtime.supervisor import ChildContext
+from amcp.runtime.supervisor import ChildContext, raise_if_cancelled
 from amcp.store import Store
 from amcp.sync.authority import Refusal
 from amcp.sync.engine import Send, SyncEngine
@@ -129,6 +129,7 @@ class _MqttSync:
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
+            raise_if_cancelled()  # a stop request lost in a wait_for (Python 3.11)
             payload = message.payload
             topic = message.topic.value
             try:
