@@ -24,11 +24,13 @@ from amcp.crypto import Keyring, derive_link_keys
 from amcp.replay import ReplayGuard
 from amcp.wire import (
     Context,
+    EnvelopeError,
     Opened,
     Opener,
     Sealer,
     SourceMismatchError,
     UnknownKeyError,
+    Verified,
 )
 from amcp.wire.messages import Message
 
@@ -175,6 +177,16 @@ class CloudLinks:
         if opened.header.source != gateway:
             raise SourceMismatchError(opened.header.key_id, gateway, opened.header.source)
         return opened
+
+    def authentic(self, gateway: str, data: bytes, topic: str) -> Verified | None:
+        """The envelope if ``gateway`` really signed it, however old (no freshness or replay
+        check, nothing recorded); None if it is not authentic."""
+        try:
+            self._ensure(gateway)
+            verified = self.opener.verify(data, topic, fresh=False)
+        except EnvelopeError:
+            return None
+        return verified if verified.header.source == gateway else None
 
     def open_retained(self, gateway: str, data: bytes, topic: str) -> Opened | None:
         """Open a retained message (a capability announcement): judged by its version, not

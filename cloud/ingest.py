@@ -5,6 +5,14 @@ in the broker. The application-level :class:`~amcp.wire.telemetry.BatchAck` is p
 after the store committed; a gateway deletes a batch only when it sees that ack. Batches that
 arrive while a commit runs go into the next one together (group commit: one fsync for many
 gateways' batches). A malformed batch is logged and counted, and never stops the loop.
+
+Nothing a gateway sends can stop ingest: readings a verified batch carries that the store
+cannot represent are left out and listed in the ack (the gateway dead-letters them); an
+authentic batch that arrives stale (queued while the cloud was down, or stamped before this
+process's unclean restart) is answered with a :class:`~amcp.wire.telemetry.BatchNack` asking
+for it again in a fresh envelope; an authentic batch that cannot be decoded or stored at all
+is nacked for good. A full disk pauses ingest with the batches unacknowledged (the broker
+keeps them) until space returns.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import time
 from typing import Any
 
 import aiomqtt
+import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from amcp.link import CloudLinks
@@ -26,11 +35,12 @@ from amcp.runtime.mqtt import (
     pause_after_loss,
     wait_disconnected,
 )
+from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
-from amcp.wire import EnvelopeError, Header, derive
-from amcp.wire.telemetry import BatchAck, TelemetryBatch
+from amcp.wire import EnvelopeError, Header, MalformedPayloadError, StaleEnvelopeError, derive
+from amcp.wire.telemetry import BatchAck, BatchNack, TelemetryBatch
 from cloud.config import CloudConfig
-from cloud.readings import ReadingStore, StoreBatch
+from cloud.readings import ReadingStore, StoreBatch, Stored
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +78,20 @@ class CloudIngest:
             registry=registry,
         )
         self.events = Counter("cybernetic_cloud_events", "Gateway events stored", registry=registry)
+        self.refused_readings = Counter(
+            "cybernetic_cloud_refused_readings",
+            "Readings of verified batches the store cannot represent (listed in the ack)",
+            registry=registry,
+        )
+        self.nacks = Counter(
+            "cybernetic_cloud_batch_nacks",
+            "Authentic batches answered with a nack, by reason",
+            ["reason"],
+            registry=registry,
+        )
         self.connected = False
+        self.paused = False
+        """True while a commit waits for disk space."""
         Gauge(
             "cybernetic_cloud_ingest_connected",
             "1 while cloud ingest is subscribed on the cloud broker",
@@ -114,7 +137,7 @@ class CloudIngest:
                 if qos:
                     paho.ack(mid, qos)
 
-    def _open(self, topic: str, payload: bytes) -> tuple[str, TelemetryBatch, Header] | None:
+    def _open(self, topic: str, payload: bytes) -> _Opened | _Nack | None:
         parts = topic.split("/")
         gateway = parts[-2] if len(parts) >= 2 else ""
         try:
@@ -124,6 +147,8 @@ class CloudIngest:
             log.warning(
                 "envelope refused", extra={"topic": topic, "reason": exc.reason, "error": str(exc)}
             )
+            if isinstance(exc, StaleEnvelopeError | MalformedPayloadError):
+                return self._nack_for(gateway, payload, topic, exc)
             return None
         batch = opened.message
         if not isinstance(batch, TelemetryBatch) or batch.gateway != gateway:
@@ -132,25 +157,117 @@ class CloudIngest:
             return None
         return gateway, batch, opened.header
 
+    def _nack_for(
+        self, gateway: str, payload: bytes, topic: str, exc: EnvelopeError
+    ) -> _Nack | None:
+        """An answer for an authentic batch refused as stale (send it again, fresh) or as
+        undecodable (never storable); None when the envelope is not authentic, or names no
+        batch, so a forger learns nothing and costs one signature check."""
+        verified = self.links.authentic(gateway, payload, topic)
+        if verified is None or verified.header.kind != "telemetry.batch":
+            return None
+        try:
+            ref = _BATCH_REF.decode(verified.payload)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return None
+        retry = isinstance(exc, StaleEnvelopeError)
+        reason = "stale" if retry else "malformed"
+        return gateway, BatchNack(ref.batch_id, reason, retry, str(exc)[:300]), verified.header
+
     async def _commit(self, client: aiomqtt.Client, items: list[_Item]) -> None:
-        opened = [o for o in (self._open(topic, payload) for topic, payload, _, _ in items) if o]
-        if not opened:
-            return
-        results = await self.store.store_many(
-            [StoreBatch(gateway, batch.readings, batch.events) for gateway, batch, _ in opened],
-            int(time.time() * 1000),
+        answers = [self._open(topic, payload) for topic, payload, _, _ in items]
+        opened = [a for a in answers if a is not None and isinstance(a[1], TelemetryBatch)]
+        nacks = [a for a in answers if a is not None and isinstance(a[1], BatchNack)]
+        results = await self._store(opened) if opened else []
+        replies = []
+        for (gateway, batch, header), result in zip(opened, results, strict=True):
+            if result is None:
+                reply: BatchAck | BatchNack = BatchNack(batch.batch_id, "unstorable", retry=False)
+                self.nacks.labels("unstorable").inc()
+            else:
+                reply = self._count(gateway, batch, result)
+            replies.append(self._reply(client, gateway, reply, header))
+        for gateway, nack, header in nacks:
+            assert isinstance(nack, BatchNack)
+            self.nacks.labels(nack.reason).inc()
+            replies.append(self._reply(client, gateway, nack, header))
+        await asyncio.gather(*replies)
+
+    def _count(self, gateway: str, batch: TelemetryBatch, result: Stored) -> BatchAck:
+        self.batches.inc()
+        self.stored.inc(result.stored)
+        self.duplicates.inc(result.duplicates)
+        self.events.inc(result.events)
+        if result.refused or result.refused_events:
+            self.refused_readings.inc(len(result.refused))
+            log.warning(
+                "readings of a verified batch cannot be stored; the gateway dead-letters them",
+                extra={
+                    "gateway": gateway,
+                    "refused": len(result.refused),
+                    "refused_events": len(result.refused_events),
+                    "first": next(iter((result.refused or result.refused_events).values())),
+                },
+            )
+        return BatchAck(
+            batch_id=batch.batch_id,
+            stored=result.stored,
+            duplicates=result.duplicates,
+            refused=result.refused,
+            refused_events=result.refused_events,
         )
-        acks = []
-        for (gateway, batch, header), (stored, dups) in zip(opened, results, strict=True):
-            self.batches.inc()
-            self.stored.inc(stored)
-            self.duplicates.inc(dups)
-            self.events.inc(len(batch.events))
-            ack = BatchAck(batch_id=batch.batch_id, stored=stored, duplicates=dups)
-            ack_topic = f"{self.prefix}/{gateway}/ack"
-            sealed = self.links.seal(gateway, ack, ack_topic, derive(header))
-            acks.append(client.publish(ack_topic, sealed, qos=1))
-        await asyncio.gather(*acks)
+
+    def _reply(
+        self, client: aiomqtt.Client, gateway: str, reply: BatchAck | BatchNack, header: Header
+    ) -> Any:
+        topic = f"{self.prefix}/{gateway}/ack"
+        sealed = self.links.seal(gateway, reply, topic, derive(header))
+        return client.publish(topic, sealed, qos=1)
+
+    async def _store(self, opened: list[_Opened]) -> list[Stored | None]:
+        """The group commit, waiting out a full disk (nothing acknowledged meanwhile). Should
+        the group fail for another reason, each batch is tried alone, so one that cannot be
+        stored (None: it is nacked) never holds back the others."""
+        batches = [StoreBatch(gw, batch.readings, batch.events) for gw, batch, _ in opened]
+        delay = 0.25
+        while True:
+            try:
+                results: list[Stored | None] = list(
+                    await self.store.store_many(batches, int(time.time() * 1000))
+                )
+            except StorageFullError as exc:
+                if not self.paused:
+                    self.paused = True
+                    log.error(  # noqa: TRY400 - a state, not a bug: no traceback
+                        "cloud store disk full: ingest paused", extra={"error": str(exc)}
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except Exception:
+                if len(batches) == 1:
+                    log.exception(
+                        "batch cannot be stored; nacked", extra={"gateway": batches[0].gateway}
+                    )
+                    return [None]
+                results = []
+                for one in opened:
+                    results.extend(await self._store([one]))
+            if self.paused:
+                self.paused = False
+                log.warning("cloud store disk has room again: ingest resumed")
+            return results
+
+
+class _BatchRef(msgspec.Struct, tag="telemetry.batch"):
+    """Just the id of a batch, read from a payload that does not decode as a whole."""
+
+    batch_id: str
+
+
+_BATCH_REF = msgspec.msgpack.Decoder(_BatchRef)
+_Opened = tuple[str, TelemetryBatch, Header]
+_Nack = tuple[str, BatchNack, Header]
 
 
 _Item = tuple[str, bytes, int, int]

@@ -16,7 +16,14 @@ from typing import NamedTuple
 
 import msgspec
 
-from amcp.wire.telemetry import EventRecord, Reading
+from amcp.runtime.storage import transaction
+from amcp.wire.telemetry import (
+    EventRecord,
+    InvalidValueError,
+    Reading,
+    check_event,
+    check_reading,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -94,55 +101,76 @@ class ReadingStore:
         Events carry no identity of their own: a re-sent batch may store an event twice
         (at-least-once), which shows as a repeat, never as a loss.
         """
-        return (await self.store_many([StoreBatch(gateway, readings, events)], now_ms))[0]
+        result = (await self.store_many([StoreBatch(gateway, readings, events)], now_ms))[0]
+        return result.stored, result.duplicates
 
-    async def store_many(self, batches: Sequence[StoreBatch], now_ms: int) -> list[tuple[int, int]]:
-        """Commit several batches in one transaction (one fsync: group commit); returns
-        (stored, duplicates) for each, in order. A reading repeated in a later batch of the
-        same call counts as that batch's duplicate."""
+    async def store_many(self, batches: Sequence[StoreBatch], now_ms: int) -> list[Stored]:
+        """Commit several batches in one transaction (one fsync: group commit); returns what
+        became of each, in order. A reading repeated in a later batch of the same call counts
+        as that batch's duplicate. Readings and events that cannot be stored (values beyond
+        what the store represents, see :func:`~amcp.wire.telemetry.check_reading`) are left
+        out and reported by index; the rest of their batch is stored. A full disk raises
+        :class:`~amcp.runtime.storage.StorageFullError` and stores nothing."""
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, self._store_many, batches, now_ms
         )
 
-    def _store_many(self, batches: Sequence[StoreBatch], now_ms: int) -> list[tuple[int, int]]:
+    def _store_many(self, batches: Sequence[StoreBatch], now_ms: int) -> list[Stored]:
         assert self._db is not None
         db = self._db
-        results: list[tuple[int, int]] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        results: list[Stored] = []
+        with transaction(db):
             for gateway, readings, events in batches:
-                rows = [
-                    (
-                        r.device,
-                        r.boot,
-                        r.seq,
-                        r.ts_ms,
-                        r.received_ms,
-                        now_ms,
-                        gateway,
-                        _json(r.values),
+                refused: dict[int, str] = {}
+                rows = []
+                for i, r in enumerate(readings):
+                    try:
+                        check_reading(r)
+                        values = _json(r.values)
+                    except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
+                        refused[i] = f"{type(exc).__name__}: {exc}"[:300]
+                        continue
+                    rows.append(
+                        (r.device, r.boot, r.seq, r.ts_ms, r.received_ms, now_ms, gateway, values)
                     )
-                    for r in readings
-                ]
                 before = db.total_changes
                 db.executemany(
                     "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
                 )
                 stored = db.total_changes - before
-                results.append((stored, len(rows) - stored))
+                refused_events: dict[int, str] = {}
+                event_rows = []
+                for i, e in enumerate(events):
+                    try:
+                        check_event(e)
+                        attrs = _json(e.attrs)
+                    except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
+                        refused_events[i] = f"{type(exc).__name__}: {exc}"[:300]
+                        continue
+                    event_rows.append(
+                        (gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, attrs)
+                    )
                 db.executemany(
                     "INSERT INTO events (gateway, name, source, severity, ts_ms, stored_ms, attrs) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, _json(e.attrs))
-                        for e in events
-                    ],
+                    event_rows,
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+                results.append(
+                    Stored(stored, len(rows) - stored, refused, refused_events, len(event_rows))
+                )
         return results
+
+
+class Stored(NamedTuple):
+    """What :meth:`ReadingStore.store_many` did with one batch."""
+
+    stored: int
+    duplicates: int
+    refused: dict[int, str]
+    """Readings left out, by index in the batch, with the reason."""
+    refused_events: dict[int, str]
+    events: int
+    """Events stored."""
 
 
 def count_readings(path: Path) -> int:

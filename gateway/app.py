@@ -66,7 +66,7 @@ class Gateway:
         self.outbox = Outbox(
             state / "outbox.sqlite3",
             config.outbox,
-            on_drop=lambda reason, n: self.metrics.dropped.labels(reason).inc(n),
+            on_drop=self.metrics.count_drop,
             dead_letter_max_rows=config.ingest.dead_letter_max_rows,
         )
         self.link = GatewayLink(
@@ -196,6 +196,8 @@ class Gateway:
     def status(self) -> str:
         s = self.outbox.snapshot()
         ingest = "up" if self.ingest.connected else "down"
+        if self.ingest.paused or s.full:
+            ingest = "PAUSED (disk full; the broker keeps the readings)"
         link = "up" if self.uplink.connected else "down"
         return f"ingest {ingest}, uplink {link}, outbox {s.rows} rows"
 

@@ -38,6 +38,9 @@ class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     devices: list[str] = msgspec.field(default_factory=list)
     """Allow-list of device ids; empty with ``auto_register`` accepts any device."""
     auto_register: bool = True
+    max_devices: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    """With ``auto_register``, at most this many distinct devices are taken (since start);
+    readings of any further device are refused as ``too_many_devices``."""
     batch_max: Positive = 500
     """Readings per outbox commit; keep it well under the broker's max_inflight_messages so
     the broker keeps sending while a commit runs."""

@@ -9,22 +9,26 @@ objects start with ``{`` after optional whitespace; a msgpack map starts with 0x
 - ``ts`` (int): when the reading was taken, Unix milliseconds;
 - ``values`` (object): the measurements; without it, every other key is a measurement.
 
-Measurements are numbers, strings, booleans, null, or nested objects/lists of those. Every
+Measurements are numbers (integers in the signed 64-bit range, finite floats: NaN and
+infinities are refused in msgpack as JSON refuses them), strings, booleans, null, or nested
+objects/lists of those (at most ``MAX_DEPTH`` levels, at most ``max_fields`` leaves). Every
 rejection raises a subclass of :class:`PayloadError` whose ``reason`` is the label counted in
 metrics and stored in the dead-letter table.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import msgspec
+
+from amcp.wire.telemetry import MAX_INT, MIN_INT, check_values
 
 RESERVED = frozenset({"seq", "boot", "ts", "values"})
 MAX_DEPTH = 8
 MAX_SEQ = 2**63 - 1
 
-_SCALARS = frozenset({int, float, str, bool, type(None)})
 _json = msgspec.json.Decoder()
 _msgpack = msgspec.msgpack.Decoder()
 
@@ -67,35 +71,19 @@ def _decode_bytes(payload: bytes) -> Any:
             return _msgpack.decode(payload)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedPayloadError(f"cannot decode payload: {exc}") from exc
+    except RecursionError as exc:  # msgspec's own depth guard: a hostile nesting
+        raise BadShapeError(f"values nest deeper than {MAX_DEPTH} levels") from exc
     raise MalformedPayloadError("payload is neither a JSON object nor a msgpack map")
 
 
-def _count_fields(value: Any, depth: int, limit: int) -> int:
-    """Count leaf fields, refusing depth and size beyond the limits."""
-    if depth > MAX_DEPTH:
-        raise BadShapeError(f"values nest deeper than {MAX_DEPTH} levels")
-    if isinstance(value, dict):
-        n = 0
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise BadShapeError(f"field names must be strings, got {type(key).__name__}")
-            n += _count_fields(item, depth + 1, limit)
-            if n > limit:
-                raise BadShapeError(f"more than {limit} fields")
-        return n
-    if isinstance(value, list):
-        n = 0
-        for item in value:
-            n += _count_fields(item, depth + 1, limit)
-            if n > limit:
-                raise BadShapeError(f"more than {limit} fields")
-        return max(n, 1)
-    if value is None or isinstance(value, (int, float, str, bool)):
-        return 1
-    raise BadShapeError(f"unsupported value type {type(value).__name__}")
-
-
-Scalar = int | float | str | bool | None
+Scalar = (
+    Annotated[int, msgspec.Meta(ge=MIN_INT, le=MAX_INT)]
+    | Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
+    | str
+    | bool
+    | None
+)
+"""A flat measurement the fast path takes as it is: a 64-bit integer, a finite float..."""
 
 
 class _Canonical(msgspec.Struct, forbid_unknown_fields=True):
@@ -159,11 +147,8 @@ def _decode_general(payload: bytes, max_fields: int) -> DecodedPayload:
         values = {k: v for k, v in doc.items() if k not in RESERVED}
     if not values:
         raise BadShapeError("no measurements in payload")
-    # the common case, a flat map of scalars, is checked without the recursive walk
-    if not (
-        len(values) <= max_fields
-        and all(type(k) is str for k in values)
-        and all(type(v) in _SCALARS for v in values.values())
-    ):
-        _count_fields(values, 0, max_fields)
+    try:
+        check_values(values, max_fields, max_depth=MAX_DEPTH)
+    except ValueError as exc:
+        raise BadShapeError(str(exc)) from None
     return DecodedPayload(seq=seq, boot=boot, ts_ms=ts, values=values)

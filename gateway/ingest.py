@@ -6,8 +6,12 @@ only after its reading is committed to the outbox: a crash before the commit mea
 delivers it again. Backpressure needs no queue of our own: the broker stops sending once
 ``max_inflight_messages`` are unacknowledged, which bounds memory.
 
-Refused payloads (see :mod:`gateway.decode`) are counted, kept in the dead-letter table and
-acknowledged; they never affect other messages.
+One rule at this boundary: every message is either stored or dead-lettered with its reason,
+and then acknowledged. Anything raised while turning a payload into a stored reading (decoding,
+validation, a stage, encoding for the outbox) refuses that one message (see
+:mod:`gateway.decode` for the reasons); it never stops ingest and never affects other messages.
+A full disk is not a refusal: ingest pauses with the batch in hand (unacknowledged, so the
+broker keeps everything behind it), reports it, and commits it once space returns.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiomqtt
 
@@ -31,14 +35,16 @@ from amcp.runtime.mqtt import (
     pause_after_loss,
     wait_disconnected,
 )
+from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire.telemetry import Reading
 from gateway.config import GatewayConfig
 from gateway.decode import PayloadError, UnknownDeviceError, decode_payload
 from gateway.metrics import GatewayMetrics
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, encode_row
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Stage(Protocol):
@@ -51,10 +57,24 @@ class Stage(Protocol):
     def __call__(self, readings: list[Reading]) -> list[Reading]: ...
 
 
+Rejected = tuple[str, str, str, bytes]
+"""(device, reason, detail, payload): one dead letter."""
+
+MAX_DEVICE_NAME = 128
+"""Longest device id taken from a topic (longer ones are refused as unknown devices)."""
+
+STORAGE_RETRY_S = (0.25, 5.0)
+"""While the disk is full, a paused commit is tried again after this backoff (min, max)."""
+
+
+class TooManyDevicesError(UnknownDeviceError):
+    reason = "too_many_devices"
+
+
 @dataclass
 class _Pending:
     readings: list[Reading] = field(default_factory=list)
-    rejected: list[tuple[str, str, str, bytes]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
     acks: list[tuple[int, int]] = field(default_factory=list)
 
 
@@ -123,10 +143,15 @@ class Ingest:
         self.stages = list(stages)
         self._now_ms = now_ms
         self._allowed = frozenset(self.settings.devices)
+        self._known: set[str] = set()
+        """Devices auto-registered since start (at most ``max_devices``)."""
         # readings without a seq are numbered by the gateway under a boot id of its own,
         # new for every gateway start (see docs/telemetry.md, "Reading identity")
         self.boot_id = "gw-" + uuid.uuid4().hex[:12]
         self._seq: dict[str, int] = {}
+        self._failures_logged: set[str] = set()
+        self.paused = False
+        """True while a commit waits for disk space (ingest takes nothing new meanwhile)."""
         self._prefix, self._suffix = self._topic_shape(self.settings.topic)
         self.connected = False
         self.backlog = 0
@@ -146,17 +171,32 @@ class Ingest:
         device = topic[len(self._prefix) : len(topic) - len(self._suffix)]
         return device or None
 
+    def _admit_device(self, device: str) -> None:
+        if self._allowed:
+            if device not in self._allowed:
+                raise UnknownDeviceError(f"device {device!r} is not in the allow-list")
+            return
+        if not self.settings.auto_register:
+            raise UnknownDeviceError(f"device {device!r} is not registered")
+        if device not in self._known:
+            if len(self._known) >= self.settings.max_devices:
+                raise TooManyDevicesError(
+                    f"device {device!r} refused: {len(self._known)} devices are registered "
+                    f"already ([ingest] max_devices)"
+                )
+            self._known.add(device)
+
     def to_reading(self, topic: str, payload: bytes) -> Reading:
         device = self.device_of(topic)
         if device is None:
-            raise UnknownDeviceError(f"topic {topic!r} names no device")
-        if self._allowed and device not in self._allowed:
-            raise UnknownDeviceError(f"device {device!r} is not in the allow-list")
-        if not self._allowed and not self.settings.auto_register:
-            raise UnknownDeviceError(f"device {device!r} is not registered")
+            raise UnknownDeviceError(f"topic {topic[:200]!r} names no device")
+        if len(device) > MAX_DEVICE_NAME:
+            raise UnknownDeviceError(f"device id longer than {MAX_DEVICE_NAME} characters")
+        # the payload first: a refused payload must not register its device
         p = decode_payload(
             payload, max_bytes=self.settings.max_payload_bytes, max_fields=self.settings.max_fields
         )
+        self._admit_device(device)
         now = self._now_ms()
         if p.seq is None:
             seq = self._seq.get(device, 0) + 1
@@ -171,7 +211,28 @@ class Ingest:
         try:
             pending.readings.append(self.to_reading(topic, payload))
         except PayloadError as exc:
-            pending.rejected.append((self.device_of(topic) or "?", exc.reason, str(exc), payload))
+            pending.rejected.append((self._device_label(topic), exc.reason, str(exc), payload))
+        except Exception as exc:  # anything else is a refusal of this message too, never a crash
+            self._log_failure("decode", exc)
+            pending.rejected.append(
+                (self._device_label(topic), "unprocessable", _describe(exc), payload)
+            )
+
+    def _device_label(self, topic: str) -> str:
+        device = self.device_of(topic) or "?"
+        return device if len(device) <= MAX_DEVICE_NAME else device[:MAX_DEVICE_NAME] + "..."
+
+    def _log_failure(self, where: str, exc: BaseException) -> None:
+        """Log an unexpected failure with its traceback once per kind; count it always."""
+        kind = f"{where}:{type(exc).__name__}"
+        self.metrics.failures.labels(where).inc()
+        if kind not in self._failures_logged and len(self._failures_logged) < 100:
+            self._failures_logged.add(kind)
+            log.error(
+                "reading refused by an unexpected error (logged once per kind)",
+                exc_info=exc,
+                extra={"where": where},
+            )
 
     # -- running --------------------------------------------------------------------------
     async def run(self, ctx: ChildContext) -> None:
@@ -201,17 +262,78 @@ class Ingest:
                 self.connected = False
 
     async def commit(self, batch: _Pending) -> None:
-        readings = batch.readings
         m = self.metrics
-        m.received.inc(len(readings) + len(batch.rejected))
-        for stage in self.stages:
-            readings = stage(readings)
-        if readings:
-            stored = await self.outbox.append(readings)
+        m.received.inc(len(batch.readings) + len(batch.rejected))
+        rejected = list(batch.rejected)
+        readings = self._run_stages(batch.readings, rejected)
+        bodies = self._encode(readings, rejected)
+        if bodies:
+            stored = await self._while_full(lambda: self.outbox.append_encoded(bodies))
             m.stored.inc(stored)
-        if batch.rejected:
-            for _, reason, detail, _ in batch.rejected:
+        if rejected:
+            for _, reason, detail, _ in rejected:
                 m.rejected.labels(reason).inc()
                 log.info("payload refused", extra={"reason": reason, "detail": detail[:200]})
-            await self.outbox.dead_letter(batch.rejected)
+            await self._while_full(lambda: self.outbox.dead_letter(rejected))
         self.backlog -= len(batch.readings) + len(batch.rejected)
+
+    def _run_stages(self, readings: list[Reading], rejected: list[Rejected]) -> list[Reading]:
+        """Each stage on the whole batch; one that raises is run again reading by reading, so
+        only the readings it fails on are refused."""
+        for stage in self.stages:
+            try:
+                readings = stage(readings)
+            except Exception as exc:
+                self._log_failure("stage", exc)
+                kept: list[Reading] = []
+                for reading in readings:
+                    try:
+                        kept.extend(stage([reading]))
+                    except Exception as one:
+                        rejected.append(_refusal(reading, "unprocessable", _describe(one)))
+                readings = kept
+        return readings
+
+    def _encode(self, readings: list[Reading], rejected: list[Rejected]) -> list[bytes]:
+        try:
+            return [encode_row(r) for r in readings]
+        except Exception:  # a value a stage produced that the outbox cannot store
+            bodies: list[bytes] = []
+            for reading in readings:
+                try:
+                    bodies.append(encode_row(reading))
+                except Exception as exc:
+                    self._log_failure("encode", exc)
+                    rejected.append(_refusal(reading, "unstorable", _describe(exc)))
+            return bodies
+
+    async def _while_full(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Run an outbox write, waiting out a full disk: nothing is acknowledged meanwhile,
+        so the broker holds this batch and everything behind it."""
+        delay = STORAGE_RETRY_S[0]
+        while True:
+            try:
+                result = await write()
+            except StorageFullError as exc:
+                if not self.paused:
+                    self.paused = True
+                    log.error(  # noqa: TRY400 - a state, not a bug: no traceback
+                        "outbox disk full: ingest paused, the broker keeps the readings",
+                        extra={"error": str(exc), "path": str(self.outbox.path)},
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, STORAGE_RETRY_S[1])
+                continue
+            if self.paused:
+                self.paused = False
+                log.warning("outbox disk has room again: ingest resumed")
+            return result
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _refusal(reading: Reading, reason: str, detail: str) -> Rejected:
+    """A dead letter for a reading that was decoded (its raw payload is gone by then)."""
+    return (reading.device, reason, detail, repr(reading)[:4096].encode())

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from amcp.runtime.mqtt import CALLBACK_ERRORS
 from gateway.outbox import OutboxStats
 
 
@@ -28,7 +29,7 @@ class _StateCollector(Collector):
         self._uplink = uplink
         self._ingest = ingest
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         s = self._stats()
         now_ms = time.time() * 1000
         yield GaugeMetricFamily("cybernetic_outbox_rows", "Readings waiting in the outbox", s.rows)
@@ -42,6 +43,11 @@ class _StateCollector(Collector):
             age,
         )
         yield GaugeMetricFamily(
+            "cybernetic_outbox_storage_full",
+            "1 while the outbox's disk is full (ingest paused; the broker keeps the readings)",
+            float(s.full),
+        )
+        yield GaugeMetricFamily(
             "cybernetic_uplink_batches_in_flight",
             "Batches sent and not yet acknowledged",
             s.open_batches,
@@ -51,6 +57,14 @@ class _StateCollector(Collector):
             "1 while ingest is subscribed on the local broker",
             float(self._ingest()),
         )
+        errors = CounterMetricFamily(
+            "cybernetic_mqtt_callback_errors",
+            "Exceptions caught at the MQTT callback guard, by kind (each is a bug to report)",
+            labels=["kind"],
+        )
+        for kind, n in CALLBACK_ERRORS.items():
+            errors.add_metric([kind], float(n))
+        yield errors
         connected, lag = self._uplink()
         yield GaugeMetricFamily(
             "cybernetic_uplink_connected", "1 while the cloud link is up", float(connected)
@@ -88,9 +102,21 @@ class GatewayMetrics:
         self.rejected = Counter(
             "cybernetic_ingest_rejected", "Payloads refused, by reason", ["reason"], registry=r
         )
+        self.failures = Counter(
+            "cybernetic_ingest_failures",
+            "Unexpected errors that refused a reading (logged once per kind), by step",
+            ["step"],
+            registry=r,
+        )
         self.dropped = Counter(
             "cybernetic_outbox_dropped_readings",
             "Readings dropped by the outbox, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.dropped_events = Counter(
+            "cybernetic_outbox_dropped_events",
+            "Gateway events (S2, rules) dropped by the outbox, by reason",
             ["reason"],
             registry=r,
         )
@@ -103,9 +129,18 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.cloud_refused = Counter(
+            "cybernetic_uplink_cloud_refused_rows",
+            "Rows the cloud could not store (moved to the dead-letter table)",
+            registry=r,
+        )
         self.acked = Counter(
             "cybernetic_uplink_acked_readings", "Readings acknowledged by the cloud", registry=r
         )
+
+    def count_drop(self, kind: str, reason: str, n: int) -> None:
+        """The outbox's ``on_drop``: readings and events are counted apart."""
+        (self.dropped if kind == "reading" else self.dropped_events).labels(reason).inc(n)
 
     def watch_policy(self, counts: Any) -> None:
         """Export a policy stage's running totals (wasm.stage.StageCounts)."""

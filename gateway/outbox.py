@@ -9,7 +9,13 @@ acknowledgement for their batch arrives.
 
 Disk use is bounded by ``max_bytes`` and ``max_age`` with an explicit overflow policy:
 ``drop-oldest`` deletes the oldest rows to make room, ``refuse-new`` drops the new readings.
-Every dropped row is counted by reason (persisted, so counts survive restarts).
+Every dropped row is counted by kind (reading or event) and reason (persisted, so counts
+survive restarts). Rows already handed to the cloud (in a batch not yet acknowledged) are never
+dropped to make room: they may be stored in the cloud already, and the window bounds them.
+
+A full disk is not a failure of the outbox: a write that finds it full changes nothing, raises
+:class:`~amcp.runtime.storage.StorageFullError` and sets :attr:`Outbox.full` until a write
+succeeds again; ingest then waits (the broker keeps the readings) and tries again.
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ from typing import TypeVar
 
 import msgspec
 
+from amcp.runtime.storage import StorageFullError, transaction
 from amcp.wire.telemetry import EventRecord, Reading
 from gateway.config import OutboxSettings, Overflow
 
 T = TypeVar("T")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 READING, EVENT = 0, 1  # outbox row kinds
+KIND_NAMES = {READING: "reading", EVENT: "event"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,7 +51,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     body BLOB NOT NULL,
     kind INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS drops (
+    kind INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (kind, reason)
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     at_ms INTEGER NOT NULL,
@@ -81,13 +94,37 @@ class OutboxStats:
     bytes: int = 0
     oldest_ms: int | None = None
     open_batches: int = 0
+    full: bool = False
+    """The last write found the disk full (cleared by the next write that succeeds)."""
 
 
 _encoder = msgspec.msgpack.Encoder()
+encode_row = _encoder.encode
+"""How a reading or event is stored (and sent: the uplink forwards the stored bytes)."""
+
+OnDrop = Callable[[str, str, int], None]
+"""``(kind, reason, rows)``: kind is ``reading`` or ``event``."""
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class _Source(msgspec.Struct):
+    device: str = ""
+    source: str = ""
+
+
+_source_decoder = msgspec.msgpack.Decoder(_Source)
+
+
+def _row_source(body: bytes) -> str:
+    """The device (reading) or source (event) a stored row is about, for a dead letter."""
+    try:
+        row = _source_decoder.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return "?"
+    return row.device or row.source or "?"
 
 
 class Outbox:
@@ -96,7 +133,7 @@ class Outbox:
         path: Path,
         settings: OutboxSettings,
         *,
-        on_drop: Callable[[str, int], None] | None = None,
+        on_drop: OnDrop | None = None,
         dead_letter_max_rows: int = 10_000,
         now_ms: Callable[[], int] = _now_ms,
     ) -> None:
@@ -113,6 +150,15 @@ class Outbox:
         self.stats = OutboxStats()
         self._lock = threading.Lock()  # guards stats read by the metrics thread
         self.appended = asyncio.Event()
+
+    @property
+    def full(self) -> bool:
+        return self.stats.full
+
+    def _set_full(self, *, full: bool) -> None:
+        if self.stats.full != full:
+            with self._lock:
+                self.stats.full = full
 
     # -- lifecycle ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -155,15 +201,26 @@ class Outbox:
 
     @staticmethod
     def _migrate(db: sqlite3.Connection, version: int) -> None:
-        db.execute("BEGIN IMMEDIATE")
-        if version < 2:
-            columns = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
-            if "kind" not in columns:
-                db.execute("ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0")
-        if version < 3:  # batches moved to memory
-            db.execute("DROP TABLE IF EXISTS batches")
-        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-        db.execute("COMMIT")
+        with transaction(db):
+            if version < 2:
+                columns = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
+                if "kind" not in columns:
+                    db.execute("ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0")
+            if version < 3:  # batches moved to memory
+                db.execute("DROP TABLE IF EXISTS batches")
+            if version < 4:  # drops counted by kind: the old counts were all taken as readings
+                columns = {r[1] for r in db.execute("PRAGMA table_info(drops)")}
+                if "kind" not in columns:
+                    db.execute("ALTER TABLE drops RENAME TO drops_v3")
+                    db.execute(
+                        "CREATE TABLE drops (kind INTEGER NOT NULL DEFAULT 0, reason TEXT NOT "
+                        "NULL, count INTEGER NOT NULL, PRIMARY KEY (kind, reason))"
+                    )
+                    db.execute("INSERT INTO drops SELECT 0, reason, count FROM drops_v3")
+                    db.execute("DROP TABLE drops_v3")
+            db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
 
     def _close(self) -> None:
         assert self._db is not None
@@ -179,59 +236,80 @@ class Outbox:
     # -- appending ----------------------------------------------------------------------
     async def append(self, readings: Sequence[Reading]) -> int:
         """Store readings durably; returns how many were stored (the rest were dropped)."""
-        stored = await self._run(lambda: self._append(readings, READING))
-        if stored:
-            self.appended.set()
-        return stored
+        return await self.append_encoded([encode_row(r) for r in readings], READING)
 
     async def append_events(self, events: Sequence[EventRecord]) -> int:
         """Store events durably, like readings (same cap, same batches to the cloud)."""
-        stored = await self._run(lambda: self._append(events, EVENT))
+        return await self.append_encoded([encode_row(e) for e in events], EVENT)
+
+    async def append_encoded(self, bodies: Sequence[bytes], kind: int = READING) -> int:
+        """Store rows already encoded with :data:`encode_row` (ingest encodes each reading
+        itself, so one it cannot encode is refused alone). Raises
+        :class:`~amcp.runtime.storage.StorageFullError` when the disk is full (nothing is
+        stored then)."""
+        if not bodies:
+            return 0
+        stored = await self._run(lambda: self._append(bodies, kind))
         if stored:
             self.appended.set()
         return stored
 
-    def _append(self, items: Sequence[Reading] | Sequence[EventRecord], kind: int) -> int:
+    def _append(self, bodies: Sequence[bytes], kind: int) -> int:
         now = self._now_ms()
-        rows = [(now, len(b), b, kind) for b in map(_encoder.encode, items)]
+        rows = [(now, len(b), b, kind) for b in bodies]
         incoming = sum(r[1] for r in rows)
         db = self.db
-        dropped: dict[str, int] = {}
-        db.execute("BEGIN IMMEDIATE")
+        dropped: dict[tuple[int, str], int] = {}
+        cursor = self._cursor
         try:
-            over = self.stats.bytes + incoming - self.settings.max_bytes
-            if over > 0:
-                if self.settings.overflow is Overflow.DROP_OLDEST:
-                    n, freed = self._drop_oldest(over)
-                    if n:
-                        dropped["overflow_oldest"] = n
-                    if freed < over:  # the new readings alone exceed the cap: the oldest go
-                        kept, older = self._fit(rows[::-1], self.settings.max_bytes)
-                        rows = kept[::-1]
-                        if older:
-                            dropped["overflow_oldest"] = n + older
-                else:
-                    rows, refused = self._fit(rows, self.settings.max_bytes - self.stats.bytes)
-                    if refused:
-                        dropped["overflow_new"] = refused
-            db.executemany(
-                "INSERT INTO outbox (added_ms, size, body, kind) VALUES (?, ?, ?, ?)", rows
-            )
-            self._count_drops(dropped)
-            db.execute("COMMIT")
+            with transaction(db):
+                over = self.stats.bytes + incoming - self.settings.max_bytes
+                if over > 0:
+                    rows = self._make_room(rows, over, kind, dropped)
+                db.executemany(
+                    "INSERT INTO outbox (added_ms, size, body, kind) VALUES (?, ?, ?, ?)", rows
+                )
+                self._count_drops(dropped)
             if rows:
                 self._last_id = db.execute("SELECT last_insert_rowid()").fetchone()[0]
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            self._cursor = cursor  # nothing was dropped after all
             self._reload_stats()
+            self._set_full(full=isinstance(exc, StorageFullError))
             raise
         with self._lock:
+            self.stats.full = False
             self.stats.rows += len(rows)
             self.stats.bytes += sum(r[1] for r in rows)
             if self.stats.oldest_ms is None and rows:
                 self.stats.oldest_ms = now
         self._notify_drops(dropped)
         return len(rows)
+
+    def _make_room(
+        self,
+        rows: list[tuple[int, int, bytes, int]],
+        over: int,
+        kind: int,
+        dropped: dict[tuple[int, str], int],
+    ) -> list[tuple[int, int, bytes, int]]:
+        """Apply the overflow policy to ``over`` bytes too many; returns the rows to insert."""
+        if self.settings.overflow is Overflow.DROP_OLDEST:
+            freed = self._drop_oldest(over, dropped)
+            if freed < over:
+                # rows in flight to the cloud stay, so what is left of the cap takes the
+                # newest of the incoming rows: the oldest of them go
+                room = self.settings.max_bytes - self.stats.bytes
+                kept, older = self._fit(rows[::-1], room)
+                if older:
+                    key = (kind, "overflow_oldest")
+                    dropped[key] = dropped.get(key, 0) + older
+                return kept[::-1]
+            return rows
+        kept, refused = self._fit(rows, self.settings.max_bytes - self.stats.bytes)
+        if refused:
+            dropped[kind, "overflow_new"] = refused
+        return kept
 
     @staticmethod
     def _fit(
@@ -245,42 +323,50 @@ class Outbox:
             kept.append(row)
         return kept, len(rows) - len(kept)
 
-    def _drop_oldest(self, need: int) -> tuple[int, int]:
-        """Delete the oldest rows until ``need`` bytes are free; returns (rows, bytes)."""
+    def _drop_oldest(self, need: int, dropped: dict[tuple[int, str], int]) -> int:
+        """Delete the oldest rows not in flight until ``need`` bytes are free; returns the
+        bytes freed and adds the rows dropped, by kind, to ``dropped``."""
         db = self.db
         n = freed = 0
-        last_id = 0
+        last_id = self._cursor
+        first_id = self._cursor + 1
+        by_kind: dict[int, int] = {}
         while freed < need:
             chunk = db.execute(
-                "SELECT id, size FROM outbox WHERE id > ? ORDER BY id LIMIT 500", (last_id,)
+                "SELECT id, size, kind FROM outbox WHERE id > ? ORDER BY id LIMIT 500", (last_id,)
             ).fetchall()
             if not chunk:
                 break
-            for row_id, size in chunk:
+            for row_id, size, kind in chunk:
                 last_id = row_id
                 n += 1
                 freed += size
+                by_kind[kind] = by_kind.get(kind, 0) + 1
                 if freed >= need:
                     break
         if n:
-            db.execute("DELETE FROM outbox WHERE id <= ?", (last_id,))
+            db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", (first_id, last_id))
+            self._cursor = last_id  # what is left in no batch starts after the dropped rows
+            for kind, count in by_kind.items():
+                key = (kind, "overflow_oldest")
+                dropped[key] = dropped.get(key, 0) + count
             with self._lock:
                 self.stats.rows -= n
                 self.stats.bytes -= freed
                 self.stats.oldest_ms = None if self.stats.rows == 0 else self.stats.oldest_ms
-        return n, freed
+        return freed
 
-    def _count_drops(self, dropped: dict[str, int]) -> None:
+    def _count_drops(self, dropped: dict[tuple[int, str], int]) -> None:
         self.db.executemany(
-            "INSERT INTO drops VALUES (?, ?) "
-            "ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
-            list(dropped.items()),
+            "INSERT INTO drops VALUES (?, ?, ?) "
+            "ON CONFLICT(kind, reason) DO UPDATE SET count = count + excluded.count",
+            [(kind, reason, n) for (kind, reason), n in dropped.items()],
         )
 
-    def _notify_drops(self, dropped: dict[str, int]) -> None:
+    def _notify_drops(self, dropped: dict[tuple[int, str], int]) -> None:
         if self._on_drop is not None:
-            for reason, n in dropped.items():
-                self._on_drop(reason, n)
+            for (kind, reason), n in dropped.items():
+                self._on_drop(KIND_NAMES[kind], reason, n)
 
     def _reload_stats(self) -> None:
         rows, size, oldest = self.db.execute(
@@ -296,15 +382,19 @@ class Outbox:
     def _expire(self) -> int:
         cutoff = self._now_ms() - int(self.settings.max_age * 1000)
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        n = db.execute("DELETE FROM outbox WHERE added_ms < ?", (cutoff,)).rowcount
-        if n:
-            self._count_drops({"expired": n})
-        db.execute("COMMIT")
-        if n:
+        dropped: dict[tuple[int, str], int] = {}
+        with transaction(db):
+            for kind, count in db.execute(
+                "SELECT kind, count(*) FROM outbox WHERE added_ms < ? GROUP BY kind", (cutoff,)
+            ).fetchall():
+                dropped[kind, "expired"] = count
+            if dropped:
+                db.execute("DELETE FROM outbox WHERE added_ms < ?", (cutoff,))
+                self._count_drops(dropped)
+        if dropped:
             self._reload_stats()
-            self._notify_drops({"expired": n})
-        return n
+            self._notify_drops(dropped)
+        return sum(dropped.values())
 
     # -- batches ------------------------------------------------------------------------
     # Batches live in memory: forming one writes nothing (no fsync per batch). After a restart
@@ -356,14 +446,50 @@ class Outbox:
         """Batches sent before but not acknowledged, oldest first (to send again)."""
         return await self._run(lambda: sorted(self._unacked.values(), key=lambda b: b.first_id))
 
-    async def ack(self, batch_id: str) -> int:
-        """The cloud committed this batch: delete its rows. Unknown ids are ignored."""
-        return await self._run(lambda: self._ack(batch_id))
+    async def ack(
+        self,
+        batch_id: str,
+        refused: dict[int, str] | None = None,
+        refused_events: dict[int, str] | None = None,
+    ) -> int:
+        """The cloud committed this batch: delete its rows. Unknown ids are ignored. Rows the
+        cloud could not store (``refused``: index in the batch's readings → reason, likewise
+        for events) move to the dead-letter table instead of vanishing."""
+        return await self._run(lambda: self._ack(batch_id, refused, refused_events))
 
-    def _ack(self, batch_id: str) -> int:
-        batch = self._unacked.pop(batch_id, None)
+    async def refuse(self, batch_id: str, reason: str) -> int:
+        """The cloud can never store this batch: every row moves to the dead-letter table."""
+        batch = self._unacked.get(batch_id)
         if batch is None:
             return 0
+        return await self.ack(
+            batch_id,
+            dict.fromkeys(range(len(batch.bodies)), reason),
+            dict.fromkeys(range(len(batch.events)), reason),
+        )
+
+    def _dead_rows(
+        self, batch: Batch, refused: dict[int, str] | None, refused_events: dict[int, str] | None
+    ) -> list[tuple[str, str, str, bytes]]:
+        entries = []
+        for bodies, which in ((batch.bodies, refused), (batch.events, refused_events)):
+            for index, why in (which or {}).items():
+                if 0 <= index < len(bodies):
+                    body = bodies[index]
+                    entries.append((_row_source(body), "cloud_refused", str(why)[:500], body))
+        return entries
+
+    def _ack(
+        self,
+        batch_id: str,
+        refused: dict[int, str] | None = None,
+        refused_events: dict[int, str] | None = None,
+    ) -> int:
+        batch = self._unacked.get(batch_id)
+        if batch is None:
+            return 0
+        if refused or refused_events:
+            self._dead_letter(self._dead_rows(batch, refused, refused_events))
         db = self.db
         span = (batch.first_id, batch.last_id)
         # A deletion need not reach the disk before we go on: lost in a power cut, the rows
@@ -371,15 +497,17 @@ class Outbox:
         # makes it durable anyway (the WAL is written in order).
         db.execute("PRAGMA synchronous=OFF")
         try:
-            db.execute("BEGIN IMMEDIATE")
-            n, size = db.execute(
-                "SELECT count(*), coalesce(sum(size), 0) FROM outbox WHERE id BETWEEN ? AND ?",
-                span,
-            ).fetchone()
-            db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", span)
-            db.execute("COMMIT")
+            with transaction(db):
+                n, size = db.execute(
+                    "SELECT count(*), coalesce(sum(size), 0) FROM outbox WHERE id BETWEEN ? AND ?",
+                    span,
+                ).fetchone()
+                db.execute("DELETE FROM outbox WHERE id BETWEEN ? AND ?", span)
         finally:
             db.execute("PRAGMA synchronous=FULL")
+        # forgotten only once deleted: a failed deletion (a full disk) leaves the batch open,
+        # so it is sent again and its next ack deletes it
+        del self._unacked[batch_id]
         oldest = None
         if self.stats.rows - n > 0:
             oldest = db.execute("SELECT added_ms FROM outbox ORDER BY id LIMIT 1").fetchone()
@@ -399,17 +527,20 @@ class Outbox:
     def _dead_letter(self, entries: Sequence[tuple[str, str, str, bytes]]) -> None:
         now = self._now_ms()
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        db.executemany(
-            "INSERT INTO dead_letters (at_ms, device, reason, detail, payload) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(now, d, r, detail[:500], p[:4096]) for d, r, detail, p in entries],
-        )
-        db.execute(
-            "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?",
-            (self._dead_letter_max,),
-        )
-        db.execute("COMMIT")
+        try:
+            with transaction(db):
+                db.executemany(
+                    "INSERT INTO dead_letters (at_ms, device, reason, detail, payload) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(now, d, r, detail[:500], p[:4096]) for d, r, detail, p in entries],
+                )
+                db.execute(
+                    "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?",
+                    (self._dead_letter_max,),
+                )
+        except StorageFullError:
+            self._set_full(full=True)
+            raise
 
     async def dead_letters(self, limit: int = 100) -> list[tuple[str, str, str]]:
         return await self._run(
@@ -419,8 +550,11 @@ class Outbox:
             ).fetchall()
         )
 
-    async def drop_counts(self) -> dict[str, int]:
-        return await self._run(lambda: dict(self.db.execute("SELECT reason, count FROM drops")))
+    async def drop_counts(self, kind: int = READING) -> dict[str, int]:
+        """Rows of ``kind`` dropped so far (this file's whole life), by reason."""
+        return await self._run(
+            lambda: dict(self.db.execute("SELECT reason, count FROM drops WHERE kind = ?", (kind,)))
+        )
 
     def snapshot(self) -> OutboxStats:
         with self._lock:

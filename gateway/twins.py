@@ -13,6 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
+from amcp.runtime.storage import is_storage_full
 from amcp.runtime.supervisor import ChildContext
 from amcp.store import Store
 from amcp.store.twins import Twins
@@ -37,6 +38,7 @@ class TwinReporter:
     async def flush(self) -> int:
         """Write every device seen since the last flush; returns how many."""
         pending, self._latest = self._latest, {}
+        done = 0
         for device, r in pending.items():
             state: dict[str, Any] = dict(r.values)
             state["last_seen_ms"] = r.ts_ms
@@ -44,8 +46,18 @@ class TwinReporter:
                 await self.twins.report(device, state)
             except ValueError as exc:  # a device id the twin key scheme cannot hold
                 log.warning("twin not reported", extra={"device": device, "error": str(exc)})
-        self.reported += len(pending)
-        return len(pending)
+            except Exception as exc:
+                if not is_storage_full(exc):
+                    raise
+                # a full disk: keep what is not written yet (newer readings win) and try
+                # again at the next flush; twins are state, so only the latest matters
+                for rest in list(pending)[done:]:
+                    self._latest.setdefault(rest, pending[rest])
+                log.warning("twins not reported: disk full", extra={"error": str(exc)})
+                break
+            done += 1
+        self.reported += done
+        return done
 
     async def run(self, ctx: ChildContext) -> None:
         ctx.ready()

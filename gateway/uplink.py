@@ -5,6 +5,11 @@ The cloud answers every batch with a :class:`~amcp.wire.telemetry.BatchAck` on
 Up to ``window`` batches are in flight at once, so a backlog drains at full speed; a batch not
 acknowledged within ``ack_timeout`` is sent again with the same batch id (the cloud drops the
 duplicate readings and acknowledges again). After a reconnect every open batch is re-sent.
+
+The cloud may answer with a :class:`~amcp.wire.telemetry.BatchNack` instead: ``retry`` (the
+batch arrived stale, e.g. queued while the cloud was down) sends it again at once in a fresh
+envelope rather than waiting out ``ack_timeout``; otherwise the batch can never be stored and
+its rows move to the dead-letter table. Rows an ack lists as refused are dead-lettered too.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import msgspec
 
 from amcp.link import GatewayLink
 from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
+from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import EnvelopeError
-from amcp.wire.telemetry import BatchAck
+from amcp.wire.telemetry import BatchAck, BatchNack
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Batch, Outbox
@@ -42,6 +48,9 @@ class _WireBatch(msgspec.Struct, frozen=True, tag="telemetry.batch", omit_defaul
 
 IDLE_RECHECK_S = 1.0
 """An idle uplink looks at the outbox at least this often, whatever it was told."""
+NACK_RESEND_S = 1.0
+"""A batch the cloud asks for again is re-sent at most this often (a clock far off the
+cloud's would otherwise make every fresh envelope stale at once, in a tight loop)."""
 
 
 def telemetry_topic(prefix: str, gateway: str) -> str:
@@ -56,6 +65,8 @@ def ack_topic(prefix: str, gateway: str) -> str:
 class _InFlight:
     batch: Batch
     sent_at: float
+    renacked: bool = False
+    """Re-sent once on a nack already (later ones wait :data:`NACK_RESEND_S`)."""
 
 
 class Uplink:
@@ -167,23 +178,61 @@ class Uplink:
         async for message in client.messages:
             topic = message.topic.value
             try:
-                ack = self.link.open(message.payload, topic).message
+                reply = self.link.open(message.payload, topic).message
             except EnvelopeError as exc:
                 self.metrics.refused.labels(exc.reason).inc()
                 log.warning(
                     "envelope from cloud refused", extra={"reason": exc.reason, "error": str(exc)}
                 )
                 continue
-            if not isinstance(ack, BatchAck):
-                log.warning("unexpected message on the ack topic", extra={"topic": topic})
-                continue
-            entry = self._inflight.pop(ack.batch_id, None)
-            n = await self.outbox.ack(ack.batch_id)
-            if n:
-                self.metrics.acked.inc(n)
-            if entry is not None:
-                self.lag_s = max(0.0, time.time() - entry.batch.oldest_ms / 1000)
-            self._slot.set()
+            try:
+                if isinstance(reply, BatchAck):
+                    await self._on_ack(reply)
+                elif isinstance(reply, BatchNack):
+                    await self._on_nack(client, reply)
+                else:
+                    log.warning("unexpected message on the ack topic", extra={"topic": topic})
+            except StorageFullError as exc:
+                # the rows stay, the batch stays open: it is sent again and its next ack
+                # deletes it once there is room
+                log.warning("outbox disk full; acknowledged rows kept", extra={"error": str(exc)})
+
+    async def _on_ack(self, ack: BatchAck) -> None:
+        n = await self.outbox.ack(ack.batch_id, ack.refused, ack.refused_events)
+        entry = self._inflight.pop(ack.batch_id, None)
+        if n:
+            self.metrics.acked.inc(n)
+        if ack.refused or ack.refused_events:
+            self.metrics.cloud_refused.inc(len(ack.refused) + len(ack.refused_events))
+            log.warning(
+                "the cloud refused rows of a batch; they are in the dead-letter table",
+                extra={"batch_id": ack.batch_id, "rows": len(ack.refused)},
+            )
+        if entry is not None:
+            self.lag_s = max(0.0, time.time() - entry.batch.oldest_ms / 1000)
+        self._slot.set()
+
+    async def _on_nack(self, client: aiomqtt.Client, nack: BatchNack) -> None:
+        entry = self._inflight.get(nack.batch_id)
+        if entry is None:
+            return  # not ours any more (acknowledged, or a replayed old nack)
+        if nack.retry:
+            if time.monotonic() - entry.sent_at >= NACK_RESEND_S or not entry.renacked:
+                entry.renacked = True
+                log.info(
+                    "the cloud asks for a batch again; re-sending it fresh",
+                    extra={"batch_id": nack.batch_id, "reason": nack.reason},
+                )
+                await self._send(client, entry.batch)
+            return
+        n = await self.outbox.refuse(nack.batch_id, nack.reason)
+        self._inflight.pop(nack.batch_id, None)
+        self.metrics.cloud_refused.inc(n)
+        log.error(
+            "the cloud can never store a batch; its rows are in the dead-letter table",
+            extra={"batch_id": nack.batch_id, "reason": nack.reason, "detail": nack.detail},
+        )
+        self._slot.set()
 
     async def _resend_stale(self, client: aiomqtt.Client) -> None:
         timeout = self.settings.ack_timeout

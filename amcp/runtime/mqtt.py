@@ -10,6 +10,7 @@ to automatic PUBACK would acknowledge readings before they are on disk.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -142,9 +143,26 @@ def on_message_direct(client: aiomqtt.Client, callback: MessageCallback) -> None
         raise ManualAckUnsupportedError("aiomqtt.Client._client (paho) is missing")
 
     def relay(_client: Any, _userdata: Any, message: Any) -> None:
-        callback(message.topic, message.payload, message.mid, message.qos)
+        try:
+            callback(message.topic, message.payload, message.mid, message.qos)
+        except Exception as exc:
+            callback_failed(callback, exc)
 
     paho.on_message = relay
+
+
+CALLBACK_ERRORS: collections.Counter[str] = collections.Counter()
+"""Exceptions that reached a paho callback, by kind (``callback:ExceptionType``)."""
+
+
+def callback_failed(callback: Callable[..., object], exc: BaseException) -> None:
+    """The one guard for code paho calls: an exception escaping a paho callback makes paho
+    raise it from its network loop on the same packet again and again (a busy loop, nothing
+    else received). It is counted, logged once per kind with its traceback, and dropped."""
+    kind = f"{getattr(callback, '__qualname__', 'callback')}:{type(exc).__name__}"
+    CALLBACK_ERRORS[kind] += 1
+    if CALLBACK_ERRORS[kind] == 1:
+        log.error("MQTT message callback failed (logged once per kind)", exc_info=exc)
 
 
 async def wait_disconnected(client: aiomqtt.Client) -> None:

@@ -36,7 +36,7 @@ from amcp.wire.messages import (
     kind_of,
 )
 from amcp.wire.seal import Opened, Opener, Sealer, Verified, decode_payload
-from amcp.wire.telemetry import BatchAck, Reading, TelemetryBatch
+from amcp.wire.telemetry import BatchAck, BatchNack, Reading, TelemetryBatch
 
 __all__ = [
     "MAX_FRAME_BYTES",
@@ -44,6 +44,7 @@ __all__ = [
     "AlgedonicSignal",
     "BadSignatureError",
     "BatchAck",
+    "BatchNack",
     "CapabilityAnnouncement",
     "Command",
     "Context",

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from amcp.wire.telemetry import BatchAck, TelemetryBatch
+from amcp.wire.telemetry import BatchAck, BatchNack, TelemetryBatch
 
 
 class _Kind(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -150,6 +150,7 @@ class SyncFrame(_Kind, frozen=True, tag="sync.frame"):
 Message = (
     TelemetryBatch
     | BatchAck
+    | BatchNack
     | Event
     | AlgedonicSignal
     | Command
@@ -164,6 +165,7 @@ Message = (
 MESSAGE_TYPES: tuple[type[msgspec.Struct], ...] = (
     TelemetryBatch,
     BatchAck,
+    BatchNack,
     Event,
     AlgedonicSignal,
     Command,

@@ -152,14 +152,19 @@ class Opener:
             self._prefixes = {**self._prefixes, topic: prefix}  # replaced whole: thread-safe
         return prefix
 
-    def verify(self, data: bytes, topic: str, *, retained: bool = False) -> Verified:
+    def verify(
+        self, data: bytes, topic: str, *, retained: bool = False, fresh: bool = True
+    ) -> Verified:
         """Every check but payload decoding. ``retained`` skips window and replay checks for
-        retained-kind messages, which the caller then judges by version (:meth:`open`)."""
+        retained-kind messages, which the caller then judges by version (:meth:`open`).
+        ``fresh=False`` checks only that the envelope is authentic (key, signature), not
+        whether it is fresh: for answering an envelope refused as stale with "send it again"
+        (nothing is recorded, so this never admits the envelope itself)."""
         if type(data) is not bytes:
             data = bytes(data)  # views below must not see the caller change the buffer
         frame, header = decode_frame_view(data, self._max_bytes)
         now_ms = int(self._clock.time() * 1000)
-        retained = retained and header.kind in RETAINED_KINDS
+        retained = (retained and header.kind in RETAINED_KINDS) or not fresh
         if not retained and abs(header.ts_ms - now_ms) > self._window_ms:
             raise StaleEnvelopeError(header.ts_ms, now_ms, self._window_ms)
         found = self.keyring.get_parts(header.key_id)

@@ -23,7 +23,7 @@ def _seqs(bodies: list[bytes]) -> list[int]:
 
 async def _outbox(path: Path, **kw: object) -> Outbox:
     drops: list[tuple[str, int]] = []
-    ob = Outbox(path, OutboxSettings(**kw), on_drop=lambda r, n: drops.append((r, n)))  # type: ignore[arg-type]
+    ob = Outbox(path, OutboxSettings(**kw), on_drop=lambda _k, r, n: drops.append((r, n)))  # type: ignore[arg-type]
     ob.drops_seen = drops  # type: ignore[attr-defined]
     await ob.open()
     return ob

@@ -16,6 +16,7 @@ from amcp.wire import (
     AlgedonicSignal,
     BadSignatureError,
     BatchAck,
+    BatchNack,
     CapabilityAnnouncement,
     Command,
     EnvelopeError,
@@ -49,7 +50,14 @@ readings = st.builds(
 )
 messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(TelemetryBatch, batch_id=text, gateway=text, readings=st.lists(readings, max_size=4)),
-    st.builds(BatchAck, batch_id=text, stored=ints, duplicates=ints),
+    st.builds(
+        BatchAck,
+        batch_id=text,
+        stored=ints,
+        duplicates=ints,
+        refused=st.dictionaries(st.integers(0, 500), text, max_size=3),
+    ),
+    st.builds(BatchNack, batch_id=text, reason=text, retry=st.booleans(), detail=text),
     st.builds(Event, name=text, ts_ms=ints, attrs=json_values),
     st.builds(
         AlgedonicSignal,
@@ -80,7 +88,7 @@ def fresh_opener(link: Link) -> Opener:
 
 
 def test_every_kind_is_covered_by_the_strategy() -> None:
-    assert len({t.__struct_config__.tag for t in MESSAGE_TYPES}) == len(MESSAGE_TYPES) == 11
+    assert len({t.__struct_config__.tag for t in MESSAGE_TYPES}) == len(MESSAGE_TYPES) == 12
 
 
 @fixture_ok

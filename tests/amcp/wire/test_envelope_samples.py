@@ -16,6 +16,7 @@ from amcp.replay import ReplayGuard
 from amcp.wire import (
     AlgedonicSignal,
     BatchAck,
+    BatchNack,
     CapabilityAnnouncement,
     Command,
     Event,
@@ -68,6 +69,7 @@ SAMPLES: list[Message] = [
     PolicyBundle(name="rate", version=2, expires_ms=1_800_000_000_000, body=b"\x00asm\x01"),
     Heartbeat(node="gw-sample", seq=42, ts_ms=1_700_000_002_000, uptime_s=12.5),
     SyncFrame(stream="lww/capabilities", data=b"\x01\x02\x03"),
+    BatchNack(batch_id="b-2", reason="stale", retry=True, detail="queued while away"),
 ]
 
 
@@ -81,7 +83,7 @@ def _generate() -> None:  # pragma: no cover - run by hand once per new kind
     clock = SetClock(1_700_000_000.0)
     rows = []
     for i, message in enumerate(SAMPLES):
-        signer = hm if isinstance(message, TelemetryBatch | BatchAck) else ed
+        signer = hm if isinstance(message, TelemetryBatch | BatchAck | BatchNack) else ed
         sealer = Sealer(signer, zone="zone-a", clock=clock)
         rows.append({"kind": kind_of(message), "hex": sealer.seal(message, TOPIC).hex()})
         clock.now += 1 + i
