@@ -259,6 +259,9 @@ class Stack:
     def stop_cloud(self) -> int | None:
         return self._stop(self.cloud_proc, signal.SIGTERM)
 
+    def kill_cloud(self) -> None:
+        self._stop(self.cloud_proc, signal.SIGKILL)
+
     def close(self) -> None:
         self.stop_gateway()
         self.stop_cloud()

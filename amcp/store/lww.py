@@ -26,6 +26,7 @@ from pathlib import Path
 
 import msgspec
 
+from amcp.runtime.storage import transaction
 from amcp.store import peers, reads, schema
 from amcp.store.errors import (
     ClockSkewError,
@@ -122,22 +123,24 @@ class LWWStore:
     def _transaction(self) -> Iterator[None]:
         if self._closed:
             raise StoreClosedError(self.path)
-        self._conn.execute("BEGIN IMMEDIATE")
-        # another process (``cybernetic patterns add`` on a running gateway's store) may have
-        # written since our last transaction: continue from the stored counter, under the lock
-        stored = self._conn.execute("SELECT value FROM meta WHERE name='version'").fetchone()
-        if stored is not None:
-            self._version = max(self._version, int(stored[0]))
         start = self._version
         try:
-            yield
-            self._conn.executemany(
-                "UPDATE meta SET value=? WHERE name=?",
-                [(self._version, "version"), (self.clock.last, "hlc")],
-            )
-            self._conn.execute("COMMIT")
+            with transaction(self._conn):  # a full disk raises StorageFullError
+                # another process (``cybernetic patterns add`` on a running gateway's store)
+                # may have written since our last transaction: continue from the stored
+                # counter, under the lock
+                stored = self._conn.execute(
+                    "SELECT value FROM meta WHERE name='version'"
+                ).fetchone()
+                if stored is not None:
+                    self._version = max(self._version, int(stored[0]))
+                start = self._version
+                yield
+                self._conn.executemany(
+                    "UPDATE meta SET value=? WHERE name=?",
+                    [(self._version, "version"), (self.clock.last, "hlc")],
+                )
         except BaseException:
-            self._conn.execute("ROLLBACK")
             self._version = start
             raise
 

@@ -12,6 +12,7 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+from amcp.runtime.storage import transaction
 from amcp.store.errors import SchemaTooNewError, SiteMismatchError
 
 MIGRATIONS: tuple[str, ...] = (
@@ -93,16 +94,11 @@ def migrate(conn: sqlite3.Connection, path: str | Path) -> int:
     if found > SCHEMA_VERSION:
         raise SchemaTooNewError(str(path), found, SCHEMA_VERSION)
     for version in range(found, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             for statement in MIGRATIONS[version].split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version={version + 1}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
     return found
 
 
@@ -112,16 +108,11 @@ def identity(conn: sqlite3.Connection, path: str | Path, site: str) -> tuple[str
     The database id is random per file: a peer that sees a new id for a known site knows the
     database was wiped or replaced and resyncs it fully.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         meta = dict(conn.execute("SELECT name, value FROM meta").fetchall())
         if not meta:
             meta = {"database_id": uuid.uuid4().hex, "site": site, "version": 0, "hlc": 0}
             conn.executemany("INSERT INTO meta(name, value) VALUES (?, ?)", meta.items())
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     if meta["site"] != site:
         raise SiteMismatchError(str(path), str(meta["site"]), site)
     return str(meta["database_id"]), int(meta["version"]), int(meta["hlc"])

@@ -27,6 +27,7 @@ from typing import Any
 from amcp.link import GatewayLink
 from amcp.runtime.clock import Clock, SystemClock
 from amcp.runtime.settings import BrokerLink
+from amcp.runtime.storage import is_storage_full
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
 from amcp.store import Store
 from amcp.wire.messages import Intent, IntentUpdate
@@ -273,6 +274,15 @@ class S1:
         await asyncio.to_thread(write_tree, self.tree_path, self.describe())
 
     async def _write_tree_loop(self) -> None:
+        full = False
         while True:
-            await self.write_tree()
+            try:
+                await self.write_tree()
+                full = False
+            except OSError as exc:
+                if not is_storage_full(exc):
+                    raise
+                if not full:  # a status file: skip it while the disk is full, say so once
+                    log.warning("unit tree not written: disk full", extra={"error": str(exc)})
+                full = True
             await asyncio.sleep(self.settings.tree_interval)
