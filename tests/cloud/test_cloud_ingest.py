@@ -86,8 +86,8 @@ class _BadBatch(msgspec.Struct, tag="telemetry.batch"):
 
 async def test_validly_signed_hostile_batches_never_stop_cloud_ingest(tmp_path: Path) -> None:
     """Issue 16, finding 6: batches signed with the gateway's real key whose content the store
-    cannot hold (seq or ts of 2**64-1, a msgpack extension value, NaN, integers past 2**63-1) used to
-    crash cloud ingest, six in 30 s stopping the cloud for every gateway. Now the unstorable
+    cannot hold (seq or ts of 2**64-1, a msgpack extension value, NaN, integers past 2**63-1)
+    used to crash cloud ingest, six in 30 s stopping the cloud for every gateway. Now the unstorable
     readings are listed in the ack (the gateway dead-letters them) and the rest of each batch
     commits; a stale batch (queued while the cloud was away) is nacked for a fresh re-send; an
     undecodable one is nacked for good; and the good batches after them all commit."""
