@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from typing import Any
 
 import msgspec
@@ -118,3 +119,28 @@ def test_deep_nesting_is_refused() -> None:
         doc = {"a": doc}
     with pytest.raises(BadShapeError, match="nest deeper"):
         decode_payload(json.dumps({"v": doc}).encode(), **LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("payload", "path"),
+    [
+        (b'{"values": {"x": 123456789012345678901234567890}}', "values.x"),
+        (msgspec.msgpack.encode({"values": {"x": 2**64 - 1}}), "values.x"),
+        (msgspec.msgpack.encode({"values": {"x": -(2**63)}}), None),  # the lowest that fits
+        (msgspec.msgpack.encode({"values": {"a": {"b": [1, 2**63]}}}), "values.a.b[1]"),
+        (msgspec.msgpack.encode({"values": {"x": float("nan")}}), "values.x"),
+        (msgspec.msgpack.encode({"values": {"x": [float("-inf")]}}), "values.x[0]"),
+        (msgspec.msgpack.encode({"values": {"x": msgspec.msgpack.Ext(1, b"a")}}), "values.x"),
+        (b'{"values": {"x": ' + b"[" * 1000 + b"]" * 1000 + b"}}", "nest deeper"),
+    ],
+)
+def test_values_the_store_cannot_represent_are_refused_with_their_path(
+    payload: bytes, path: str | None
+) -> None:
+    """One rule for JSON and msgpack: integers in the signed 64-bit range, finite floats
+    (msgpack NaN used to be stored as null while JSON NaN was refused)."""
+    if path is None:
+        assert decode_payload(payload, max_bytes=65536, max_fields=64).values == {"x": -(2**63)}
+        return
+    with pytest.raises(BadShapeError, match=re.escape(path)):
+        decode_payload(payload, max_bytes=65536, max_fields=64)

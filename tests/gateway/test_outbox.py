@@ -8,9 +8,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from amcp.wire.telemetry import Reading
+from amcp.runtime.storage import StorageFullError
+from amcp.wire.telemetry import EventRecord, Reading
 from gateway.config import OutboxSettings, Overflow
-from gateway.outbox import Outbox, OutboxError
+from gateway.outbox import EVENT, Outbox, OutboxError
 
 
 def _readings(n: int, start: int = 1, device: str = "d") -> list[Reading]:
@@ -167,4 +168,69 @@ async def test_next_batches_takes_several_and_unbatched_tells_what_waits(tmp_pat
     await ob.close()
     ob = await _outbox(tmp_path / "o.db")  # after a restart every unacknowledged row waits
     assert ob.unbatched == 25
+    await ob.close()
+
+
+async def test_drops_count_events_apart_and_never_take_rows_in_flight(tmp_path: Path) -> None:
+    """Finding 8: the drop counter counted S2 events as dropped readings, and counted rows
+    already handed to the cloud (which may well have stored them) as dropped."""
+    size = len(msgspec.msgpack.encode(_readings(1)[0]))
+    ob = await _outbox(tmp_path / "o.db", max_bytes=size * 10)
+    await ob.append(_readings(4))
+    in_flight = await ob.next_batch(4)  # sent, not acknowledged
+    assert in_flight is not None
+    events = [EventRecord("s2.zombie", 1, f"dev-{i}") for i in range(3)]
+    await ob.append_events(events)
+    await ob.append(_readings(6, start=5))  # over the cap: the oldest rows not in flight go
+    readings_dropped = await ob.drop_counts()
+    events_dropped = await ob.drop_counts(EVENT)
+    # 13 rows for a cap of 10 (events are smaller): the 3 events were the oldest not in
+    # flight, then no reading had to go
+    assert events_dropped == {"overflow_oldest": 3}
+    assert readings_dropped == {}
+    # the batch in flight is intact: its ack deletes exactly its rows
+    assert await ob.ack(in_flight.batch_id) == 4
+    left = await ob.next_batch(100)
+    assert left is not None
+    assert _seqs(left.bodies)[-1] == 10
+    await ob.close()
+
+
+async def test_rows_the_cloud_refuses_move_to_the_dead_letter_table(tmp_path: Path) -> None:
+    ob = await _outbox(tmp_path / "o.db")
+    await ob.append(_readings(5, device="dev-r"))
+    batch = await ob.next_batch(5)
+    assert batch is not None
+    assert await ob.ack(batch.batch_id, {1: "seq: outside 0 to 2**63-1", 3: "values.v: nan"}) == 5
+    dead = await ob.dead_letters()
+    assert sorted(dead) == [
+        ("dev-r", "cloud_refused", "seq: outside 0 to 2**63-1"),
+        ("dev-r", "cloud_refused", "values.v: nan"),
+    ]
+    await ob.append(_readings(2, start=6, device="dev-r"))
+    batch = await ob.next_batch(5)
+    assert batch is not None
+    assert await ob.refuse(batch.batch_id, "malformed") == 2  # a nack for good: all its rows
+    assert len(await ob.dead_letters()) == 4
+    assert ob.snapshot().rows == 0
+    await ob.close()
+
+
+async def test_a_full_disk_raises_storage_full_and_changes_nothing(tmp_path: Path) -> None:
+    """SQLite's own size cap stands in for a full disk here (the end-to-end test fills a real
+    filesystem): the error is StorageFullError, not 'cannot rollback', and nothing is lost."""
+    ob = await _outbox(tmp_path / "o.db")
+    await ob.append(_readings(5))
+    pages = ob.db.execute("PRAGMA page_count").fetchone()[0]
+    ob.db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StorageFullError):
+        await ob.append([Reading("d", "b", 100 + i, 1, {"v": "x" * 5000}) for i in range(20)])
+    assert ob.full
+    assert ob.snapshot().rows == 5
+    ob.db.execute("PRAGMA max_page_count = 1000000")
+    await ob.append(_readings(1, start=6))
+    assert not ob.full
+    batch = await ob.next_batch(100)
+    assert batch is not None
+    assert _seqs(batch.bodies) == [1, 2, 3, 4, 5, 6]
     await ob.close()
