@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Protocol, Self
 
 from amcp.replay.bloom import BloomFilter
+from amcp.runtime.storage import is_storage_full
 from amcp.replay.store import PARTS, RECORD_BYTES, NonceStore, Run, find_record
 
 _SCHEMA = """
@@ -146,6 +147,8 @@ class ReplayGuard:
         self._next_expiry = 0
         self._unflushed = 0
         self.false_positives = 0
+        self.deferred_flushes = 0
+        """Writes put off because the disk was full (the state stays in memory meanwhile)."""
         self.floor_ms = 0
         self._load()
         # the containers are only ever changed in place: bind them once for the hot loop
@@ -211,9 +214,22 @@ class ReplayGuard:
             for (s, e) in self._dirty
             if (st := self._counters.get((s, e))) is not None
         ]
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO counters VALUES (?,?,?,?,?)", rows)
-            self._store.append(self._take_runs())
+        runs = self._take_runs()
+        try:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO counters VALUES (?,?,?,?,?)", rows)
+                self._store.append(runs)
+        except sqlite3.Error as exc:
+            if not is_storage_full(exc):
+                raise
+            # a full disk: the records go back to their buffers (they are what confirms a
+            # Bloom hit exactly, so dropping them would admit a replay) and wait for the
+            # next flush; until then memory answers as before
+            for gen, part, records in runs:
+                if (g := self._gens.get(gen)) is not None:
+                    g.parts[part][:0] = records
+            self.deferred_flushes += 1
+            return
         self._dirty.clear()
         self._unflushed = 0
 
@@ -372,11 +388,16 @@ class ReplayGuard:
             del self._counters[k]
             self._dirty.discard(k)
         if old_gens or old_counters:
-            with self._db:
-                self._store.drop_before((horizon // self.gen_ms) - 1)
-                self._db.executemany(
-                    "DELETE FROM counters WHERE sender = ? AND epoch = ?", old_counters
-                )
+            try:
+                with self._db:
+                    self._store.drop_before((horizon // self.gen_ms) - 1)
+                    self._db.executemany(
+                        "DELETE FROM counters WHERE sender = ? AND epoch = ?", old_counters
+                    )
+            except sqlite3.Error as exc:
+                if not is_storage_full(exc):
+                    raise
+                self.deferred_flushes += 1  # stale rows stay on disk until the next expiry
         self._next_expiry = now_ms + self.gen_ms // 4
 
     # -- retained messages --------------------------------------------------------------

@@ -199,3 +199,27 @@ def test_idle_state_is_forgotten_after_the_window(clock: SetClock) -> None:
     clock.now += 1000
     opener.open(sealer.seal(batch(), "up"), "up")
     assert len(guard._counters) == 1
+
+
+def test_a_full_disk_defers_the_guards_writes_and_still_refuses_every_replay(
+    tmp_path: Path,
+) -> None:
+    """A flush that finds the disk full (SQLite's size cap stands in for it) keeps the records
+    in memory: the same nonces are still refused as replays, and the next flush with room
+    writes them, so a restart refuses them too."""
+    clock = SetClock()
+    guard = ReplayGuard(tmp_path / "g.db", flush_every=10**9, clock=clock)
+    now = int(T0 * 1000)
+    nonces = [os.urandom(16) for _ in range(200)]
+    assert {guard.check("k", now, n, None, None, now) for n in nonces} == {Verdict.ACCEPT}
+    pages = guard._db.execute("PRAGMA page_count").fetchone()[0]
+    guard._db.execute(f"PRAGMA max_page_count = {pages}")
+    guard.flush()  # deferred, not raised
+    assert guard.deferred_flushes == 1
+    assert {guard.check("k", now, n, None, None, now) for n in nonces} == {Verdict.REPLAY}
+    guard._db.execute("PRAGMA max_page_count = 1000000")
+    guard.close()
+    again = ReplayGuard(tmp_path / "g.db", clock=clock)
+    assert again.floor_ms == 0  # closed cleanly: the store is trusted as it is
+    assert {again.check("k", now, n, None, None, now) for n in nonces} == {Verdict.REPLAY}
+    again.close()
