@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Protocol, Self
 
 from amcp.replay.bloom import BloomFilter
-from amcp.runtime.storage import is_storage_full
 from amcp.replay.store import PARTS, RECORD_BYTES, NonceStore, Run, find_record
+from amcp.runtime.storage import is_storage_full
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
