@@ -61,14 +61,17 @@ class RateGate:
         self._wall = wall
         self._emit = emit
         self._config = config
+        n = config.max_keys
         self.limiters: dict[Scope, KeyedLimiter] = {
-            Scope.DEVICE: KeyedLimiter(config.device, clock, config.device_overrides),
-            Scope.USER: KeyedLimiter(config.user, clock, config.user_overrides),
-            Scope.CAPABILITY: KeyedLimiter(config.capability, clock, config.capability_overrides),
+            Scope.DEVICE: KeyedLimiter(config.device, clock, config.device_overrides, n),
+            Scope.USER: KeyedLimiter(config.user, clock, config.user_overrides, n),
+            Scope.CAPABILITY: KeyedLimiter(
+                config.capability, clock, config.capability_overrides, n
+            ),
         }
         self.budget = Budget(config.total, clock)
         self.adaptive = AdaptiveFactor(config.adaptive, clock)
-        self.fair = FairShare()
+        self.fair = FairShare(max_devices=n)
         now = clock()
         self._window_start = now
         self._next_tick = now + config.fair_share_interval_s
@@ -85,7 +88,12 @@ class RateGate:
         """
         if self._clock() >= self._next_tick:
             self.tick()
-        flags = self.limiters[Scope.DEVICE].allow_batch(devices, self.fair.demand)
+        fair = self.fair
+        demand = fair.demand
+        if demand is not None and not fair.fits(len(devices)):
+            fair.count(devices)  # the demand table may fill up: count with its bound
+            demand = None
+        flags = self.limiters[Scope.DEVICE].allow_batch(devices, demand)
         wanted = flags.count(True)
         granted = self.budget.take(wanted)
         self._window_allowed += wanted
@@ -175,8 +183,16 @@ class RateGate:
                 limiter.set_override(key, limit)
         self.budget.set_limit(config.total)
         self.adaptive.reconfigure(config.adaptive)
+        for limiter in self.limiters.values():
+            limiter.set_capacity(config.max_keys)
+        self.fair.max_devices = config.max_keys
 
     # -- control loop --------------------------------------------------------------------
+
+    def tick_if_due(self) -> None:
+        """Run :meth:`tick` if its interval passed (when no reading came to run it)."""
+        if self._clock() >= self._next_tick:
+            self.tick()
 
     def tick(self) -> None:
         """Close the fair-share window, step AIMD, prune idle keys.

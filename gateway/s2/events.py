@@ -92,6 +92,27 @@ class LeaseExpired(msgspec.Struct, frozen=True, tag="s2.lease.expired", omit_def
     ts_ms: int
 
 
+class EventsSuppressed(msgspec.Struct, frozen=True, tag="s2.events.suppressed", omit_defaults=True):
+    """Per-device events over the event budget since ``since_ms``, counted instead of sent.
+
+    ``suppressed`` maps an event type (``"s2.zombie"``) to how many were not sent one by one,
+    ``sample`` names a few of their sources. ``zombies`` and ``sensors_stuck`` are the totals
+    now (sent one by one or not), so the cloud learns that 40,000 devices went silent from
+    one event. ``untracked`` counts the signs of life S2 could not keep since ``since_ms``:
+    heartbeats of new units not tracked (every slot held a unit with a learnt cadence) and
+    units heard from once that were dropped to make room. Non-zero means ``[s2.phi]
+    max_units`` is smaller than the set of names ingest lets through.
+    """
+
+    suppressed: dict[str, int]
+    sample: dict[str, list[str]]
+    zombies: int
+    sensors_stuck: int
+    since_ms: int
+    ts_ms: int
+    untracked: int = 0
+
+
 S2Event = (
     ZombieDeclared
     | ZombieRecovered
@@ -101,6 +122,7 @@ S2Event = (
     | MetricsConsistent
     | LimitsChanged
     | LeaseExpired
+    | EventsSuppressed
 )
 
 EventSink = Callable[[S2Event], None]

@@ -10,11 +10,16 @@ limiter, so the hot loop stays one float comparison per reading.
 Counting demand per device costs a dictionary write per reading, so it runs only while the
 budget is under pressure: it is switched on when a window used ``engage`` of the budget (or
 the budget refused anything), and off again once the offered load falls below ``release``.
+
+The demand table holds at most ``max_devices`` devices per window. Offers of further devices
+are counted together (``overflow``) and the level is computed for the counted devices on their
+share of the budget (``budget * counted / (counted + overflow)``): exact when the uncounted
+devices offer like the counted ones, and the global budget refuses whatever still overshoots.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 def water_level(demands: Iterable[float], capacity: float) -> float | None:
@@ -38,14 +43,47 @@ def water_level(demands: Iterable[float], capacity: float) -> float | None:
 class FairShare:
     """Turns per-window demand into a per-device rate cap (events per second) or ``None``."""
 
-    def __init__(self, engage: float = 0.8, release: float = 0.6) -> None:
+    def __init__(
+        self, engage: float = 0.8, release: float = 0.6, max_devices: int = 10_000
+    ) -> None:
         if not 0 < release <= engage <= 1:
             raise ValueError(f"need 0 < release <= engage <= 1, got {release=} {engage=}")
+        if max_devices < 1:
+            raise ValueError(f"max_devices must be at least 1, got {max_devices}")
         self._engage = engage
         self._release = release
+        self.max_devices = max_devices
         self.demand: dict[str, int] | None = None
-        """Per-device offered events this window while engaged; pass it to ``allow_batch``."""
+        """Per-device offered events this window while engaged; pass it to ``allow_batch``
+        while :meth:`fits` says the batch cannot overflow it, else use :meth:`count`."""
+        self.overflow = 0
+        """Offers this window from devices the full demand table could not hold."""
+        self.untracked = 0
+        """Such offers since start (for the metrics)."""
         self.cap: float | None = None
+
+    def fits(self, batch: int) -> bool:
+        """Whether ``batch`` more devices fit the demand table whatever they are."""
+        demand = self.demand
+        return demand is not None and len(demand) + batch <= self.max_devices
+
+    def count(self, keys: Sequence[str]) -> None:
+        """Count a batch's offers when it may overflow the table (the bounded slow path)."""
+        demand = self.demand
+        if demand is None:
+            return
+        limit = self.max_devices
+        overflow = 0
+        for key in keys:
+            count = demand.get(key)
+            if count is not None:
+                demand[key] = count + 1
+            elif len(demand) < limit:
+                demand[key] = 1
+            else:
+                overflow += 1
+        self.overflow += overflow
+        self.untracked += overflow
 
     @property
     def engaged(self) -> bool:
@@ -59,15 +97,19 @@ class FairShare:
         """
         budget = capacity * window_s
         demand = self.demand
+        overflow = self.overflow
+        self.overflow = 0
         if demand is None:
             if refused > 0 or allowed >= self._engage * budget:
                 self.demand = {}
             self.cap = None
             return None
-        level = water_level(demand.values(), budget)
+        counted = sum(demand.values())
+        share = budget * counted / (counted + overflow) if overflow else budget
+        level = water_level(demand.values(), share)
         if level is None:
             self.cap = None
-            if sum(demand.values()) < self._release * budget:
+            if counted + overflow < self._release * budget:
                 self.demand = None
                 return None
         else:

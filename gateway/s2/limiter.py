@@ -10,10 +10,19 @@ the hot dictionary: the hot loop reads ``tats.get(key, inf)``, and ``inf`` fails
 test, so the only extra work for an override or a never-seen key happens in the deny branch.
 An entry whose TAT is in the past means exactly what a missing one means, so :meth:`prune`
 drops those without changing any future decision.
+
+The table is bounded (``max_keys``). A new key that finds it full first prunes it; if that
+frees less than an eighth of it (a flood of distinct keys all within their burst), the keys
+with the smallest TAT are dropped down to seven eighths: those are the ones closest to being
+pruned anyway, and dropping one only gives that key a fresh burst. The work is amortised over
+the ``max_keys / 8`` new keys that then fit, and it runs on the deny branch only (new keys
+are handled there), so the hot loop is unchanged. ``denied_by_key`` is bounded the same way
+(keys beyond it are counted in ``denied_untracked``).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping
 
@@ -48,9 +57,13 @@ class KeyedLimiter:
         default: RateLimit,
         clock: Callable[[], float],
         overrides: Mapping[str, RateLimit] | None = None,
+        max_keys: int = 10_000,
     ) -> None:
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
         self._clock = clock
         self._default = default
+        self._max_keys = max_keys
         self._tats: dict[str, float] = {}
         self._overrides: dict[str, _Override] = {}
         self._factor = 1.0
@@ -60,6 +73,10 @@ class KeyedLimiter:
         self.allowed = 0
         self.denied = 0
         self.denied_by_key: dict[str, int] = {}
+        self.denied_untracked = 0
+        """Refusals of keys not counted in ``denied_by_key`` because it was full."""
+        self.evicted = 0
+        """Keys in credit debt dropped to make room (each got a fresh burst)."""
         for key, limit in (overrides or {}).items():
             self.set_override(key, limit)
         self._recompute()
@@ -171,13 +188,35 @@ class KeyedLimiter:
         if tat == _INF:
             override = self._overrides.get(key)
             if override is None:  # first event of this key (or first since pruned)
+                if len(self._tats) >= self._max_keys:
+                    self._make_room(now)
                 self._tats[key] = now + self._interval
                 return True
             if self._conform_override(override, now):
                 return True
-        counts = self.denied_by_key
-        counts[key] = counts.get(key, 0) + 1
+        self._count_denied(key)
         return False
+
+    def _count_denied(self, key: str) -> None:
+        counts = self.denied_by_key
+        count = counts.get(key)
+        if count is not None:
+            counts[key] = count + 1
+        elif len(counts) < self._max_keys:
+            counts[key] = 1
+        else:
+            self.denied_untracked += 1
+
+    def _make_room(self, now: float) -> None:
+        """Prune; if that freed little, drop the smallest TATs down to 7/8 of the table."""
+        tats = self._tats
+        self.prune(now)
+        target = self._max_keys - max(1, self._max_keys // 8)
+        excess = len(tats) - target
+        if excess > 0:
+            for key in heapq.nsmallest(excess, tats, key=tats.__getitem__):
+                del tats[key]
+            self.evicted += excess
 
     def _conform_override(self, override: _Override, now: float) -> bool:
         rate = min(override.limit.rate * self._factor, self._cap)
@@ -191,7 +230,7 @@ class KeyedLimiter:
     def refuse(self, key: str) -> None:
         """Count a refusal decided elsewhere (a command checked with :meth:`retry_after`)."""
         self.denied += 1
-        self.denied_by_key[key] = self.denied_by_key.get(key, 0) + 1
+        self._count_denied(key)
 
     def retry_after(self, key: str) -> float:
         """Seconds until ``key`` would conform (0.0 if it conforms now); changes nothing."""
@@ -212,9 +251,10 @@ class KeyedLimiter:
 
     # -- housekeeping --------------------------------------------------------------------
 
-    def prune(self) -> int:
+    def prune(self, now: float | None = None) -> int:
         """Forget keys whose TAT has passed (they decide exactly as unseen keys); returns count."""
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         stale = [key for key, tat in self._tats.items() if tat <= now]
         for key in stale:
             del self._tats[key]
@@ -223,6 +263,17 @@ class KeyedLimiter:
     def tracked(self) -> int:
         """Keys with state (in credit debt); overrides included."""
         return len(self._tats) + len(self._overrides)
+
+    @property
+    def capacity(self) -> int:
+        """Keys the default table holds at most (overrides come from configuration)."""
+        return self._max_keys
+
+    def set_capacity(self, max_keys: int) -> None:
+        """Change the bound; a smaller one takes effect at the next new key."""
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be at least 1, got {max_keys}")
+        self._max_keys = max_keys
 
     def limited_keys(self) -> int:
         """Keys refused at least once since the last :meth:`reset_window`."""

@@ -8,6 +8,11 @@ never iterates a live dictionary in Python code.
 
 Per-key series would be unbounded (thousands of devices), so keys appear only in the
 ``s2_rate_top_refused`` gauge, limited to the worst few offenders of the current window.
+
+Every bounded per-device table reports ``s2_state_entries`` and ``s2_state_capacity`` (label
+``table``), what it dropped to make room (``s2_state_evictions_total``) and what it did not
+take in because it was full (``s2_state_untracked_total``); the event budget reports the
+events it summarised instead of sending (``s2_events_suppressed_total`` by type).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from prometheus_client.metrics_core import Metric
 from gateway.s2.admission import RateGate
 from gateway.s2.leases import LeaseTable
 from gateway.s2.stuck import StuckDetector
+from gateway.s2.throttle import EventThrottle
 from gateway.s2.zombies import ZombieDetector
 
 TOP_KEYS = 5
@@ -35,11 +41,13 @@ class S2Collector:
         leases: LeaseTable | None = None,
         zombies: ZombieDetector | None = None,
         stuck: StuckDetector | None = None,
+        throttle: EventThrottle | None = None,
     ) -> None:
         self._gate = gate
         self._leases = leases
         self._zombies = zombies
         self._stuck = stuck
+        self._throttle = throttle
 
     def describe(self) -> Iterable[Metric]:
         """Names only (no samples), so the registry can detect clashes at registration."""
@@ -58,7 +66,78 @@ class S2Collector:
             out.extend(self._zombie(self._zombies, describe_only=describe_only))
         if self._stuck is not None:
             out.extend(self._sensor(self._stuck, describe_only=describe_only))
+        if self._throttle is not None:
+            out.extend(self._events(self._throttle, describe_only=describe_only))
+        if any(p is not None for p in (self._gate, self._zombies, self._stuck)):
+            out.extend(self._state(describe_only=describe_only))
         return out
+
+    def _state(self, *, describe_only: bool) -> list[Metric]:
+        entries = GaugeMetricFamily(
+            "s2_state_entries", "Entries in each bounded per-device S2 table.", labels=["table"]
+        )
+        capacity = GaugeMetricFamily(
+            "s2_state_capacity", "Most entries each per-device S2 table holds.", labels=["table"]
+        )
+        evictions = CounterMetricFamily(
+            "s2_state_evictions",
+            "Entries dropped from a full per-device S2 table to make room.",
+            labels=["table"],
+        )
+        untracked = CounterMetricFamily(
+            "s2_state_untracked",
+            "Offers or heartbeats a full per-device S2 table did not take in.",
+            labels=["table"],
+        )
+        families: list[Metric] = [entries, capacity, evictions, untracked]
+        if describe_only:
+            return families
+        if self._gate is not None:
+            gate = self._gate
+            for scope, limiter in gate.limiters.items():
+                table = f"rate_{scope.value}"
+                entries.add_metric([table], limiter.tracked())
+                capacity.add_metric([table], limiter.capacity)
+                evictions.add_metric([table], limiter.evicted)
+                untracked.add_metric([f"refusals_{scope.value}"], limiter.denied_untracked)
+            demand = gate.fair.demand
+            entries.add_metric(["fair_share"], len(demand) if demand is not None else 0)
+            capacity.add_metric(["fair_share"], gate.fair.max_devices)
+            untracked.add_metric(["fair_share"], gate.fair.untracked)
+        if self._zombies is not None:
+            zombies = self._zombies
+            entries.add_metric(["phi"], len(zombies.phi))
+            capacity.add_metric(["phi"], zombies.phi.capacity)
+            evictions.add_metric(["phi"], zombies.phi.evicted)
+            untracked.add_metric(["phi"], zombies.phi.untracked)
+            entries.add_metric(["zombies"], zombies.count())
+            capacity.add_metric(["zombies"], zombies.phi.config.max_zombies)
+            evictions.add_metric(["zombies"], zombies.forgotten)
+        if self._stuck is not None:
+            entries.add_metric(["stuck"], len(self._stuck))
+            capacity.add_metric(["stuck"], self._stuck.capacity)
+            evictions.add_metric(["stuck"], self._stuck.evicted)
+        return families
+
+    @staticmethod
+    def _events(throttle: EventThrottle, *, describe_only: bool) -> list[Metric]:
+        sent = CounterMetricFamily("s2_events_sent", "Per-device S2 events sent one by one.")
+        suppressed = CounterMetricFamily(
+            "s2_events_suppressed",
+            "Per-device S2 events over the event budget, counted in a summary instead.",
+            labels=["type"],
+        )
+        summaries = CounterMetricFamily(
+            "s2_event_summaries", "s2.events.suppressed summaries sent."
+        )
+        families: list[Metric] = [sent, suppressed, summaries]
+        if describe_only:
+            return families
+        sent.add_metric([], throttle.sent)
+        for kind, count in list(throttle.suppressed.items()):
+            suppressed.add_metric([kind], count)
+        summaries.add_metric([], throttle.summaries)
+        return families
 
     @staticmethod
     def _rate(gate: RateGate, *, describe_only: bool) -> list[Metric]:
@@ -137,7 +216,9 @@ class S2Collector:
             "s2_zombies", "Units currently declared zombies.", labels=["kind"]
         )
         declared = CounterMetricFamily("s2_zombies_declared", "Zombie declarations.")
-        tracked = GaugeMetricFamily("s2_units_tracked", "Units with a heartbeat history.")
+        tracked = GaugeMetricFamily(
+            "s2_units_tracked", "Units with a heartbeat history (declared zombies excluded)."
+        )
         phi = GaugeMetricFamily("s2_phi_max", "Highest phi-accrual suspicion of any unit.")
         families: list[Metric] = [current, declared, tracked, phi]
         if describe_only:
@@ -146,7 +227,7 @@ class S2Collector:
             current.add_metric([kind], count)
         declared.add_metric([], zombies.declared)
         tracked.add_metric([], len(zombies.phi))
-        phi.add_metric([], zombies.phi.max_phi())
+        phi.add_metric([], zombies.max_phi())
         return families
 
     @staticmethod
@@ -159,5 +240,5 @@ class S2Collector:
         if describe_only:
             return families
         frozen.add_metric([], stuck.stuck_count)
-        inconsistent.add_metric([], len(stuck.inconsistent()))
+        inconsistent.add_metric([], stuck.inconsistent_count)
         return families

@@ -11,13 +11,27 @@ The normal tail is approximated with the logistic function (Akka's formula), wri
 standard deviations; this form neither overflows nor takes ``log(0)`` however long the silence.
 Because phi grows monotonically with silence, the silence at which it reaches the threshold is
 a fixed number of deviations ``y*`` past the mean: :meth:`PhiAccrual.deadline` is therefore an
-exact, precomputed detection bound, and a sweep only compares a time against it.
+exact, precomputed detection bound. The deadlines sit in a heap, so a sweep
+(:meth:`PhiAccrual.take_overdue`) costs only the entries that came due, not one per unit.
+
+A unit heard from once has no interval: phi cannot know its cadence, and the configured
+``first_interval_s`` is a guess. Such a unit is *not armed*: its phi is 0 and it has no
+deadline until a second heartbeat (or a cadence the unit announced) gives it one. A device
+that published a single reading is therefore never declared a zombie on the strength of the
+guess alone.
+
+The table is bounded (``max_units``). When it is full, units heard from only once are
+dropped first (oldest first: under a flood of one-shot names they churn among themselves);
+when every tracked unit is armed, a new unit is not tracked. Armed units are never evicted:
+they leave only by being declared (the zombie detector forgets a unit's history then) or
+forgotten, so a silent device is always declared, never silently dropped.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 
 from gateway.s2.config import PhiConfig
@@ -27,6 +41,7 @@ _A = 1.5976
 _B = 0.070566
 MIN_INTERVAL_S = 1e-3
 """Heartbeats closer together than this are one arrival (a batch of readings, not a cadence)."""
+_INF = float("inf")
 
 
 def phi_of(y: float) -> float:
@@ -54,19 +69,25 @@ class _History:
 
     __slots__ = (
         "appended",
+        "armed",
         "deadline",
         "intervals",
         "inv_std",
         "last",
         "mean",
+        "scheduled",
         "seeded",
         "std",
         "sum",
         "sum_sq",
     )
 
-    def __init__(self, now: float, first_interval: float, window: int) -> None:
+    def __init__(self, now: float, first_interval: float, window: int, *, armed: bool) -> None:
         self.last = now
+        self.armed = armed
+        """Has a deadline: a real interval is known, or the unit announced its cadence."""
+        self.scheduled = _INF
+        """The deadline this unit's live heap entry carries (``inf``: no entry)."""
         # Seed like Akka: two intervals around the first estimate so the first real
         # intervals are judged against a plausible cadence, not against nothing. Unlike
         # Akka, the seeds are dropped once enough real intervals exist, so a generous
@@ -88,11 +109,28 @@ class _History:
 class PhiAccrual:
     """Heartbeat histories of many units and their phi, on an injected monotonic clock."""
 
-    def __init__(self, config: PhiConfig, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        config: PhiConfig,
+        clock: Callable[[], float],
+        *,
+        on_evict: Callable[[str], object] | None = None,
+    ) -> None:
+        """``on_evict(unit)`` is called for each unit dropped to make room."""
         self._config = config
         self._clock = clock
         self._histories: dict[str, _History] = {}
+        self._fresh: OrderedDict[str, None] = OrderedDict()
+        """Units not armed (heard from once), oldest first: the first to go when full."""
+        self._due: list[tuple[float, str]] = []
+        """Heap of (deadline, unit); stale entries are skipped (and compacted away)."""
+        self._max = config.max_units
+        self._on_evict = on_evict
         self._y_star = deviations_at(config.threshold)
+        self.evicted = 0
+        """Units heard from once dropped to make room."""
+        self.untracked = 0
+        """Heartbeats of new units not tracked because every slot held an armed unit."""
 
     @property
     def config(self) -> PhiConfig:
@@ -107,19 +145,21 @@ class PhiAccrual:
     def units(self) -> Iterator[str]:
         return iter(self._histories)
 
-    def heartbeat(self, unit: str, expected_interval_s: float | None = None) -> None:
-        """Record a heartbeat; ``expected_interval_s`` seeds a new unit's cadence if known."""
+    def heartbeat(self, unit: str, expected_interval_s: float | None = None) -> bool:
+        """Record a heartbeat; ``expected_interval_s`` seeds a new unit's cadence if known.
+
+        Returns whether ``unit`` is tracked (``False``: the table is full of armed units).
+        """
         now = self._clock()
         history = self._histories.get(unit)
         if history is None:
-            first = expected_interval_s or self._config.first_interval_s
-            history = _History(now, first, self._config.window)
-            self._histories[unit] = history
-            self._refresh(history)
-            return
+            return self._add(unit, now, expected_interval_s)
         interval = now - history.last
         if interval < MIN_INTERVAL_S:
-            return
+            return True
+        if not history.armed:
+            history.armed = True
+            del self._fresh[unit]
         intervals = history.intervals
         if len(intervals) == intervals.maxlen:
             old = intervals[0]
@@ -141,17 +181,49 @@ class PhiAccrual:
             intervals.extend(real)
             history.sum = math.fsum(real)
             history.sum_sq = math.fsum(x * x for x in real)
-        self._refresh(history)
+        self._refresh(unit, history)
+        return True
 
-    def _refresh(self, history: _History) -> None:
+    def _add(self, unit: str, now: float, expected_interval_s: float | None) -> bool:
+        histories = self._histories
+        if len(histories) >= self._max:
+            if not self._fresh:
+                self.untracked += 1
+                return False
+            old, _ = self._fresh.popitem(last=False)
+            del histories[old]
+            self.evicted += 1
+            if self._on_evict is not None:
+                self._on_evict(old)
+        if expected_interval_s is not None and 0 < expected_interval_s < _INF:
+            first, announced = expected_interval_s, True
+        else:
+            first, announced = self._config.first_interval_s, False
+        history = _History(now, first, self._config.window, armed=announced)
+        histories[unit] = history
+        if not announced:
+            self._fresh[unit] = None
+        self._refresh(unit, history)
+        return True
+
+    def _refresh(self, unit: str, history: _History) -> None:
         n = len(history.intervals)
         mean = history.sum / n
         variance = max(0.0, history.sum_sq / n - mean * mean)
         std = max(math.sqrt(variance), self._config.min_std_s, self._config.min_std_ratio * mean)
-        history.mean = mean + self._config.acceptable_pause_s
         history.std = std
         history.inv_std = 1.0 / std
-        history.deadline = history.last + history.mean + self._y_star * std
+        if not history.armed:
+            # no cadence known: y = -inf, so phi is exactly 0 and the deadline never comes
+            history.mean = _INF
+            history.deadline = _INF
+            return
+        history.mean = mean + self._config.acceptable_pause_s
+        deadline = history.last + history.mean + self._y_star * std
+        history.deadline = deadline
+        if deadline < history.scheduled:  # usually later than the entry it has: no push
+            heapq.heappush(self._due, (deadline, unit))
+            history.scheduled = deadline
 
     def phi(self, unit: str) -> float:
         """Current suspicion of ``unit`` (0 for a unit never heard from)."""
@@ -179,20 +251,78 @@ class PhiAccrual:
         return out
 
     def deadline(self, unit: str) -> float:
-        """Clock time at which ``unit``'s phi reaches the threshold if no heartbeat comes."""
+        """Clock time at which ``unit``'s phi reaches the threshold if no heartbeat comes
+        (``inf`` while it is not armed)."""
         return self._histories[unit].deadline
 
     def silence(self, unit: str) -> float:
         return self._clock() - self._histories[unit].last
+
+    def suspicion(self, unit: str) -> tuple[float, float]:
+        """``(mean, 1/std)`` as phi uses them (mean with the pause added): with the last
+        heartbeat they are all phi needs, so a caller can keep phi of a dropped unit."""
+        history = self._histories[unit]
+        return history.mean, history.inv_std
 
     def mean_interval(self, unit: str) -> float:
         history = self._histories[unit]
         return history.sum / len(history.intervals)
 
     def overdue(self) -> list[str]:
-        """Units whose phi is at or above the threshold now (a comparison per unit)."""
+        """Units whose phi is at or above the threshold now (a scan: a comparison per unit)."""
         now = self._clock()
         return [unit for unit, h in self._histories.items() if h.deadline <= now]
+
+    def take_overdue(self, limit: int | None = None) -> list[str]:
+        """Units whose deadline passed since they were last returned here (the sweep).
+
+        Each unit is returned once per silence: again only after a new heartbeat. The cost is
+        the heap entries that came due (``log n`` each), not a pass over every unit: an entry
+        whose unit heartbeat since is moved to the unit's current deadline. At most ``limit``
+        units are returned; the others stay due for the next call.
+        """
+        if limit is None:
+            limit = len(self._histories)
+        now = self._clock()
+        due = self._due
+        histories = self._histories
+        out: list[str] = []
+        while due and len(out) < limit:
+            at, unit = due[0]
+            if at > now:
+                break
+            history = histories.get(unit)
+            if history is None or history.scheduled != at:
+                heapq.heappop(due)  # forgotten, or superseded by an earlier entry
+            elif history.deadline <= now:
+                heapq.heappop(due)
+                history.scheduled = _INF
+                out.append(unit)
+            else:  # heartbeat since: move the entry to the current deadline in one sift
+                history.scheduled = history.deadline
+                heapq.heapreplace(due, (history.deadline, unit))
+        if len(due) > 2 * len(histories) + 64:
+            self._compact()
+        return out
+
+    def _compact(self) -> None:
+        """Rebuild the heap from the live entries (stale ones pile up only when a unit's
+        deadline moved earlier, or it was forgotten with an entry pending)."""
+        self._due = [(h.scheduled, u) for u, h in self._histories.items() if h.scheduled < _INF]
+        heapq.heapify(self._due)
+
+    def scheduled(self) -> int:
+        """Entries in the deadline heap (live and stale)."""
+        return len(self._due)
+
+    @property
+    def capacity(self) -> int:
+        return self._max
+
+    def armed(self, unit: str) -> bool:
+        """Whether ``unit`` has a deadline (a cadence known); ``False`` if not tracked."""
+        history = self._histories.get(unit)
+        return history is not None and history.armed
 
     def max_phi(self) -> float:
         """Highest phi of any unit; safe to call from the metrics thread (copies first)."""
@@ -204,4 +334,5 @@ class PhiAccrual:
         return phi_of(worst)
 
     def forget(self, unit: str) -> None:
-        self._histories.pop(unit, None)
+        if self._histories.pop(unit, None) is not None:
+            self._fresh.pop(unit, None)

@@ -6,7 +6,9 @@
 - :meth:`S2Service.run` is a supervised child: it reports load (outbox depth, ingest backlog,
   CPU) to the adaptive limiter, checks for zombies and sweeps expired leases every second.
 - Every S2 event becomes an :class:`~amcp.wire.telemetry.EventRecord` in the outbox, so it
-  reaches the cloud even after days offline.
+  reaches the cloud even after days offline. Per-device events pass one shared
+  :class:`~gateway.s2.throttle.EventThrottle` (``[s2.events]``); the rest are summarised in
+  one ``s2.events.suppressed`` event at most every ``summary_interval_s``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 import msgspec
 from prometheus_client import CollectorRegistry
 
+from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire.telemetry import EventRecord, Reading
 from gateway.s2.admission import RateGate
@@ -27,6 +30,7 @@ from gateway.s2.events import S2Event
 from gateway.s2.leases import LeaseTable
 from gateway.s2.metrics import S2Collector
 from gateway.s2.stuck import StuckDetector
+from gateway.s2.throttle import EventThrottle
 from gateway.s2.zombies import Reassign, ZombieDetector
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,7 @@ _SEVERITY = {
     "s2.sensor.stuck": "warning",
     "s2.metrics.inconsistent": "warning",
     "s2.lease.expired": "info",
+    "s2.events.suppressed": "warning",
 }
 
 
@@ -63,8 +68,10 @@ class S2Service:
         self.events: asyncio.Queue[EventRecord] = asyncio.Queue(maxsize=10_000)
         self.dropped_events = 0
         self.gate = RateGate(config.limits, clock, emit=self._emit)
-        self.zombies = ZombieDetector(config.phi, clock, emit=self._emit, reassign=reassign)
-        self.stuck = StuckDetector(config.stuck, clock, emit=self._emit)
+        self.throttle = EventThrottle(config.events, clock, self._emit)
+        self.zombies = ZombieDetector(config.phi, clock, reassign=reassign, throttle=self.throttle)
+        self.stuck = StuckDetector(config.stuck, clock, throttle=self.throttle)
+        self._untracked_mark = 0
         self.leases = LeaseTable(
             clock, ttl_s=config.lease_ttl_s, max_queue=config.lease_queue, emit=self._emit
         )
@@ -72,7 +79,13 @@ class S2Service:
 
     def register(self, registry: CollectorRegistry) -> None:
         registry.register(
-            S2Collector(gate=self.gate, leases=self.leases, zombies=self.zombies, stuck=self.stuck)
+            S2Collector(
+                gate=self.gate,
+                leases=self.leases,
+                zombies=self.zombies,
+                stuck=self.stuck,
+                throttle=self.throttle,
+            )
         )
 
     def _emit(self, event: S2Event) -> None:
@@ -111,27 +124,53 @@ class S2Service:
         for name, value in readings.items():
             if name in signals:
                 self.gate.observe_load(name, value)
+        self.gate.tick_if_due()  # prunes idle limiter keys even when no reading comes
         self.zombies.check()
+        self._summarise()
         self.leases.sweep()
+
+    def _summarise(self) -> None:
+        phi = self.zombies.phi
+        untracked = phi.untracked + phi.evicted
+        self.throttle.tick(
+            zombies=self.zombies.count(),
+            sensors_stuck=self.stuck.stuck_count,
+            untracked=untracked - self._untracked_mark,
+        )
+        self._untracked_mark = untracked
+
+    async def _append(
+        self, append: Callable[[list[EventRecord]], object], batch: list[EventRecord]
+    ) -> list[EventRecord]:
+        """Hand a batch to the outbox; returns it back when the disk is full (kept to try
+        again at the next tick, at most the event queue's size; beyond it, counted drops)."""
+        try:
+            result = append(batch)
+            if asyncio.iscoroutine(result):
+                await result
+        except StorageFullError:
+            keep = self.events.maxsize
+            self.dropped_events += max(0, len(batch) - keep)
+            return batch[-keep:]
+        return []
 
     async def run(self, ctx: ChildContext, append: Callable[[list[EventRecord]], object]) -> None:
         """Tick every second and move S2 events into the outbox (``append`` is awaited)."""
         ctx.ready()
         interval = self.config.limits.adaptive.interval_s
         next_tick = time.monotonic()
+        held: list[EventRecord] = []  # events a full disk kept out of the outbox
         while True:
             timeout = max(0.0, next_tick - time.monotonic())
             try:
                 first = await asyncio.wait_for(self.events.get(), timeout)
             except TimeoutError:
                 first = None
-            if first is not None:
-                batch = [first]
+            if first is not None or held:
+                batch = held + ([first] if first is not None else [])
                 while not self.events.empty() and len(batch) < 1000:
                     batch.append(self.events.get_nowait())
-                result = append(batch)
-                if asyncio.iscoroutine(result):
-                    await result
+                held = await self._append(append, batch)
             if time.monotonic() >= next_tick:
                 self.tick()
                 next_tick = time.monotonic() + interval
