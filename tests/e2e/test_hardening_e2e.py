@@ -199,3 +199,63 @@ async def test_cloud_killed_during_a_stream_is_caught_up_without_waiting_the_ack
         assert c.get("cybernetic_cloud_batch_nacks_total:reason=stale", 0) >= 1
     finally:
         await asyncio.to_thread(stack.close)
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _flood_names(stack: Stack, names: int) -> None:
+    """One reading from each of ``names`` distinct devices (the service account may publish
+    under any device's topic), QoS 1, acknowledged by the broker."""
+    client = _raw_client(
+        stack.edge.host, stack.edge.port, "gateway", stack.edge.password("gateway")
+    )
+    try:
+        infos = []
+        for i in range(names):
+            payload = b'{"seq": 1, "boot": "b", "values": {"v": 1}}'
+            infos.append(client.publish(f"devices/flood-{i}/telemetry", payload, qos=1))
+            if len(infos) >= 500:
+                for info in infos:
+                    info.wait_for_publish(30)
+                infos.clear()
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+@pytest.mark.slow
+async def test_fifty_thousand_device_names_keep_gateway_memory_flat(tmp_path: Path) -> None:
+    """Finding 7: 50,000 distinct names (auto-registration on) grew the gateway from 47 to
+    158 MiB and still growing. Now at most [ingest] max_devices are taken (the rest refused and
+    counted) and S2's tables are capped: memory stays flat and the gateway stays up."""
+    stack = Stack(tmp_path / "stack", gateway={"ingest": {"max_devices": 5000}})
+    try:
+        stack.start()
+        await asyncio.to_thread(stack.wait_gateway_ready)
+        assert stack.gateway_proc is not None
+        await asyncio.to_thread(_flood_names, stack, 2000)  # warm up: imports, caches, pages
+        assert await asyncio.to_thread(stack.wait_cloud_count, 2000, 60) == 2000
+        before = _rss_mib(stack.gateway_proc.pid)
+        await asyncio.to_thread(_flood_names, stack, 50_000)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            m = await asyncio.to_thread(scrape, stack.gateway_metrics)
+            if sum(_rejected(m).values()) >= 45_000:  # counted after each batch's commit
+                break
+            await asyncio.sleep(0.5)
+        assert m["cybernetic_ingest_messages_total"] == 52_000
+        # flood-0..1999 again (known), flood-2000..4999 new, the other 45,000 refused
+        assert _rejected(m) == {"too_many_devices": 45_000}
+        assert await asyncio.to_thread(stack.wait_cloud_count, 5000, 60) == 5000
+        grown = _rss_mib(stack.gateway_proc.pid) - before
+        assert grown < 30, f"gateway RSS grew {grown:.1f} MiB over 50,000 names"
+        _alive(stack)
+    finally:
+        await asyncio.to_thread(stack.close)
