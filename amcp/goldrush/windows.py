@@ -120,34 +120,3 @@ class Window:
         while len(states) > self.spec.max_keys:
             states.popitem(last=False)
             self.evicted += 1
-
-
-def bench_windowed(events: list[dict[str, Any]], runs: int) -> dict[str, object]:
-    """``windowed_events_per_s``: 100 windowed patterns, each "3 times within 60 s per
-    device", driven by the event stream (used by ``cybernetic bench rules``)."""
-    import statistics  # noqa: PLC0415 - bench-only helpers
-
-    from amcp.goldrush.situations import RuleEngine  # noqa: PLC0415 - avoids a cycle
-
-    patterns = {
-        f"w{i:03d}": f"device == 'dev-{i:03d}' and temp > {80 + i % 10}" for i in range(50)
-    } | {f"w{i:03d}": f"cpu > {90 + i % 10} and mem > {i}" for i in range(50, 100)}
-    windows = {
-        f"win{i:03d}": WindowSpec(pattern=pid, count=3, within_s=60.0)
-        for i, pid in enumerate(patterns)
-    }
-    fake_now = [0.0]
-    engine = RuleEngine.build(patterns, windows=windows, clock=lambda: fake_now[0])
-    rates: list[float] = []
-    fired = 0
-    for _ in range(runs):
-        start = time.perf_counter()
-        for i, ev in enumerate(events):
-            fake_now[0] = i * 0.01  # 100 events per simulated second
-            fired += len(engine.process(ev))
-        rates.append(len(events) / (time.perf_counter() - start))
-    return {
-        "windowed_patterns": len(windows),
-        "windowed_events_per_s": round(statistics.median(rates)),
-        "windowed_outputs_per_event": round(fired / (len(events) * runs), 4),
-    }

@@ -151,7 +151,6 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run ``main`` on uvloop when it is installed, else on the default loop."""
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up
-
-        return uvloop.run(main())
-    except ImportError:
+    except ImportError:  # only the import: an ImportError inside main must not run it twice
         return asyncio.run(main())
+    return uvloop.run(main())
