@@ -1,10 +1,20 @@
 """`cybernetic devices add|rotate|remove|list`: device accounts on the gateway's local broker.
 
-Each device logs in to the local Mosquitto with its own username (its device id) and password;
-the broker's ACL keeps it to ``devices/<its id>/…``, so right credentials still cannot publish
-as another device. Passwords are generated here, hashed by ``mosquitto_passwd`` (PBKDF2-SHA512)
-into the password file, and printed **once**: nothing else keeps them. The password reaches
-``mosquitto_passwd`` on its stdin, never on a command line another user could read in ``ps``.
+Each device logs in to the local Mosquitto's device listeners with its own username (its device
+id) and password, from the **device** password file (``/etc/cybernetic/mosquitto/devices.passwd``;
+the gateway's service accounts are in another file, for the loopback service listener only).
+There its client id is its username (``use_username_as_clientid``) and the broker's ACL lets it
+write only ``devices/<its id>/telemetry`` and ``devices/<its id>/responses/+`` and read only
+``devices/<its id>/commands/#``, so right credentials still cannot publish as another device.
+Passwords are generated here, hashed by ``mosquitto_passwd`` (PBKDF2-SHA512) into the password
+file, and printed **once**: nothing else keeps them. The password reaches ``mosquitto_passwd`` on
+its stdin, never on a command line another user could read in ``ps``.
+
+Because a device's name is its client id, ``add`` refuses names a service client uses or could
+use: the service accounts, the gateway's id and ``<gateway id>-…`` (read from the gateway's
+configuration, or ``--gateway-id``), and any name ending like a service client id
+(``-ingest``, ``-s1``, ``-rules``, …). A device with such a name could take over, and with a
+clean session discard, the session of the gateway client of that id.
 
 After a change the broker must reload the file: pass ``--pid`` / ``--pid-file`` to send it
 SIGHUP, or run ``systemctl reload mosquitto``.
@@ -23,19 +33,27 @@ import secrets
 import signal
 import socket
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
 from amcp.crypto.pki import FleetCA, PkiError, write_secret_file
+from amcp.runtime.config import apply_env
 
 PASSWD_BIN = "mosquitto_passwd"  # noqa: S105 - a program name
-DEFAULT_PASSWD = "/etc/cybernetic/mosquitto/passwd"  # noqa: S105 - a path
+DEFAULT_PASSWD = "/etc/cybernetic/mosquitto/devices.passwd"  # noqa: S105 - a path
+DEFAULT_GATEWAY_CONFIG = "/etc/cybernetic/gateway.toml"
 DEFAULT_TLS_DIR = "/etc/cybernetic/mosquitto/tls"
 SERVER_VALID_S = 825 * 86400.0
 """The broker certificate's lifetime: the longest that TLS clients commonly still accept."""
 RESERVED = frozenset({"gateway", "cloud", "enrol"})
 """Service accounts: not devices, never created or removed by this command."""
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SERVICE_CLIENT_ID = re.compile(
+    r"-(ingest|rules|s1|s1-devices|uplink|sync|enrolment|enrol-[0-9A-Fa-f]+)$"
+)
+"""How the gateway's and the cloud's own client ids end (``<gateway id>-ingest``,
+``cloud-s1``, ...: gateway/ingest.py, gateway/s1, gateway/rules, amcp/sync, cloud/)."""
 
 
 class DeviceAccountError(Exception):
@@ -60,6 +78,47 @@ def _check_name(name: str) -> None:
         raise DeviceAccountError(f"{name!r} is a service account, not a device")
 
 
+def check_not_a_service_client_id(name: str, gateway_id: str | None) -> None:
+    """Refuse a device name that is, or looks like, a service client's id.
+
+    On the device listeners a device's client id is its name; a device named like the
+    gateway's ingest client could take over that session and discard its queued readings."""
+    if gateway_id is not None and (name == gateway_id or name.startswith(f"{gateway_id}-")):
+        raise DeviceAccountError(
+            f"{name!r} is, or starts like, a client id of gateway {gateway_id!r} "
+            f"({gateway_id}-ingest, {gateway_id}-s1, ...): a device's client id is its name, "
+            "so it could take over that client's session; choose another name"
+        )
+    match = _SERVICE_CLIENT_ID.search(name)
+    if match is not None:
+        raise DeviceAccountError(
+            f"{name!r} ends like a service client id ('-{match.group(1)}'): a device's client "
+            "id is its name, so it could take over that client's session; choose another name"
+        )
+
+
+def gateway_id_from(config: Path) -> str | None:
+    """The gateway's ``[gateway] id`` (environment overrides included, as the daemon reads
+    it); None when there is no such file. Only the id is read: a device can be added while
+    other sections are still being written."""
+    if not config.exists():
+        return None
+    problem = "no [gateway] id"
+    try:
+        data = apply_env(tomllib.loads(config.read_text()), os.environ)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        problem = str(exc)
+    else:
+        section = data.get("gateway")
+        gateway_id = section.get("id") if isinstance(section, dict) else None
+        if isinstance(gateway_id, str) and gateway_id:
+            return gateway_id
+    raise DeviceAccountError(
+        f"cannot read the gateway's id from {config} to check the name against its client "
+        f"ids ({problem[:200]}); fix it or pass --gateway-id"
+    )
+
+
 def set_password(passwd_file: Path, name: str, password: str) -> None:
     """Create or update ``name``'s hashed password in the broker's password file."""
     if not passwd_file.exists():
@@ -78,9 +137,10 @@ def set_password(passwd_file: Path, name: str, password: str) -> None:
         )
 
 
-def add(passwd_file: Path, name: str) -> str:
+def add(passwd_file: Path, name: str, *, gateway_id: str | None = None) -> str:
     """A new device account; returns its generated password (show it once)."""
     _check_name(name)
+    check_not_a_service_client_id(name, gateway_id)
     if name in users(passwd_file):
         raise DeviceAccountError(f"device {name!r} exists (use rotate)")
     password = generate_password()
@@ -158,8 +218,16 @@ def register(sub: Any) -> None:
         "--passwd",
         type=Path,
         default=Path(os.environ.get("CYBERNETIC_PASSWD_FILE", DEFAULT_PASSWD)),
-        help="Mosquitto password file (default: $CYBERNETIC_PASSWD_FILE or %(default)s)",
+        help="the broker's device password file (default: $CYBERNETIC_PASSWD_FILE or %(default)s)",
     )
+    parser.add_argument(
+        "--gateway-config",
+        type=Path,
+        default=Path(os.environ.get("CYBERNETIC_GATEWAY_CONFIG", DEFAULT_GATEWAY_CONFIG)),
+        help="gateway.toml, for the gateway id new device names must not collide with "
+        "(default: $CYBERNETIC_GATEWAY_CONFIG or %(default)s; skipped when absent)",
+    )
+    parser.add_argument("--gateway-id", help="the gateway's id (instead of --gateway-config)")
     reload_group = parser.add_mutually_exclusive_group()
     reload_group.add_argument("--pid", type=int, help="send the broker SIGHUP after the change")
     reload_group.add_argument("--pid-file", type=Path, help="read the broker's pid from a file")
@@ -206,7 +274,11 @@ def _handle(args: argparse.Namespace) -> int:
             remove(path, name)
             print(f"device {name} removed")
         else:
-            password = add(path, name) if verb == "add" else rotate(path, name)
+            if verb == "add":
+                gateway_id = args.gateway_id or gateway_id_from(args.gateway_config)
+                password = add(path, name, gateway_id=gateway_id)
+            else:
+                password = rotate(path, name)
             print(f"device {name} {'added' if verb == 'add' else 'rotated'}")
             print(f"password (shown once, store it on the device): {password}")
         pid = _pid(args)

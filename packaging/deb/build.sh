@@ -146,14 +146,19 @@ TLS = Path("/etc/cybernetic/mosquitto/tls")  # made by postinst: `cybernetic dev
 Path(sys.argv[2]).write_text(
     render_config(
         port=1883,
-        bind="127.0.0.1",  # plain MQTT for the gateway and tools on this host only
+        bind="127.0.0.1",  # plain MQTT for the gateway's services on this host only
         state_dir=Path("/var/lib/mosquitto"),
+        # the service listener's accounts (the gateway's): made by postinst
         password_file=Path("/etc/cybernetic/mosquitto/passwd"),
         acl_file=Path("/etc/cybernetic/mosquitto/acl"),
+        # devices' accounts (`cybernetic devices add`), for the device listener (8883) only;
+        # there a device's client id is its username
+        device_password_file=Path("/etc/cybernetic/mosquitto/devices.passwd"),
         log_file=None,  # stderr, which systemd sends to the journal
         run_as="mosquitto",
         # devices on the local network: TLS, the broker proves itself, devices log in with
-        # their password, which never crosses the network in the clear
+        # their password, which never crosses the network in the clear (no plain device
+        # listener: device_port is not set)
         tls=TlsListener(
             cafile=TLS / "devices-ca.pem",
             certfile=TLS / "server.pem",

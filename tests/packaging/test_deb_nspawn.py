@@ -140,7 +140,8 @@ def test_a_device_reading_reaches_the_cloud_tier(device: Container) -> None:
     # broker accounts for the cloud tier and a device, the link secret enrolled on the cloud
     passwd = "/etc/cybernetic/mosquitto/passwd"
     box.sh("mosquitto_passwd", "-b", passwd, "cloud", "cloud-secret")
-    box.sh("mosquitto_passwd", "-b", passwd, "sensor-1", "sensor-secret")
+    devices = "/etc/cybernetic/mosquitto/devices.passwd"
+    box.sh("mosquitto_passwd", "-b", devices, "sensor-1", "sensor-secret")
     box.sh("sh", "-c", "printf cloud-secret > /etc/cybernetic/secrets/cloud-broker.password")
     box.sh(
         "install",
@@ -181,15 +182,18 @@ def test_a_device_reading_reaches_the_cloud_tier(device: Container) -> None:
         "'{\"seq\": 1, \"t\": 21.5}', qos=1, hostname='127.0.0.1', port=1883, "
         "auth={'username': 'sensor-1', 'password': 'sensor-secret'})"
     )
-    box.sh("/opt/cybernetic-edge/bin/python", "-c", publish)
+    # a device account does not log in on the loopback service listener (1883)
+    python = "/opt/cybernetic-edge/bin/python"
+    assert box.sh(python, "-c", publish, check=False).returncode != 0
     # a device on the network: TLS on 8883, trusting the gateway's device CA, its password
-    over_tls = (
-        "import paho.mqtt.publish as p; p.single('devices/sensor-1/telemetry', "
-        "'{\"seq\": 2, \"t\": 21.6}', qos=1, hostname='127.0.0.1', port=8883, "
-        "auth={'username': 'sensor-1', 'password': 'sensor-secret'}, "
-        "tls={'ca_certs': '/etc/cybernetic/mosquitto/tls/devices-ca.pem'})"
-    )
-    box.sh("/opt/cybernetic-edge/bin/python", "-c", over_tls)
+    for seq in (1, 2):
+        over_tls = (
+            "import paho.mqtt.publish as p; p.single('devices/sensor-1/telemetry', "
+            f"'{{\"seq\": {seq}, \"t\": 21.6}}', qos=1, hostname='127.0.0.1', port=8883, "
+            "auth={'username': 'sensor-1', 'password': 'sensor-secret'}, "
+            "tls={'ca_certs': '/etc/cybernetic/mosquitto/tls/devices-ca.pem'})"
+        )
+        box.sh(python, "-c", over_tls)
 
     def stored() -> float:
         text = box.sh("python3", "-c", FETCH, "http://127.0.0.1:9465/metrics").stdout

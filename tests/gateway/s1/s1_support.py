@@ -78,9 +78,15 @@ def device(
     silent: bool = False,
 ) -> DeviceResponder:
     password = os.urandom(8).hex()
-    broker.add_user(name, password)
+    broker.add_device(name, password)
+    assert broker.device_port is not None
     return DeviceResponder(
-        name, handlers, host=broker.host, port=broker.port, password=password, silent=silent
+        name,
+        handlers,
+        host=broker.host,
+        port=broker.device_port,
+        password=password,
+        silent=silent,
     )
 
 

@@ -226,12 +226,13 @@ async def test_a_garbled_reply_is_counted_and_the_command_goes_on(
     UnicodeDecodeError for them) is counted as malformed; its next, good reply completes."""
     name = f"{topic}-raw"
     password = os.urandom(8).hex()
-    broker.add_user(name, password)
+    broker.add_device(name, password)
+    assert broker.device_port is not None
     rig = await _rig(store, broker, name)
     async with running(rig.executor.run(ChildContext("x"))):
         await rig.executor.wait_connected(10)
         async with aiomqtt.Client(
-            broker.host, broker.port, username=name, password=password
+            broker.host, broker.device_port, username=name, password=password
         ) as dev:
             await dev.subscribe(f"devices/{name}/commands/+", qos=1)
             intent = asyncio.create_task(rig.run("sensor.measure", {"n": 1}))
