@@ -86,22 +86,27 @@ class SimulatedDevice:
                 await asyncio.sleep(1.0)
 
     async def _publish(self, host: str, port: int, boot: str) -> None:
-        temp = random.uniform(18, 24)
         async with aiomqtt.Client(host, port, username=self.name, password=self.password) as client:
-            while True:
-                temp += random.uniform(-0.3, 0.3)
-                payload = {
-                    "seq": self.published + 1,
-                    "boot": boot,
-                    "ts": int(time.time() * 1000),
-                    "values": {
-                        "temp": round(temp, 2),
-                        "humidity": round(random.uniform(30, 60), 1),
-                    },
-                }
-                await client.publish(f"devices/{self.name}/telemetry", json.dumps(payload), qos=1)
-                self.published += 1
-                await asyncio.sleep(self.interval)
+            await self.stream(client, boot)
+
+    async def stream(self, client: aiomqtt.Client, boot: str | None = None) -> None:
+        """Publish readings on an open connection until cancelled."""
+        boot = boot or f"{self.name}-{int(time.time())}"
+        temp = random.uniform(18, 24)
+        while True:
+            temp += random.uniform(-0.3, 0.3)
+            payload = {
+                "seq": self.published + 1,
+                "boot": boot,
+                "ts": int(time.time() * 1000),
+                "values": {
+                    "temp": round(temp, 2),
+                    "humidity": round(random.uniform(30, 60), 1),
+                },
+            }
+            await client.publish(f"devices/{self.name}/telemetry", json.dumps(payload), qos=1)
+            self.published += 1
+            await asyncio.sleep(self.interval)
 
 
 def _account(stack: Stack, devices: list[SimulatedDevice], elapsed: float) -> str:
@@ -166,7 +171,7 @@ async def run_demo(opts: DemoOptions) -> int:
         ]
         stack.start()
         _say(f"Cybernetic Edge demo: state in {state}")
-        edge, cloud = stack.edge.port, stack.cloud_broker.tls_port or stack.cloud_broker.port
+        edge, cloud = stack.edge.device_port, stack.cloud_broker.tls_port or stack.cloud_broker.port
         _say(
             f"  edge broker 127.0.0.1:{edge}, cloud broker 127.0.0.1:{cloud}"
             " (mutual TLS; the gateway enrolled with a one-time token)"
@@ -181,12 +186,15 @@ async def run_demo(opts: DemoOptions) -> int:
             devices[0].name,
             temperature_handlers(),
             host=stack.edge.host,
-            port=stack.edge.port,
+            port=stack.edge.device_port,
             password=devices[0].password,
         )
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(d.run(stack.edge.host, stack.edge.port)) for d in devices]
-            tasks.append(tg.create_task(responder.run()))
+            # sensor-01 answers commands and publishes on one connection, as a device does
+            tasks = [
+                tg.create_task(d.run(stack.edge.host, stack.edge.device_port)) for d in devices[1:]
+            ]
+            tasks.append(tg.create_task(responder.run(also=devices[0].stream)))
             tasks.append(tg.create_task(_send_intent(stack, started)))
             try:
                 while not stop.is_set():

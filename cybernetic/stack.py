@@ -174,8 +174,9 @@ class Stack:
         return self.state / "gateway" / "outbox.sqlite3"
 
     def add_device(self, name: str) -> str:
+        """A device account on the edge broker (it logs in on ``edge.device_port``)."""
         password = os.urandom(12).hex()
-        self.edge.add_user(name, password)
+        self.edge.add_device(name, password)
         return password
 
     # -- processes ----------------------------------------------------------------------

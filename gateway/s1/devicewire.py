@@ -1,9 +1,9 @@
 """The command protocol between a gateway and a device on the local broker (JSON).
 
 Devices are small MQTT clients, not aMCP nodes: the local broker's ACL is their trust
-boundary (a device may write only ``devices/{itself}/#`` and read only
-``devices/{itself}/commands/#``), so these messages are plain JSON, easy to speak from
-firmware. One command, many replies::
+boundary (a device may write only ``devices/{itself}/telemetry`` and
+``devices/{itself}/responses/+``, and read only ``devices/{itself}/commands/#``), so these
+messages are plain JSON, easy to speak from firmware. One command, many replies::
 
     gateway → devices/{device}/commands/{command_id}   DeviceCommand
     device  → devices/{device}/responses/{command_id}  DeviceReply (0..n progress/partial,

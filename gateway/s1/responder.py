@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +80,10 @@ class DeviceResponder:
         self.subscribed = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
 
-    async def run(self) -> None:
+    async def run(self, also: Callable[[aiomqtt.Client], Awaitable[None]] | None = None) -> None:
+        """Answer commands until cancelled. ``also`` runs beside it on the same connection (a
+        device's telemetry): the broker gives each device one connection, its client id being
+        its username, so a second login would end the first."""
         async with (
             aiomqtt.Client(
                 self.host, self.port, username=self.device, password=self.password
@@ -89,6 +92,8 @@ class DeviceResponder:
         ):
             await client.subscribe(f"devices/{self.device}/commands/+", qos=1)
             self.subscribed.set()
+            if also is not None:
+                tg.create_task(also(client))
             async for message in client.messages:
                 try:
                     command = COMMAND_DECODER.decode(message.payload)

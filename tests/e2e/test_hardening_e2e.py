@@ -33,7 +33,7 @@ def _raw_client(host: str, port: int, user: str, password: str) -> paho.Client:
 
 def _publish_raw(stack: Stack, device: str, password: str, payloads: list[bytes]) -> None:
     """Publish each payload at QoS 1 on the device's telemetry topic and wait for PUBACKs."""
-    client = _raw_client(stack.edge.host, stack.edge.port, device, password)
+    client = _raw_client(stack.edge.host, stack.edge.device_port, device, password)
     try:
         for payload in payloads:
             client.publish(f"devices/{device}/telemetry", payload, qos=1).wait_for_publish(10)
@@ -141,12 +141,12 @@ async def test_full_disk_pauses_ingest_and_resumes_when_space_returns(tmp_path: 
             stack.start()
             await asyncio.to_thread(stack.wait_gateway_ready)
             await publish_readings(
-                stack.edge.host, stack.edge.port, "dev-d", password, range(1, 101)
+                stack.edge.host, stack.edge.device_port, "dev-d", password, range(1, 101)
             )
             assert await asyncio.to_thread(stack.wait_cloud_count, 100, 30) == 100
             filler = await asyncio.to_thread(_fill, state)
             await publish_readings(
-                stack.edge.host, stack.edge.port, "dev-d", password, range(101, 2101)
+                stack.edge.host, stack.edge.device_port, "dev-d", password, range(101, 2101)
             )
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
@@ -184,12 +184,16 @@ async def test_cloud_killed_during_a_stream_is_caught_up_without_waiting_the_ack
         password = stack.add_device("dev-c")
         stack.start()
         await asyncio.to_thread(stack.wait_gateway_ready)
-        await publish_readings(stack.edge.host, stack.edge.port, "dev-c", password, range(1, 201))
+        await publish_readings(
+            stack.edge.host, stack.edge.device_port, "dev-c", password, range(1, 201)
+        )
         assert await asyncio.to_thread(stack.wait_cloud_count, 200, 30) == 200
         stack.kill_cloud()
         # sent while the cloud is away: they wait in its broker session, stamped before the
         # cloud's unclean restart
-        await publish_readings(stack.edge.host, stack.edge.port, "dev-c", password, range(201, 701))
+        await publish_readings(
+            stack.edge.host, stack.edge.device_port, "dev-c", password, range(201, 701)
+        )
         await asyncio.sleep(1)
         stack.start_cloud()
         await asyncio.to_thread(stack.wait_cloud_ready)

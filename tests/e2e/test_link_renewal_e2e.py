@@ -17,7 +17,7 @@ async def test_link_secret_renewals_keep_every_reading(tmp_path: Path) -> None:
         await asyncio.to_thread(stack.wait_gateway_ready)
         # ~6 s of readings across several renewals of the link secret
         await publish_readings(
-            stack.edge.host, stack.edge.port, "renew-dev", pw, range(1, 1201), rate=200
+            stack.edge.host, stack.edge.device_port, "renew-dev", pw, range(1, 1201), rate=200
         )
         count = await asyncio.to_thread(stack.wait_cloud_count, 1200, 60)
         log = stack.log("gateway")

@@ -67,7 +67,7 @@ async def _publish(
     stack: Stack, device: str, password: str, humidity: list[float], start: int
 ) -> None:
     async with aiomqtt.Client(
-        stack.edge.host, stack.edge.port, username=device, password=password
+        stack.edge.host, stack.edge.device_port, username=device, password=password
     ) as c:
         for i, h in enumerate(humidity):
             seq = start + i

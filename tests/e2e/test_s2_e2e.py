@@ -39,12 +39,14 @@ async def test_flood_is_limited_and_a_silent_device_becomes_a_zombie_event(tmp_p
         await asyncio.to_thread(stack.wait_gateway_ready)
 
         await asyncio.gather(
-            publish_readings(stack.edge.host, stack.edge.port, "flood", flood, range(1, 1001)),
             publish_readings(
-                stack.edge.host, stack.edge.port, "calm", calm, range(1, 101), rate=50
+                stack.edge.host, stack.edge.device_port, "flood", flood, range(1, 1001)
             ),
             publish_readings(
-                stack.edge.host, stack.edge.port, "quiet", quiet, range(1, 31), rate=10
+                stack.edge.host, stack.edge.device_port, "calm", calm, range(1, 101), rate=50
+            ),
+            publish_readings(
+                stack.edge.host, stack.edge.device_port, "quiet", quiet, range(1, 31), rate=10
             ),
         )
         # quiet now stops talking; calm continues, so the gateway keeps ticking
@@ -53,7 +55,7 @@ async def test_flood_is_limited_and_a_silent_device_becomes_a_zombie_event(tmp_p
         seq = 101
         while time.monotonic() < deadline and not zombie:
             await publish_readings(
-                stack.edge.host, stack.edge.port, "calm", calm, range(seq, seq + 10), rate=20
+                stack.edge.host, stack.edge.device_port, "calm", calm, range(seq, seq + 10), rate=20
             )
             seq += 10
             zombie = [e for e in _events(stack) if e[0] == "s2.zombie" and e[1] == "quiet"]

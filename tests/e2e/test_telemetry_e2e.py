@@ -29,7 +29,9 @@ async def _publish_all(
 ) -> None:
     await asyncio.gather(
         *(
-            publish_readings(stack.edge.host, stack.edge.port, d, pw, range(1, n + 1), rate=rate)
+            publish_readings(
+                stack.edge.host, stack.edge.device_port, d, pw, range(1, n + 1), rate=rate
+            )
             for d, pw in devices.items()
         )
     )
@@ -129,7 +131,9 @@ async def test_outbox_cap_applies_policy_counts_drops_and_stays_up(tmp_path: Pat
         stack.start_gateway()  # no cloud process: nothing is acknowledged, the outbox fills
         stack.cloud_broker.stop()
         await asyncio.to_thread(stack.wait_gateway_ready)
-        await publish_readings(stack.edge.host, stack.edge.port, "dev-cap", dev, range(1, 1001))
+        await publish_readings(
+            stack.edge.host, stack.edge.device_port, "dev-cap", dev, range(1, 1001)
+        )
         deadline = time.monotonic() + 60  # generous for a loaded CI machine; success ends early
         g: dict[str, float] = {}
         while time.monotonic() < deadline:
@@ -173,7 +177,7 @@ async def test_bad_payloads_are_refused_with_reasons_while_good_traffic_flows(
 
         async def bad_traffic() -> None:
             async with aiomqtt.Client(
-                stack.edge.host, stack.edge.port, username="noisy", password=noisy
+                stack.edge.host, stack.edge.device_port, username="noisy", password=noisy
             ) as c:
                 for i in range(20):
                     await c.publish("devices/noisy/telemetry", b"{not json", qos=1)
@@ -183,14 +187,14 @@ async def test_bad_payloads_are_refused_with_reasons_while_good_traffic_flows(
                     )
                     await c.publish("devices/noisy/telemetry", f'{{"seq": {i + 1}, "t": 1}}', qos=1)
             async with aiomqtt.Client(
-                stack.edge.host, stack.edge.port, username="stranger", password=stranger
+                stack.edge.host, stack.edge.device_port, username="stranger", password=stranger
             ) as c:
                 for _ in range(5):
                     await c.publish("devices/stranger/telemetry", b'{"t": 1}', qos=1)
 
         await asyncio.gather(
             bad_traffic(),
-            publish_readings(stack.edge.host, stack.edge.port, "good", good, range(1, 501)),
+            publish_readings(stack.edge.host, stack.edge.device_port, "good", good, range(1, 501)),
         )
         assert await asyncio.to_thread(stack.wait_cloud_count, 520, 30) == 520
         await asyncio.sleep(0.5)
@@ -214,6 +218,8 @@ async def test_backlog_queued_while_the_gateway_was_down_arrives_to_the_last_rea
     stack.start()
     await asyncio.to_thread(stack.wait_gateway_ready)
     stack.stop_gateway()  # its persistent session keeps collecting readings in the broker
-    await publish_readings(stack.edge.host, stack.edge.port, "dev-backlog", dev, range(1, 751))
+    await publish_readings(
+        stack.edge.host, stack.edge.device_port, "dev-backlog", dev, range(1, 751)
+    )
     stack.start_gateway()
     assert await asyncio.to_thread(stack.wait_cloud_count, 750, 60) == 750, _diagnose(stack)

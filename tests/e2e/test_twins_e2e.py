@@ -34,7 +34,7 @@ async def test_a_devices_reported_twin_reaches_the_cloud(tmp_path: Path) -> None
         pw = stack.add_device("twin-dev")
         stack.start()
         await asyncio.to_thread(stack.wait_gateway_ready)
-        await publish_readings(stack.edge.host, stack.edge.port, "twin-dev", pw, range(1, 6))
+        await publish_readings(stack.edge.host, stack.edge.device_port, "twin-dev", pw, range(1, 6))
         deadline = time.monotonic() + 30
         twin: dict[str, object] = {}
         while time.monotonic() < deadline and twin.get("load") != 5:

@@ -49,7 +49,10 @@ async def test_no_secret_appears_in_logs_metrics_or_errors(
         # device accounts through the command line; each password is printed exactly once
         pw = {}
         for name in ("dev-1", "dev-2"):
-            assert main(["devices", "--passwd", str(stack.edge.password_file), "add", name]) == 0
+            assert (
+                main(["devices", "--passwd", str(stack.edge.device_password_file), "add", name])
+                == 0
+            )
             out = capsys.readouterr().out
             shown = re.search(r"password \(shown once[^)]*\): (\S+)", out)
             assert shown is not None
@@ -65,12 +68,14 @@ async def test_no_secret_appears_in_logs_metrics_or_errors(
         stack.start()
         await asyncio.to_thread(stack.wait_gateway_ready)
         for name, password in pw.items():
-            await publish_readings(stack.edge.host, stack.edge.port, name, password, range(1, 201))
+            await publish_readings(
+                stack.edge.host, stack.edge.device_port, name, password, range(1, 201)
+            )
         assert await asyncio.to_thread(stack.wait_cloud_count, 400, 60) == 400
         # wrong credentials: the error must not echo the password
         with pytest.raises(Exception) as err:
             await publish_readings(
-                stack.edge.host, stack.edge.port, "dev-1", pw["dev-2"], range(1, 2)
+                stack.edge.host, stack.edge.device_port, "dev-1", pw["dev-2"], range(1, 2)
             )
         public_outputs.append(str(err.value))
         paths = EnrolPaths(stack.enrol_dir)

@@ -47,7 +47,9 @@ async def _can_connect(link: BrokerLink, client_id: str = "probe") -> bool:
 
 
 async def _publish(stack: Stack, device: str, password: str, seqs: range, rate: float) -> None:
-    await publish_readings(stack.edge.host, stack.edge.port, device, password, seqs, rate=rate)
+    await publish_readings(
+        stack.edge.host, stack.edge.device_port, device, password, seqs, rate=rate
+    )
 
 
 async def test_enrolled_gateway_delivers_over_mutual_tls(stack: Stack, tmp_path: Path) -> None:

@@ -53,7 +53,9 @@ async def test_policy_enforced_on_live_telemetry(tmp_path: Path) -> None:
             while not (gw.ingest.connected and gw.uplink.connected):  # noqa: ASYNC110 - no event to wait on
                 await asyncio.sleep(0.05)
         # publish_readings sends temp = 20 + seq % 10 and load = seq % 100
-        await publish_readings(stack.edge.host, stack.edge.port, "dev-p", password, range(1, 101))
+        await publish_readings(
+            stack.edge.host, stack.edge.device_port, "dev-p", password, range(1, 101)
+        )
         kept = [s for s in range(1, 101) if 20 + s % 10 < 28]
         assert await asyncio.to_thread(stack.wait_cloud_count, len(kept), 90) == len(kept)
         with contextlib.closing(sqlite3.connect(stack.cloud_db)) as db:
