@@ -171,7 +171,7 @@ async def run_demo(opts: DemoOptions) -> int:
         ]
         stack.start()
         _say(f"Cybernetic Edge demo: state in {state}")
-        edge, cloud = stack.edge.device_port, stack.cloud_broker.tls_port or stack.cloud_broker.port
+        edge, cloud = stack.device_port, stack.cloud_broker.tls_port or stack.cloud_broker.port
         _say(
             f"  edge broker 127.0.0.1:{edge}, cloud broker 127.0.0.1:{cloud}"
             " (mutual TLS; the gateway enrolled with a one-time token)"
@@ -186,14 +186,12 @@ async def run_demo(opts: DemoOptions) -> int:
             devices[0].name,
             temperature_handlers(),
             host=stack.edge.host,
-            port=stack.edge.device_port,
+            port=stack.device_port,
             password=devices[0].password,
         )
         async with asyncio.TaskGroup() as tg:
             # sensor-01 answers commands and publishes on one connection, as a device does
-            tasks = [
-                tg.create_task(d.run(stack.edge.host, stack.edge.device_port)) for d in devices[1:]
-            ]
+            tasks = [tg.create_task(d.run(stack.edge.host, stack.device_port)) for d in devices[1:]]
             tasks.append(tg.create_task(responder.run(also=devices[0].stream)))
             tasks.append(tg.create_task(_send_intent(stack, started)))
             try:

@@ -173,6 +173,14 @@ class Stack:
     def outbox_db(self) -> Path:
         return self.state / "gateway" / "outbox.sqlite3"
 
+    @property
+    def device_port(self) -> int:
+        """Where devices log in on the edge broker (its device listener)."""
+        port = self.edge.device_port
+        if port is None:
+            raise RuntimeError("the edge broker has no device listener")
+        return port
+
     def add_device(self, name: str) -> str:
         """A device account on the edge broker (it logs in on ``edge.device_port``)."""
         password = os.urandom(12).hex()

@@ -110,7 +110,7 @@ async def _publish(
         *(
             publish_readings(
                 stack.edge.host,
-                stack.edge.device_port,
+                stack.device_port,
                 d,
                 pw,
                 range(1, per + 1),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +80,9 @@ class DeviceResponder:
         self.subscribed = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
 
-    async def run(self, also: Callable[[aiomqtt.Client], Awaitable[None]] | None = None) -> None:
+    async def run(
+        self, also: Callable[[aiomqtt.Client], Coroutine[Any, Any, None]] | None = None
+    ) -> None:
         """Answer commands until cancelled. ``also`` runs beside it on the same connection (a
         device's telemetry): the broker gives each device one connection, its client id being
         its username, so a second login would end the first."""
