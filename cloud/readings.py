@@ -7,15 +7,14 @@ reading is on disk. One writer thread; reads open their own connections.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
 import msgspec
 
+from amcp.runtime.database import Database
 from amcp.runtime.storage import transaction
 from amcp.wire.telemetry import (
     EventRecord,
@@ -69,25 +68,14 @@ class StoreBatch(NamedTuple):
 class ReadingStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="readings-writer")
-        self._db: sqlite3.Connection | None = None
+        self._file = Database(path, name="readings", synchronous="FULL", setup=_setup)
 
     async def open(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        self._db = db
+        """Open (or open again after :meth:`close`: a supervisor restarts the same object)."""
+        await self._file.open()
 
     async def close(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
-        self._executor.shutdown(wait=True)
+        await self._file.close()
 
     async def store(
         self,
@@ -111,54 +99,51 @@ class ReadingStore:
         what the store represents, see :func:`~amcp.wire.telemetry.check_reading`) are left
         out and reported by index; the rest of their batch is stored. A full disk raises
         :class:`~amcp.runtime.storage.StorageFullError` and stores nothing."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._store_many, batches, now_ms
-        )
+        return await self._file.write(lambda db: _store_many(db, batches, now_ms))
 
-    def _store_many(self, batches: Sequence[StoreBatch], now_ms: int) -> list[Stored]:
-        assert self._db is not None
-        db = self._db
-        results: list[Stored] = []
-        with transaction(db):
-            for gateway, readings, events in batches:
-                refused: dict[int, str] = {}
-                rows = []
-                for i, r in enumerate(readings):
-                    try:
-                        check_reading(r)
-                        values = _json(r.values)
-                    except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
-                        refused[i] = f"{type(exc).__name__}: {exc}"[:300]
-                        continue
-                    rows.append(
-                        (r.device, r.boot, r.seq, r.ts_ms, r.received_ms, now_ms, gateway, values)
-                    )
-                before = db.total_changes
-                db.executemany(
-                    "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+
+def _setup(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+
+
+def _store_many(db: sqlite3.Connection, batches: Sequence[StoreBatch], now_ms: int) -> list[Stored]:
+    results: list[Stored] = []
+    with transaction(db):
+        for gateway, readings, events in batches:
+            refused: dict[int, str] = {}
+            rows = []
+            for i, r in enumerate(readings):
+                try:
+                    check_reading(r)
+                    values = _json(r.values)
+                except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
+                    refused[i] = f"{type(exc).__name__}: {exc}"[:300]
+                    continue
+                rows.append(
+                    (r.device, r.boot, r.seq, r.ts_ms, r.received_ms, now_ms, gateway, values)
                 )
-                stored = db.total_changes - before
-                refused_events: dict[int, str] = {}
-                event_rows = []
-                for i, e in enumerate(events):
-                    try:
-                        check_event(e)
-                        attrs = _json(e.attrs)
-                    except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
-                        refused_events[i] = f"{type(exc).__name__}: {exc}"[:300]
-                        continue
-                    event_rows.append(
-                        (gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, attrs)
-                    )
-                db.executemany(
-                    "INSERT INTO events (gateway, name, source, severity, ts_ms, stored_ms, attrs) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    event_rows,
-                )
-                results.append(
-                    Stored(stored, len(rows) - stored, refused, refused_events, len(event_rows))
-                )
-        return results
+            before = db.total_changes
+            db.executemany("INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            stored = db.total_changes - before
+            refused_events: dict[int, str] = {}
+            event_rows = []
+            for i, e in enumerate(events):
+                try:
+                    check_event(e)
+                    attrs = _json(e.attrs)
+                except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
+                    refused_events[i] = f"{type(exc).__name__}: {exc}"[:300]
+                    continue
+                event_rows.append((gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, attrs))
+            db.executemany(
+                "INSERT INTO events (gateway, name, source, severity, ts_ms, stored_ms, attrs) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                event_rows,
+            )
+            results.append(
+                Stored(stored, len(rows) - stored, refused, refused_events, len(event_rows))
+            )
+    return results
 
 
 class Stored(NamedTuple):

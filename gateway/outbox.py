@@ -26,13 +26,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 
+from amcp.runtime.database import Database
 from amcp.runtime.storage import StorageFullError, transaction
 from amcp.wire.telemetry import EventRecord, Reading
 from gateway.config import OutboxSettings, Overflow
@@ -142,8 +142,7 @@ class Outbox:
         self._on_drop = on_drop
         self._dead_letter_max = dead_letter_max_rows
         self._now_ms = now_ms
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
-        self._db: sqlite3.Connection | None = None
+        self._file = Database(path, name="outbox", synchronous="FULL", setup=self._open)
         self._cursor = 0  # rows with id > cursor are not in any batch
         self._last_id = 0  # the newest row's id
         self._unacked: dict[str, Batch] = {}
@@ -162,21 +161,17 @@ class Outbox:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def open(self) -> None:
-        await self._run(self._open)
+        """Open (or open again after :meth:`close`: a supervisor restarts the same object)."""
+        await self._file.open()
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._run(self._close)
-        self._executor.shutdown(wait=True)
+        await self._file.close()
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        return await self._file.write(lambda _conn: fn())
 
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+    def _open(self, db: sqlite3.Connection) -> None:
+        """The schema, its migrations and the in-memory state, on the writer thread."""
         db.executescript(_SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
@@ -184,12 +179,10 @@ class Outbox:
         elif int(row[0]) < SCHEMA_VERSION:
             self._migrate(db, int(row[0]))
         elif int(row[0]) > SCHEMA_VERSION:
-            db.close()
             raise OutboxError(
                 f"{self.path}: outbox schema {row[0]} is newer than this gateway supports "
                 f"({SCHEMA_VERSION}); upgrade cybernetic-edge or move the file away"
             )
-        self._db = db
         self._cursor = 0
         self._last_id = db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
         self._unacked.clear()
@@ -222,16 +215,12 @@ class Outbox:
                 "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
             )
 
-    def _close(self) -> None:
-        assert self._db is not None
-        self._db.close()
-        self._db = None
-
     @property
     def db(self) -> sqlite3.Connection:
-        if self._db is None:
+        """The writer thread's connection (for code running there, and tests)."""
+        if not self._file.is_open:
             raise OutboxError("outbox is not open")
-        return self._db
+        return self._file.connection
 
     # -- appending ----------------------------------------------------------------------
     async def append(self, readings: Sequence[Reading]) -> int:

@@ -47,16 +47,26 @@ class Store:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="store-read")
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.database_id = ""
 
     async def open(self) -> Self:
+        """Open (or open again after :meth:`close`: a supervisor restarts the same object):
+        the writer thread and the readers' pool are made here, not in ``__init__``."""
+        if self._thread is not None:
+            return self
+        self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="store-read")
         ready: concurrent.futures.Future[LWWStore] = concurrent.futures.Future()
         self._thread = threading.Thread(
             target=self._run, args=(ready,), name=f"store-writer:{self.site}", daemon=True
         )
         self._thread.start()
-        self._core = await asyncio.wrap_future(ready)
+        try:
+            self._core = await asyncio.wrap_future(ready)
+        except BaseException:
+            self._executor.shutdown()
+            self._thread = self._executor = None
+            raise
         self.database_id = self._core.database_id
         return self
 
@@ -66,7 +76,9 @@ class Store:
         self._jobs.put(None)
         await asyncio.to_thread(self._thread.join)
         self._thread = None
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -120,7 +132,7 @@ class Store:
         return conn
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._thread is None:
+        if self._thread is None or self._executor is None:
             raise StoreClosedError(self.path)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(self._reader()))
