@@ -58,7 +58,7 @@ class Cloud:
             [
                 ChildSpec(
                     "readings",
-                    holding(self.store.open, self.store.close),
+                    holding(self.store.open, self.store.close, self.store.held),
                     wait_ready=True,
                     shutdown_timeout=10,
                 ),

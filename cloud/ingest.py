@@ -27,6 +27,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from amcp.link import CloudLinks
+from amcp.runtime.database import is_database_failure
 from amcp.runtime.mqtt import (
     Backoff,
     enable_manual_ack,
@@ -37,7 +38,14 @@ from amcp.runtime.mqtt import (
 )
 from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
-from amcp.wire import EnvelopeError, Header, MalformedPayloadError, StaleEnvelopeError, derive
+from amcp.wire import (
+    EnvelopeError,
+    Header,
+    MalformedPayloadError,
+    ReplayedEnvelopeError,
+    StaleEnvelopeError,
+    derive,
+)
 from amcp.wire.telemetry import BatchAck, BatchNack, TelemetryBatch
 from cloud.config import CloudConfig
 from cloud.readings import ReadingStore, StoreBatch, Stored
@@ -147,7 +155,7 @@ class CloudIngest:
             log.warning(
                 "envelope refused", extra={"topic": topic, "reason": exc.reason, "error": str(exc)}
             )
-            if isinstance(exc, StaleEnvelopeError | MalformedPayloadError):
+            if isinstance(exc, StaleEnvelopeError | ReplayedEnvelopeError | MalformedPayloadError):
                 return self._nack_for(gateway, payload, topic, exc)
             return None
         batch = opened.message
@@ -160,8 +168,10 @@ class CloudIngest:
     def _nack_for(
         self, gateway: str, payload: bytes, topic: str, exc: EnvelopeError
     ) -> _Nack | None:
-        """An answer for an authentic batch refused as stale (send it again, fresh) or as
-        undecodable (never storable); None when the envelope is not authentic, or names no
+        """An answer for an authentic batch refused as stale or replayed (send it again,
+        fresh: a replay is also what the broker's redelivery of a batch looks like when this
+        process accepted its envelope and then failed before the commit) or as undecodable
+        (never storable); None when the envelope is not authentic, or names no
         batch, so a forger learns nothing and costs one signature check."""
         verified = self.links.authentic(gateway, payload, topic)
         if verified is None or verified.header.kind != "telemetry.batch":
@@ -170,8 +180,8 @@ class CloudIngest:
             ref = _BATCH_REF.decode(verified.payload)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return None
-        retry = isinstance(exc, StaleEnvelopeError)
-        reason = "stale" if retry else "malformed"
+        retry = not isinstance(exc, MalformedPayloadError)
+        reason = exc.reason if retry else "malformed"
         return gateway, BatchNack(ref.batch_id, reason, retry, str(exc)[:300]), verified.header
 
     async def _commit(self, client: aiomqtt.Client, items: list[_Item]) -> None:
@@ -244,7 +254,9 @@ class CloudIngest:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            except Exception:
+            except Exception as exc:
+                if is_database_failure(exc):
+                    raise  # the store itself: its child fails and is reopened; nothing acked
                 if len(batches) == 1:
                     log.exception(
                         "batch cannot be stored; nacked", extra={"gateway": batches[0].gateway}

@@ -77,6 +77,11 @@ class ReadingStore:
     async def close(self) -> None:
         await self._file.close()
 
+    async def held(self) -> None:
+        """Return never; raise once the database failed (the holding child then fails and
+        its supervisor reopens the store)."""
+        await self._file.held()
+
     async def store(
         self,
         gateway: str,

@@ -175,12 +175,16 @@ class Gateway:
             self.supervisor.add_child(ChildSpec("renewer", self.renewer.run, shutdown_timeout=5))
 
     async def _run_outbox(self, ctx: ChildContext) -> None:
+        """Holds the outbox open; fails when its database does (not for a full disk), so the
+        supervisor reopens it and restarts the children that use it (rest_for_one)."""
         await self.outbox.open()
         ctx.ready()
         try:
-            while True:
-                await asyncio.sleep(60)
-                await self.outbox.expire()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.outbox.held())
+                while True:
+                    await asyncio.sleep(60)
+                    await self.outbox.expire()
         finally:
             await asyncio.shield(self.outbox.close())
 

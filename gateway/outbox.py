@@ -170,6 +170,12 @@ class Outbox:
     async def _run(self, fn: Callable[[], T]) -> T:
         return await self._file.write(lambda _conn: fn())
 
+    async def held(self) -> None:
+        """Return never; raise once the outbox's database failed (not for a full disk, which
+        is waited out), so the child holding it fails and its supervisor reopens the file and
+        restarts what depends on it."""
+        await self._file.held()
+
     def _open(self, db: sqlite3.Connection) -> None:
         """The schema, its migrations and the in-memory state, on the writer thread."""
         db.executescript(_SCHEMA)

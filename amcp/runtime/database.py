@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from amcp.runtime.storage import StorageFullError, is_storage_full
+
 T = TypeVar("T")
 Synchronous = Literal["OFF", "NORMAL", "FULL"]
 _Job = tuple[Callable[[sqlite3.Connection], object], concurrent.futures.Future[object]]
@@ -34,6 +36,21 @@ _Job = tuple[Callable[[sqlite3.Connection], object], concurrent.futures.Future[o
 
 class DatabaseClosedError(RuntimeError):
     """The database is not open (before ``open`` or after ``close``)."""
+
+
+class DatabaseFailedError(RuntimeError):
+    """A write failed in a way that needs the file reopened (I/O error, corruption)."""
+
+
+def is_database_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database itself is unusable (an I/O error, a read-only or
+    corrupt file, a lost lock), as opposed to a full disk (waited out, see
+    :mod:`amcp.runtime.storage`) or a bad statement or value (the caller's bug or data)."""
+    if isinstance(exc, DatabaseClosedError | DatabaseFailedError):
+        return True  # closed under the caller by a supervisor reopening it: not the data
+    if isinstance(exc, StorageFullError) or is_storage_full(exc):
+        return False
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
 def connect(
@@ -73,6 +90,10 @@ class Database:
         self._conn: sqlite3.Connection | None = None
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_conn: sqlite3.Connection | None = None
+        self.failed = asyncio.Event()
+        """Set when the database itself failed (see :func:`is_database_failure`); the child
+        that holds it then fails, so its supervisor reopens it. Cleared by :meth:`open`."""
+        self.failure: BaseException | None = None
 
     @property
     def is_open(self) -> bool:
@@ -104,6 +125,8 @@ class Database:
         self._reader = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"{self.name}-reader"
         )
+        self.failed.clear()
+        self.failure = None
 
     async def close(self) -> None:
         """Finish every queued write, then close; :meth:`open` may be called again."""
@@ -154,7 +177,19 @@ class Database:
             raise DatabaseClosedError(f"{self.name} database {self.path} is not open")
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._jobs.put((fn, fut))  # type: ignore[arg-type]
-        return await asyncio.wrap_future(fut)
+        try:
+            return await asyncio.wrap_future(fut)
+        except sqlite3.Error as exc:
+            if is_database_failure(exc) and not self.failed.is_set():
+                self.failure = exc
+                self.failed.set()
+            raise
+
+    async def held(self) -> None:
+        """Return never; raise :class:`DatabaseFailedError` once the database failed (what
+        the child holding it awaits: see :func:`amcp.runtime.supervisor.holding`)."""
+        await self.failed.wait()
+        raise DatabaseFailedError(f"{self.name} database {self.path} failed: {self.failure}")
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` on the read-only connection (never queued behind writes)."""

@@ -102,17 +102,21 @@ class ChildSpec:
 
 
 def holding(
-    open_: Callable[[], Awaitable[object]], close: Callable[[], Awaitable[object]]
+    open_: Callable[[], Awaitable[object]],
+    close: Callable[[], Awaitable[object]],
+    held: Callable[[], Awaitable[object]] | None = None,
 ) -> ChildFn:
     """A child that owns a resource (a database): opens it, reports ready, keeps it open
     until stopped, then closes it even while being cancelled. Children started after it
-    (rest_for_one) may rely on it being open."""
+    (rest_for_one) may rely on it being open. ``held()``, when given, is awaited while the
+    resource is open: it raises when the resource failed, failing this child, so the
+    supervisor opens it again (and restarts what was started after it)."""
 
     async def run(ctx: ChildContext) -> None:
         await open_()
         ctx.ready()
         try:
-            await asyncio.Event().wait()
+            await (held() if held is not None else asyncio.Event().wait())
         finally:
             await asyncio.shield(close())
 

@@ -1,0 +1,105 @@
+"""Issue 18: a store that fails under the running daemon is reopened by its supervisor.
+
+The outbox's files are made immutable (``chattr +i``: even root's writes then fail, on open
+descriptors too) under the running gateway: its writes fail (not a full disk, which only
+pauses ingest), the
+outbox child fails, the supervisor reopens the same Outbox object and restarts what depends
+on it, ingest resumes, and nothing is lost: what was committed stays, what was not is
+redelivered by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cybernetic.devices import publish_readings
+from cybernetic.stack import Stack, scrape
+from tests.e2e.test_hardening_e2e import _alive
+
+
+def _wait_for_log(stack: Stack, text: str, timeout: float, kind: str = "gateway") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and text not in stack.log(kind):
+        time.sleep(0.1)
+
+
+def _immutable(files: list[Path], on: bool) -> None:
+    flag = "+i" if on else "-i"
+    subprocess.run(["chattr", flag, *map(str, files)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="chattr +i needs root")
+async def test_outbox_database_failing_under_the_gateway_is_reopened_and_nothing_lost(
+    tmp_path: Path,
+) -> None:
+    stack = Stack(tmp_path / "stack")
+    try:
+        password = stack.add_device("dev-r")
+        stack.start()
+        await asyncio.to_thread(stack.wait_gateway_ready)
+        await publish_readings(stack.edge.host, stack.device_port, "dev-r", password, range(1, 201))
+        assert await asyncio.to_thread(stack.wait_cloud_count, 200, 30) == 200
+        # the database and its WAL; not the -shm index, which SQLite maps into memory (a
+        # write there would be a SIGBUS, not an error)
+        files = [stack.outbox_db, stack.outbox_db.with_name("outbox.sqlite3-wal")]
+        _immutable(files, on=True)
+        try:
+            await publish_readings(
+                stack.edge.host, stack.device_port, "dev-r", password, range(201, 401)
+            )
+            await asyncio.to_thread(_wait_for_log, stack, '"child": "outbox"', 15)
+        finally:
+            _immutable(files, on=False)
+        log = stack.log("gateway")
+        assert '"child failed"' in log, log[-3000:]
+        assert '"child": "outbox"' in log, log[-3000:]
+        await publish_readings(
+            stack.edge.host, stack.device_port, "dev-r", password, range(401, 601)
+        )
+        assert await asyncio.to_thread(stack.wait_cloud_count, 600, 60) == 600
+        assert sorted(k[2] for k in stack.cloud_keys()) == list(range(1, 601))
+        _alive(stack)
+        m = await asyncio.to_thread(scrape, stack.gateway_metrics)
+        assert m["cybernetic_ingest_connected"] == 1
+        assert "cannot schedule new futures" not in stack.log("gateway")
+    finally:
+        await asyncio.to_thread(stack.close)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="chattr +i needs root")
+async def test_cloud_reading_store_failing_is_reopened_and_nothing_lost(tmp_path: Path) -> None:
+    """The same for the cloud: a batch whose commit fails on the database itself is neither
+    acknowledged nor nacked (a gateway would dead-letter good readings); the store's child
+    fails, the supervisor reopens it, the broker redelivers, and every reading arrives."""
+    stack = Stack(tmp_path / "stack")
+    try:
+        password = stack.add_device("dev-c")
+        stack.start()
+        await asyncio.to_thread(stack.wait_gateway_ready)
+        await publish_readings(stack.edge.host, stack.device_port, "dev-c", password, range(1, 201))
+        assert await asyncio.to_thread(stack.wait_cloud_count, 200, 30) == 200
+        files = [stack.cloud_db, stack.cloud_db.with_name("readings.sqlite3-wal")]
+        _immutable(files, on=True)
+        try:
+            await publish_readings(
+                stack.edge.host, stack.device_port, "dev-c", password, range(201, 401)
+            )
+            await asyncio.to_thread(_wait_for_log, stack, '"child": "readings"', 15, "cloud")
+        finally:
+            _immutable(files, on=False)
+        log = stack.log("cloud")
+        assert '"child": "readings"' in log, log[-3000:]
+        assert await asyncio.to_thread(stack.wait_cloud_count, 400, 60) == 400
+        assert sorted(k[2] for k in stack.cloud_keys()) == list(range(1, 401))
+        g = await asyncio.to_thread(scrape, stack.gateway_metrics)
+        assert g.get("cybernetic_uplink_cloud_refused_rows_total", 0) == 0
+        assert stack.cloud_proc is not None
+        assert stack.cloud_proc.poll() is None
+    finally:
+        await asyncio.to_thread(stack.close)
