@@ -12,11 +12,15 @@ Tree (rest_for_one)::
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import msgspec
 from prometheus_client import CollectorRegistry
 
 from amcp.link import CloudLinks, secrets_in_dir
+from amcp.runtime.config import load
+from amcp.runtime.logs import set_level
 from amcp.runtime.metrics import MetricsServer
 from amcp.runtime.service import Service
 from amcp.runtime.statemarker import write_marker
@@ -29,10 +33,13 @@ from cloud.ingest import CloudIngest
 from cloud.readings import ReadingStore
 from cloud.s1 import CloudS1
 
+log = logging.getLogger(__name__)
+
 
 class Cloud:
-    def __init__(self, config: CloudConfig) -> None:
+    def __init__(self, config: CloudConfig, *, config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.registry = CollectorRegistry()
         self.store = ReadingStore(Path(config.cloud.state_dir) / "readings.sqlite3")
         state = Path(config.cloud.state_dir)
@@ -96,13 +103,29 @@ class Cloud:
         )
         await enrolment.serve(self.config.broker, ctx)
 
+    async def reload(self) -> None:
+        """SIGHUP: read the configuration again and apply what can change while running (the
+        log level); what needs a restart is named in the log."""
+        if self.config_path is None:
+            return
+        new = load(self.config_path, CloudConfig)
+        set_level(new.log.level)
+        for section in ("cloud", "broker", "ingest", "links", "enrolment", "s1", "sync", "metrics"):
+            if getattr(new, section) != getattr(self.config, section):
+                log.warning(
+                    "configuration section changed: takes effect at the next restart",
+                    extra={"section": section},
+                )
+        self.config = msgspec.structs.replace(self.config, log=new.log)
+        log.info("configuration reloaded", extra={"path": str(self.config_path)})
+
     async def serve(self) -> int:
         server = None
         if self.config.metrics.enabled:
             server = MetricsServer(self.registry, self.config.metrics.listen)
             server.start()
         try:
-            return await Service(self.supervisor).run()
+            return await Service(self.supervisor, reload=self.reload).run()
         finally:
             self.links.close()
             if server is not None:

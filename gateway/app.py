@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from amcp.link import GatewayLink, read_secret
 from amcp.runtime.config import load
+from amcp.runtime.logs import set_level
 from amcp.runtime.metrics import MetricsServer
 from amcp.runtime.service import Service
 from amcp.runtime.statemarker import write_marker
@@ -209,8 +210,10 @@ class Gateway:
         if self.config_path is None:
             return
         new = load(self.config_path, GatewayConfig)
-        # live-tunable settings; a changed broker address or id needs a restart
-        self.config.ingest.devices[:] = new.ingest.devices
+        # live-tunable settings (docs/configuration.md, "Reload"); a changed broker address
+        # or id needs a restart
+        set_level(new.log.level)
+        self.ingest.apply(new.ingest)
         self.s2.gate.apply(new.s2.limits)
         self.rules.reload()
         if self.policy is not None and new.policy is not None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import aiomqtt
+import msgspec
 
 from amcp.runtime.mqtt import (
     Backoff,
@@ -38,7 +39,7 @@ from amcp.runtime.mqtt import (
 from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire.telemetry import Reading
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, IngestSettings
 from gateway.decode import PayloadError, UnknownDeviceError, decode_payload
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox, encode_row
@@ -156,6 +157,18 @@ class Ingest:
         self.connected = False
         self.backlog = 0
         """Messages received and not yet committed (an S2 load signal)."""
+
+    def apply(self, settings: IngestSettings) -> None:
+        """Reload: the allow-list, auto-registration, limits and batching take effect at once
+        (batch sizes from the next connection); a changed topic needs a restart."""
+        if settings.topic != self.settings.topic:
+            log.warning(
+                "[ingest] topic changed: takes effect at the next restart",
+                extra={"topic": settings.topic},
+            )
+            settings = msgspec.structs.replace(settings, topic=self.settings.topic)
+        self.settings = settings
+        self._allowed = frozenset(settings.devices)
 
     @staticmethod
     def _topic_shape(topic: str) -> tuple[str, str]:

@@ -45,3 +45,8 @@ def setup_logging(level: str = "info", *, stream: Any = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.Formatter.converter = time.gmtime
+
+
+def set_level(level: str) -> None:
+    """Change the log level of a running daemon (its SIGHUP reload)."""
+    logging.getLogger().setLevel(level.upper())

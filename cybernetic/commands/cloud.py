@@ -26,4 +26,4 @@ def _run(args: argparse.Namespace) -> int:
     if config is None:
         return 2
     setup_logging(config.log.level)
-    return run_loop(Cloud(config).serve)
+    return run_loop(Cloud(config, config_path=args.config).serve)
