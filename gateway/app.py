@@ -117,10 +117,13 @@ class Gateway:
             self.policy = PolicyStage.from_config(config.policy, base=base)
             self.metrics.watch_policy(self.policy.counts)
             ingest_stages.append(self.policy)
-        ingest_stages.append(self.rules.stage)
-        ingest_stages.append(self.twins.stage)
+        # filters before the commit, observers after it on the stored readings (gateway.hooks)
         self.ingest = Ingest(
-            config, self.outbox, self.metrics, stages=[*ingest_stages, *(stages or [])]
+            config,
+            self.outbox,
+            self.metrics,
+            stages=[*ingest_stages, *(stages or [])],
+            observers=[self.rules.stage, self.twins.stage],
         )
         self.s1 = S1(
             config.s1,

@@ -23,7 +23,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import aiomqtt
 import msgspec
@@ -41,6 +41,7 @@ from amcp.runtime.supervisor import ChildContext
 from amcp.wire.telemetry import Reading
 from gateway.config import GatewayConfig, IngestSettings
 from gateway.decode import PayloadError, UnknownDeviceError, decode_payload
+from gateway.hooks import IngestFilter, IngestObserver
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox, encode_row
 
@@ -48,14 +49,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Stage(Protocol):
-    """A step between decoding and the outbox (S2 limits, WASM policy, GoldRush rules).
+Stage = IngestFilter
+"""The old name of :class:`gateway.hooks.IngestFilter`."""
 
-    It gets the decoded readings of one ingest batch and returns those to store (possibly
-    fewer, or transformed). It runs on the event loop and must be fast.
-    """
-
-    def __call__(self, readings: list[Reading]) -> list[Reading]: ...
+REDELIVERY_CHECKS = 64
+"""Commits after a start during which readings are checked against the outbox's last
+committed identities (the broker redelivers what was unacknowledged first thing)."""
 
 
 Rejected = tuple[str, str, str, bytes]
@@ -134,7 +133,8 @@ class Ingest:
         outbox: Outbox,
         metrics: GatewayMetrics,
         *,
-        stages: Sequence[Stage] = (),
+        stages: Sequence[IngestFilter] = (),
+        observers: Sequence[IngestObserver] = (),
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.config = config
@@ -142,6 +142,11 @@ class Ingest:
         self.outbox = outbox
         self.metrics = metrics
         self.stages = list(stages)
+        """Filters, before the commit (gateway.hooks)."""
+        self.observers = list(observers)
+        """Observers, after the commit, of exactly the readings stored (gateway.hooks)."""
+        self._redelivery_checks = REDELIVERY_CHECKS
+        self._recent_seen: set[tuple[str, str, int]] | None = None
         self._now_ms = now_ms
         self._allowed = frozenset(self.settings.devices)
         self._known: set[str] = set()
@@ -278,11 +283,17 @@ class Ingest:
         m = self.metrics
         m.received.inc(len(batch.readings) + len(batch.rejected))
         rejected = list(batch.rejected)
-        readings = self._run_stages(batch.readings, rejected)
-        bodies = self._encode(readings, rejected)
+        readings = self._skip_redelivered(batch.readings)
+        readings = self._run_stages(readings, rejected)
+        readings, bodies = self._encode(readings, rejected)
         if bodies:
-            stored = await self._while_full(lambda: self.outbox.append_encoded(bodies))
-            m.stored.inc(stored)
+            identities = [(r.device, r.boot, r.seq) for r in readings]
+            kept = await self._while_full(
+                lambda: self.outbox.append_readings(bodies, identities)
+            )
+            m.stored.inc(len(kept))
+            stored = readings if len(kept) == len(readings) else [readings[i] for i in kept]
+            self._observe(stored)
         if rejected:
             for _, reason, detail, _ in rejected:
                 m.rejected.labels(reason).inc()
@@ -307,10 +318,41 @@ class Ingest:
                 readings = kept
         return readings
 
-    def _encode(self, readings: list[Reading], rejected: list[Rejected]) -> list[bytes]:
+    def _skip_redelivered(self, readings: list[Reading]) -> list[Reading]:
+        """Readings the broker redelivers after a crash that were committed before it (the
+        PUBACK was lost with the process) are acknowledged again, not stored or observed
+        again. Readings the gateway numbered itself carry a new seq and are not recognised
+        (at-least-once for devices that send no seq, docs/telemetry.md)."""
+        recent = self.outbox.recent
+        if not recent:
+            return readings
+        if recent is not self._recent_seen:  # the outbox was (re)opened: a new window
+            self._recent_seen = recent
+            self._redelivery_checks = REDELIVERY_CHECKS
+        self._redelivery_checks -= 1
+        if self._redelivery_checks <= 0:
+            recent.clear()
+        fresh = [r for r in readings if (r.device, r.boot, r.seq) not in recent]
+        if len(fresh) < len(readings):
+            self.metrics.redelivered.inc(len(readings) - len(fresh))
+        return fresh
+
+    def _observe(self, stored: list[Reading]) -> None:
+        for observer in self.observers:
+            try:
+                observer(stored)
+            except Exception as exc:  # stored already: an observer's bug costs only itself
+                self._log_failure("observer", exc)
+
+    def _encode(
+        self, readings: list[Reading], rejected: list[Rejected]
+    ) -> tuple[list[Reading], list[bytes]]:
+        """The readings that encode, and their bodies (a value a stage produced that the
+        outbox cannot store refuses that reading alone)."""
         try:
-            return [encode_row(r) for r in readings]
-        except Exception:  # a value a stage produced that the outbox cannot store
+            return readings, [encode_row(r) for r in readings]
+        except Exception:
+            kept: list[Reading] = []
             bodies: list[bytes] = []
             for reading in readings:
                 try:
@@ -318,7 +360,9 @@ class Ingest:
                 except Exception as exc:
                     self._log_failure("encode", exc)
                     rejected.append(_refusal(reading, "unstorable", _describe(exc)))
-            return bodies
+                else:
+                    kept.append(reading)
+            return kept, bodies
 
     async def _while_full(self, write: Callable[[], Awaitable[T]]) -> T:
         """Run an outbox write, waiting out a full disk: nothing is acknowledged meanwhile,

@@ -102,6 +102,11 @@ class GatewayMetrics:
         self.rejected = Counter(
             "cybernetic_ingest_rejected", "Payloads refused, by reason", ["reason"], registry=r
         )
+        self.redelivered = Counter(
+            "cybernetic_ingest_redelivered_readings",
+            "Readings the broker redelivered after a crash that were stored before it",
+            registry=r,
+        )
         self.failures = Counter(
             "cybernetic_ingest_failures",
             "Unexpected errors that refused a reading (logged once per kind), by step",

@@ -38,7 +38,7 @@ from amcp.wire.telemetry import EventRecord, Reading
 from gateway.config import OutboxSettings, Overflow
 
 T = TypeVar("T")
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 READING, EVENT = 0, 1  # outbox row kinds
 KIND_NAMES = {READING: "reading", EVENT: "event"}
 
@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     body BLOB NOT NULL,
     kind INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS recent_commits (id INTEGER PRIMARY KEY, ids BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS drops (
     kind INTEGER NOT NULL DEFAULT 0,
     reason TEXT NOT NULL,
@@ -102,6 +103,14 @@ _encoder = msgspec.msgpack.Encoder()
 encode_row = _encoder.encode
 """How a reading or event is stored (and sent: the uplink forwards the stored bytes)."""
 
+Identity = tuple[str, str, int]
+"""A reading's (device, boot, seq)."""
+_Row = tuple[int, int, bytes, int, int]
+"""added_ms, size, body, kind, and the row's index in its append."""
+RECENT_COMMITS = 16
+"""Commits whose reading identities are kept for recognising redeliveries after a crash (the
+broker redelivers only what was not acknowledged: at most the last few commits)."""
+
 OnDrop = Callable[[str, str, int], None]
 """``(kind, reason, rows)``: kind is ``reading`` or ``event``."""
 
@@ -143,6 +152,9 @@ class Outbox:
         self._dead_letter_max = dead_letter_max_rows
         self._now_ms = now_ms
         self._file = Database(path, name="outbox", synchronous="FULL", setup=self._open)
+        self.recent: set[Identity] = set()
+        """Identities committed by the last commits before this open (see
+        :meth:`append_readings`)."""
         self._cursor = 0  # rows with id > cursor are not in any batch
         self._last_id = 0  # the newest row's id
         self._unacked: dict[str, Batch] = {}
@@ -190,6 +202,11 @@ class Outbox:
                 f"({SCHEMA_VERSION}); upgrade cybernetic-edge or move the file away"
             )
         self._cursor = 0
+        self.recent = {
+            (str(d), str(b), int(q))
+            for (blob,) in db.execute("SELECT ids FROM recent_commits")
+            for d, b, q in msgspec.msgpack.decode(blob)
+        }
         self._last_id = db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
         self._unacked.clear()
         rows, size, oldest = db.execute(
@@ -238,20 +255,34 @@ class Outbox:
         return await self.append_encoded([encode_row(e) for e in events], EVENT)
 
     async def append_encoded(self, bodies: Sequence[bytes], kind: int = READING) -> int:
-        """Store rows already encoded with :data:`encode_row` (ingest encodes each reading
-        itself, so one it cannot encode is refused alone). Raises
-        :class:`~amcp.runtime.storage.StorageFullError` when the disk is full (nothing is
-        stored then)."""
-        if not bodies:
-            return 0
-        stored = await self._run(lambda: self._append(bodies, kind))
-        if stored:
-            self.appended.set()
-        return stored
+        """Store rows already encoded with :data:`encode_row`; returns how many were stored.
+        Raises :class:`~amcp.runtime.storage.StorageFullError` when the disk is full
+        (nothing is stored then)."""
+        return len(await self.append_readings(bodies, kind=kind))
 
-    def _append(self, bodies: Sequence[bytes], kind: int) -> int:
+    async def append_readings(
+        self,
+        bodies: Sequence[bytes],
+        identities: Sequence[Identity] = (),
+        *,
+        kind: int = READING,
+    ) -> list[int]:
+        """:meth:`append_encoded` for ingest: returns the indices of the rows stored (the
+        overflow policy may refuse some), and records ``identities`` (device, boot, seq) in
+        the same transaction, so that after a crash :attr:`recent` tells which readings a
+        broker redelivers were committed already."""
+        if not bodies:
+            return []
+        kept = await self._run(lambda: self._append(bodies, kind, identities))
+        if kept:
+            self.appended.set()
+        return kept
+
+    def _append(
+        self, bodies: Sequence[bytes], kind: int, identities: Sequence[Identity] = ()
+    ) -> list[int]:
         now = self._now_ms()
-        rows = [(now, len(b), b, kind) for b in bodies]
+        rows: list[_Row] = [(now, len(b), b, kind, i) for i, b in enumerate(bodies)]
         incoming = sum(r[1] for r in rows)
         db = self.db
         dropped: dict[tuple[int, str], int] = {}
@@ -262,9 +293,12 @@ class Outbox:
                 if over > 0:
                     rows = self._make_room(rows, over, kind, dropped)
                 db.executemany(
-                    "INSERT INTO outbox (added_ms, size, body, kind) VALUES (?, ?, ?, ?)", rows
+                    "INSERT INTO outbox (added_ms, size, body, kind) VALUES (?, ?, ?, ?)",
+                    [r[:4] for r in rows],
                 )
                 self._count_drops(dropped)
+                if identities:
+                    self._remember(db, identities)
             if rows:
                 self._last_id = db.execute("SELECT last_insert_rowid()").fetchone()[0]
         except BaseException as exc:
@@ -279,15 +313,24 @@ class Outbox:
             if self.stats.oldest_ms is None and rows:
                 self.stats.oldest_ms = now
         self._notify_drops(dropped)
-        return len(rows)
+        return [r[4] for r in rows]
+
+    def _remember(self, db: sqlite3.Connection, identities: Sequence[Identity]) -> None:
+        """Keep the identities of the last :data:`RECENT_COMMITS` commits (one row each)."""
+        cur = db.execute(
+            "INSERT INTO recent_commits (ids) VALUES (?)", (_encoder.encode(list(identities)),)
+        )
+        db.execute(
+            "DELETE FROM recent_commits WHERE id <= ?", ((cur.lastrowid or 0) - RECENT_COMMITS,)
+        )
 
     def _make_room(
         self,
-        rows: list[tuple[int, int, bytes, int]],
+        rows: list[_Row],
         over: int,
         kind: int,
         dropped: dict[tuple[int, str], int],
-    ) -> list[tuple[int, int, bytes, int]]:
+    ) -> list[_Row]:
         """Apply the overflow policy to ``over`` bytes too many; returns the rows to insert."""
         if self.settings.overflow is Overflow.DROP_OLDEST:
             freed = self._drop_oldest(over, dropped)
@@ -308,9 +351,9 @@ class Outbox:
 
     @staticmethod
     def _fit(
-        rows: list[tuple[int, int, bytes, int]], room: int
-    ) -> tuple[list[tuple[int, int, bytes, int]], int]:
-        kept: list[tuple[int, int, bytes, int]] = []
+        rows: list[_Row], room: int
+    ) -> tuple[list[_Row], int]:
+        kept: list[_Row] = []
         for row in rows:
             if row[1] > room:
                 break
