@@ -1,6 +1,7 @@
 """The CRDT store: a last-writer-wins map in SQLite, shared by the gateway and the cloud.
 
-See ARCHITECTURE §4 and docs/store.md for why state is an LWW map and for the conflict rules.
+See docs/architecture.md ("Decisions kept from the design") and docs/store.md for why state
+is an LWW map and for the conflict rules.
 
 - :class:`Store`: the asyncio API (one writer thread, concurrent readers, notifications).
 - :class:`LWWStore`: the same operations, synchronous, for one thread (benchmarks, tools).

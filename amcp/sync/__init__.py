@@ -1,4 +1,4 @@
-"""CRDT delta sync between gateways and the cloud over MQTT (ARCHITECTURE §4, docs/sync.md).
+"""CRDT delta sync between gateways and the cloud over MQTT (docs/architecture.md, docs/sync.md).
 
 - :class:`GatewaySync` / :class:`CloudSync`: ``run(ctx)`` for the daemons' supervision trees.
 - :class:`SyncSettings`: the ``[sync]`` configuration section.

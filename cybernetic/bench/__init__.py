@@ -6,9 +6,9 @@ Each benchmark is one module here exposing:
 - ``add_arguments(parser) -> None`` (optional: extra flags such as ``--messages``),
 - ``run(args) -> dict[str, object]`` returning the JSON fields its issue names.
 
-Contract (ARCHITECTURE §9): one JSON object on stdout, progress on stderr, and every
-benchmark measures its reference (raw library call, bare broker, naive method) in the
-same run and reports the ratio. Use :func:`progress` for progress lines and
+Contract (docs/architecture.md, "Contracts"): one JSON object on stdout, progress on
+stderr, and every benchmark measures its reference (raw library call, bare broker, naive
+method) in the same run and reports the ratio. Use :func:`progress` for progress lines and
 :func:`median_of` to repeat a measurement on these noisy machines.
 """
 
