@@ -1,17 +1,19 @@
 """The gateway daemon: its parts wired into one supervision tree.
 
-Tree (rest_for_one: a part depends on those started before it)::
+Tree (docs/architecture.md, "Supervision")::
 
-    gateway
-    ├── outbox      opens the SQLite outbox; expires old rows
+    gateway (rest_for_one: the durable resources, then the workers that use them)
+    ├── outbox      opens the SQLite outbox; expires old rows; fails if its database fails
     ├── state       the CRDT store (amcp.store) shared by S1, rules and sync
-    ├── twins       each device's latest values → its reported twin (synced to the cloud)
-    ├── s2          load signals → adaptive limits, zombies, leases; S2 events → outbox
-    ├── rules       GoldRush patterns from config, files and the store; actions
-    ├── uplink      outbox → cloud broker, deletes on the cloud's ack
-    ├── sync        CRDT deltas both ways with the cloud (amcp.sync)
-    ├── ingest      local broker → S2 limits → WASM policy → rules → outbox, ack after commit
-    └── s1          capabilities, intent dispatch, child units (gateway.s1)
+    └── workers (one_for_one: each restarts alone)
+        ├── twins       each device's latest values → its reported twin (synced to the cloud)
+        ├── s2          load signals → adaptive limits, zombies, leases; S2 events → outbox
+        ├── rules       GoldRush patterns from config, files and the store; actions
+        ├── uplink      outbox → cloud broker, deletes on the cloud's ack
+        ├── sync        CRDT deltas both ways with the cloud (amcp.sync)
+        ├── ingest      local broker → filters → outbox → observers, ack after commit
+        ├── s1          capabilities, intent dispatch, child units (gateway.s1)
+        └── renewer     certificate and link-key renewal (when enrolled)
 
 The outbox starts first and stops last, so nothing is written to a closed database.
 """
@@ -137,16 +139,12 @@ class Gateway:
         # a rule's capability action runs the gateway's own capability through S1
         self.rules.runner.invoke = self.s1.invoke
         self.metrics.watch(self.outbox.snapshot, self.uplink.status, lambda: self.ingest.connected)
-        self.supervisor = Supervisor(
-            "gateway",
+        # the workers restart alone (one_for_one: a twins crash no longer restarts the
+        # uplink); the durable resources come first under rest_for_one, so a reopened
+        # database restarts every worker that uses it (docs/architecture.md, "Supervision")
+        self.workers = Supervisor(
+            "workers",
             [
-                ChildSpec("outbox", self._run_outbox, wait_ready=True, shutdown_timeout=10),
-                ChildSpec(
-                    "state",
-                    holding(self.store.open, self.store.close),
-                    wait_ready=True,
-                    shutdown_timeout=10,
-                ),
                 ChildSpec("twins", self.twins.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("s2", self._run_s2, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("rules", self.rules.run, wait_ready=True, shutdown_timeout=5),
@@ -159,11 +157,28 @@ class Gateway:
                 ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
                 *self.s1.child_specs(),
             ],
+            strategy=Strategy.ONE_FOR_ONE,
+            intensity=5,
+            period=30,
+        )
+        self.workers.add_subtree(self.s1.supervisor)
+        self.supervisor = Supervisor(
+            "gateway",
+            [
+                ChildSpec("outbox", self._run_outbox, wait_ready=True, shutdown_timeout=10),
+                ChildSpec(
+                    "state",
+                    holding(self.store.open, self.store.close),
+                    wait_ready=True,
+                    shutdown_timeout=10,
+                ),
+                self.workers.as_child(shutdown_timeout=60),
+            ],
             strategy=Strategy.REST_FOR_ONE,
             intensity=5,
             period=30,
         )
-        self.supervisor.add_subtree(self.s1.supervisor)
+        self.supervisor.add_subtree(self.workers)
         if config.uplink.enrol_dir:
             up = config.uplink
             self.renewer = Renewer(
@@ -176,7 +191,7 @@ class Gateway:
                 ),
                 on_renewed=self._on_renewed,
             )
-            self.supervisor.add_child(ChildSpec("renewer", self.renewer.run, shutdown_timeout=5))
+            self.workers.add_child(ChildSpec("renewer", self.renewer.run, shutdown_timeout=5))
 
     async def _run_outbox(self, ctx: ChildContext) -> None:
         """Holds the outbox open; fails when its database does (not for a full disk), so the
