@@ -8,6 +8,7 @@ import msgspec
 
 from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings
 from amcp.sync import SyncSettings
+from amcp.wire import topics
 from cloud.s1 import CloudS1Settings
 
 
@@ -17,7 +18,7 @@ class CloudSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class CloudIngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    topic_prefix: str = "cybernetic/gw"
+    topic_prefix: str = topics.DEFAULT_PREFIX
     session: str = "cloud-ingest"
     """MQTT client id of the persistent session: batches wait in the broker while we are down."""
 

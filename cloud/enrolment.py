@@ -37,6 +37,7 @@ from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import enrol as wire
+from amcp.wire import topics
 from cloud.enrolment_store import (
     RESERVED_IDS,
     EnrolmentStore,
@@ -315,7 +316,7 @@ class Enrolment:
         while True:
             try:
                 async with client:
-                    await client.subscribe(f"{prefix}/+/request", qos=1)
+                    await client.subscribe(topics.enrol_request("+", prefix), qos=1)
                     backoff.reset()
                     ctx.ready()
                     async for message in client.messages:
@@ -324,7 +325,7 @@ class Enrolment:
                         answer = await asyncio.to_thread(self.handle, message.payload, gateway)
                         if answer is not None:
                             await client.publish(
-                                wire.response_topic(gateway, prefix), answer, qos=1
+                                topics.enrol_response(gateway, prefix), answer, qos=1
                             )
             except aiomqtt.MqttError as caught:
                 # tearing down a cancelled session can end in an MqttError (the DISCONNECT

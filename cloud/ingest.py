@@ -45,6 +45,7 @@ from amcp.wire import (
     ReplayedEnvelopeError,
     StaleEnvelopeError,
     derive,
+    topics,
 )
 from amcp.wire.telemetry import BatchAck, BatchNack, TelemetryBatch
 from cloud.config import CloudConfig
@@ -118,7 +119,7 @@ class CloudIngest:
             on_message_direct(client, inbox.on_message)
             try:
                 async with client:
-                    await client.subscribe(f"{self.prefix}/+/telemetry", qos=1)
+                    await client.subscribe(topics.telemetry_filter(self.prefix), qos=1)
                     self.connected = True
                     backoff.reset()
                     ctx.ready()
@@ -146,8 +147,7 @@ class CloudIngest:
                     paho.ack(mid, qos)
 
     def _open(self, topic: str, payload: bytes) -> _Opened | _Nack | None:
-        parts = topic.split("/")
-        gateway = parts[-2] if len(parts) >= 2 else ""
+        gateway = topics.gateway_of(self.prefix, topic, "telemetry") or ""
         try:
             opened = self.links.open(gateway, payload, topic)
         except EnvelopeError as exc:
@@ -230,7 +230,7 @@ class CloudIngest:
     def _reply(
         self, client: aiomqtt.Client, gateway: str, reply: BatchAck | BatchNack, header: Header
     ) -> Any:
-        topic = f"{self.prefix}/{gateway}/ack"
+        topic = topics.ack(self.prefix, gateway)
         sealed = self.links.seal(gateway, reply, topic, derive(header))
         return client.publish(topic, sealed, qos=1)
 

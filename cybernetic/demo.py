@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiomqtt
 
+from amcp.wire import topics
 from cybernetic.stack import Stack, scrape
 from gateway.s1.responder import DeviceResponder
 from gateway.s1.simulated import temperature_handlers
@@ -104,7 +105,7 @@ class SimulatedDevice:
                     "humidity": round(random.uniform(30, 60), 1),
                 },
             }
-            await client.publish(f"devices/{self.name}/telemetry", json.dumps(payload), qos=1)
+            await client.publish(topics.device_telemetry(self.name), json.dumps(payload), qos=1)
             self.published += 1
             await asyncio.sleep(self.interval)
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import aiomqtt
 
+from amcp.wire import topics
+
 
 def reading_payload(seq: int, boot: str, **values: float) -> bytes:
     return json.dumps(
@@ -65,7 +67,7 @@ async def publish_readings(
                     waiter.cancel()
                     raise aiomqtt.MqttError(f"{device}: disconnected with {sent - acked} unacked")
 
-        topic = f"devices/{device}/telemetry"
+        topic = topics.device_telemetry(device)
         for seq in seqs:
             await wait_acked(window - 1)
             info = paho.publish(

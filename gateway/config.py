@@ -9,6 +9,7 @@ import msgspec
 
 from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings, Seconds
 from amcp.sync import SyncSettings
+from amcp.wire import topics
 from gateway.rules import RulesSettings
 from gateway.s1 import S1Settings
 from gateway.s2.config import S2Config
@@ -32,7 +33,7 @@ class GatewaySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    topic: str = "devices/+/telemetry"
+    topic: str = topics.DEVICE_TELEMETRY_FILTER
     max_payload_bytes: Annotated[int, msgspec.Meta(ge=64, le=1_048_576)] = 65_536
     max_fields: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 256
     devices: list[str] = msgspec.field(default_factory=list)
@@ -56,7 +57,7 @@ class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class UplinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     broker: BrokerLink = msgspec.field(default_factory=BrokerLink)
-    topic_prefix: str = "cybernetic/gw"
+    topic_prefix: str = topics.DEFAULT_PREFIX
     batch_max: Positive = 500
     batch_interval: Seconds = 0.02
     window: Annotated[int, msgspec.Meta(ge=1, le=256)] = 16

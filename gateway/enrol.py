@@ -40,6 +40,7 @@ from amcp.runtime.mqtt import make_client
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import enrol as wire
+from amcp.wire import topics
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,9 @@ async def _exchange(
     client = make_client(link, f"{gateway}-enrol-{request_id[:8]}", clean_session=True)
     try:
         async with asyncio.timeout(within_s), client:
-            await client.subscribe(wire.response_topic(gateway, prefix), qos=1)
+            await client.subscribe(topics.enrol_response(gateway, prefix), qos=1)
             while True:
-                await client.publish(wire.request_topic(gateway, prefix), request, qos=1)
+                await client.publish(topics.enrol_request(gateway, prefix), request, qos=1)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(5.0):
                         async for message in client.messages:

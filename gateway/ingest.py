@@ -288,9 +288,7 @@ class Ingest:
         readings, bodies = self._encode(readings, rejected)
         if bodies:
             identities = [(r.device, r.boot, r.seq) for r in readings]
-            kept = await self._while_full(
-                lambda: self.outbox.append_readings(bodies, identities)
-            )
+            kept = await self._while_full(lambda: self.outbox.append_readings(bodies, identities))
             m.stored.inc(len(kept))
             stored = readings if len(kept) == len(readings) else [readings[i] for i in kept]
             self._observe(stored)

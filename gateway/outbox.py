@@ -350,9 +350,7 @@ class Outbox:
         return kept
 
     @staticmethod
-    def _fit(
-        rows: list[_Row], room: int
-    ) -> tuple[list[_Row], int]:
+    def _fit(rows: list[_Row], room: int) -> tuple[list[_Row], int]:
         kept: list[_Row] = []
         for row in rows:
             if row[1] > room:

@@ -27,7 +27,7 @@ from amcp.link import GatewayLink
 from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
 from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
-from amcp.wire import EnvelopeError
+from amcp.wire import EnvelopeError, topics
 from amcp.wire.telemetry import BatchAck, BatchNack
 from gateway.config import GatewayConfig
 from gateway.metrics import GatewayMetrics
@@ -51,14 +51,6 @@ IDLE_RECHECK_S = 1.0
 NACK_RESEND_S = 1.0
 """A batch the cloud asks for again is re-sent at most this often (a clock far off the
 cloud's would otherwise make every fresh envelope stale at once, in a tight loop)."""
-
-
-def telemetry_topic(prefix: str, gateway: str) -> str:
-    return f"{prefix}/{gateway}/telemetry"
-
-
-def ack_topic(prefix: str, gateway: str) -> str:
-    return f"{prefix}/{gateway}/ack"
 
 
 @dataclass
@@ -105,7 +97,7 @@ class Uplink:
             try:
                 async with client:
                     await client.subscribe(
-                        ack_topic(self.settings.topic_prefix, self.gateway), qos=1
+                        topics.ack(self.settings.topic_prefix, self.gateway), qos=1
                     )
                     self.connected = True
                     backoff.reset()
@@ -131,7 +123,7 @@ class Uplink:
 
     async def _send_all(self, client: aiomqtt.Client, batches: list[Batch]) -> None:
         """Publish batches together: each waits for its PUBACK, none for another's."""
-        topic = telemetry_topic(self.settings.topic_prefix, self.gateway)
+        topic = topics.telemetry(self.settings.topic_prefix, self.gateway)
         publishes = []
         for batch in batches:
             if batch.empty:  # every row was dropped by the overflow policy: nothing to send

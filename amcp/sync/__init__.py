@@ -19,7 +19,7 @@ from amcp.sync.engine import SyncEngine
 from amcp.sync.frames import Ack, Delta, FrameError, Hello
 from amcp.sync.settings import SyncSettings
 from amcp.sync.stats import Role, SyncStats
-from amcp.sync.transport import CloudSync, GatewaySync, down_topic, up_topic
+from amcp.sync.transport import CloudSync, GatewaySync
 
 __all__ = [
     "DEFAULT_RULES",
@@ -38,6 +38,4 @@ __all__ = [
     "SyncEngine",
     "SyncSettings",
     "SyncStats",
-    "down_topic",
-    "up_topic",
 ]

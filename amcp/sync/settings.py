@@ -7,13 +7,14 @@ from typing import Annotated
 import msgspec
 
 from amcp.sync.authority import DEFAULT_RULES, NamespaceRule, Owner
+from amcp.wire import topics
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class SyncSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
-    topic_prefix: str = "cybernetic/gw"
+    topic_prefix: str = topics.DEFAULT_PREFIX
     """Frames travel on ``{prefix}/{gateway}/sync/up`` and ``…/sync/down``."""
     client_id: str = ""
     """MQTT client id; default ``{site}-sync``."""

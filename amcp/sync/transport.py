@@ -34,17 +34,9 @@ from amcp.sync.engine import Send, SyncEngine
 from amcp.sync.frames import STREAM, Frame, FrameError, decode_frame, encode_frame
 from amcp.sync.settings import SyncSettings
 from amcp.sync.stats import Role
-from amcp.wire import EnvelopeError, Opened, SyncFrame
+from amcp.wire import EnvelopeError, Opened, SyncFrame, topics
 
 log = logging.getLogger(__name__)
-
-
-def up_topic(prefix: str, gateway: str) -> str:
-    return f"{prefix}/{gateway}/sync/up"
-
-
-def down_topic(prefix: str, gateway: str) -> str:
-    return f"{prefix}/{gateway}/sync/down"
 
 
 class _MqttSync:
@@ -187,10 +179,10 @@ class GatewaySync(_MqttSync):
         self.gateway = gateway
         self.cloud = cloud
         self.link = link
-        self.subscription = down_topic(self.prefix, gateway)
+        self.subscription = topics.sync_down(self.prefix, gateway)
 
     def _seal(self, peer: str, message: SyncFrame) -> tuple[str, bytes] | None:  # noqa: ARG002
-        topic = up_topic(self.prefix, self.gateway)
+        topic = topics.sync_up(self.prefix, self.gateway)
         return topic, self.link.seal(message, topic)
 
     def _open(self, topic: str, payload: bytes) -> tuple[str, Opened] | None:
@@ -222,10 +214,10 @@ class CloudSync(_MqttSync):
             on_refused=on_refused,
         )
         self.links = links
-        self.subscription = up_topic(self.prefix, "+")
+        self.subscription = topics.sync_up(self.prefix, "+")
 
     def _seal(self, peer: str, message: SyncFrame) -> tuple[str, bytes] | None:
-        topic = down_topic(self.prefix, peer)
+        topic = topics.sync_down(self.prefix, peer)
         try:
             return topic, self.links.seal(peer, message, topic)
         except EnvelopeError as exc:  # e.g. the gateway's link secret was removed
@@ -233,8 +225,7 @@ class CloudSync(_MqttSync):
             return None
 
     def _open(self, topic: str, payload: bytes) -> tuple[str, Opened] | None:
-        head, tail = self.prefix + "/", "/sync/up"
-        gateway = topic[len(head) : -len(tail)] if topic.endswith(tail) else ""
-        if not topic.startswith(head) or not gateway or "/" in gateway:
+        gateway = topics.gateway_of(self.prefix, topic, "sync/up")
+        if gateway is None:
             return None
         return gateway, self.links.open(gateway, payload, topic)

@@ -39,8 +39,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from amcp.crypto.hkdf import derive_key
 from amcp.crypto.keys import Ed25519Signer
+from amcp.wire import topics
 
-TOPIC_PREFIX = "cybernetic/enrol"
+TOPIC_PREFIX = topics.ENROL_PREFIX
 MAX_FRAME_BYTES = 64 * 1024
 _SIGNING_LABEL = b"amcp-enrol v1\x00"
 _TOKEN_RE = re.compile(r"^cet1\.([0-9a-f]{16})\.([0-9a-f]{64})$")
@@ -127,14 +128,6 @@ _S = TypeVar("_S", EnrolRequest, RenewRequest, RenewResponse)
 
 _decoder: msgspec.msgpack.Decoder[Frame] = msgspec.msgpack.Decoder(Frame)
 _encoder = msgspec.msgpack.Encoder()
-
-
-def request_topic(gateway: str, prefix: str = TOPIC_PREFIX) -> str:
-    return f"{prefix}/{gateway}/request"
-
-
-def response_topic(gateway: str, prefix: str = TOPIC_PREFIX) -> str:
-    return f"{prefix}/{gateway}/response"
 
 
 def new_request_id() -> str:

@@ -194,22 +194,3 @@ def kind_of(message: Message | msgspec.Struct) -> str:
 
 def encode_message(message: Message) -> bytes:
     return _ENCODER.encode(message)
-
-
-# -- S1 link topics (gateway ↔ cloud): shared here because gateway and cloud never import
-# each other. ``prefix`` is the link's topic prefix (``cybernetic/gw`` by default).
-
-
-def intents_topic(prefix: str, gateway: str) -> str:
-    """Cloud → gateway: :class:`Intent` and ``Command(action=INTENT_CANCEL)``."""
-    return f"{prefix}/{gateway}/intents"
-
-
-def intent_updates_topic(prefix: str, gateway: str) -> str:
-    """Gateway → cloud: :class:`IntentUpdate`, sealed with the intent's derived context."""
-    return f"{prefix}/{gateway}/intents/updates"
-
-
-def capabilities_topic(prefix: str, gateway: str) -> str:
-    """Gateway → cloud, retained: the gateway's latest :class:`CapabilityAnnouncement`."""
-    return f"{prefix}/{gateway}/capabilities"

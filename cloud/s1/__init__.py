@@ -19,7 +19,7 @@ from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext, ChildSpec
 from amcp.store import Store
-from amcp.wire import EnvelopeError, Opened
+from amcp.wire import EnvelopeError, Opened, topics
 from amcp.wire.messages import CapabilityAnnouncement
 from cloud.s1.registry import CloudCapabilityRegistry, Owner
 from cloud.s1.router import IntentRouter, Routed, RouterNotConnectedError
@@ -100,8 +100,8 @@ class CloudS1:
                 async with client, asyncio.TaskGroup() as tg:
                     await client.subscribe(
                         [
-                            (f"{self._prefix}+/capabilities", 1),
-                            (f"{self._prefix}+/intents/updates", 1),
+                            (topics.capabilities(self._prefix.rstrip("/"), "+"), 1),
+                            (topics.intent_updates(self._prefix.rstrip("/"), "+"), 1),
                         ]
                     )
                     self.router.attach(client, tg)

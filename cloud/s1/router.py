@@ -21,14 +21,13 @@ from typing import Any
 import aiomqtt
 
 from amcp.link import CloudLinks
-from amcp.wire import Context, Opened
+from amcp.wire import Context, Opened, topics
 from amcp.wire.messages import (
     INTENT_CANCEL,
     Command,
     FailureCode,
     Intent,
     IntentUpdate,
-    intents_topic,
 )
 from cloud.s1.registry import CloudCapabilityRegistry
 from cloud.s1.settings import CloudS1Settings
@@ -133,7 +132,7 @@ class IntentRouter:
         finished = False
         try:
             intent = Intent(intent_id, text, capability, args, timeout_ms=int(limit * 1000))
-            topic = intents_topic(self.settings.topic_prefix, target)
+            topic = topics.intents(self.settings.topic_prefix, target)
             data = self.links.seal(target, intent, topic, Context(correlation_id=intent_id))
             await client.publish(topic, data, qos=1)
             deadline = asyncio.get_running_loop().time() + limit + self.settings.grace
@@ -173,7 +172,7 @@ class IntentRouter:
         client = self._client
         if client is None:
             return
-        topic = intents_topic(self.settings.topic_prefix, gateway)
+        topic = topics.intents(self.settings.topic_prefix, gateway)
         command = Command(command_id=uuid.uuid4().hex, target=intent_id, action=INTENT_CANCEL)
         data = self.links.seal(gateway, command, topic, Context(correlation_id=intent_id))
         with contextlib.suppress(aiomqtt.MqttError):

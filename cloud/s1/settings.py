@@ -6,12 +6,14 @@ from typing import Annotated
 
 import msgspec
 
+from amcp.wire import topics
+
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class CloudS1Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
-    topic_prefix: str = "cybernetic/gw"
+    topic_prefix: str = topics.DEFAULT_PREFIX
     client_id: str = "cloud-s1"
     """MQTT client id of the router's connection (a CLI run uses its own, random one)."""
     default_timeout: Seconds = 60.0

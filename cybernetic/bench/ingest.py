@@ -24,12 +24,13 @@ from typing import Any
 
 import aiomqtt
 
+from amcp.wire import topics
 from cybernetic.bench import progress
 from cybernetic.devices import publish_readings
 from cybernetic.stack import Stack, scrape
 
 DESCRIPTION = "gateway drain rate vs a bare aiomqtt subscriber, latency, loss, RSS"
-TOPIC = "devices/+/telemetry"
+TOPIC = topics.DEVICE_TELEMETRY_FILTER
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

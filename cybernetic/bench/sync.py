@@ -34,7 +34,7 @@ from amcp.runtime.supervisor import ChildContext
 from amcp.store import Store
 from amcp.sync import CloudSync, GatewaySync, SyncSettings
 from amcp.sync.frames import STREAM, Delta, encode_frame
-from amcp.wire import SyncFrame
+from amcp.wire import SyncFrame, topics
 from cybernetic.bench import progress
 from cybernetic.mosquitto import MosquittoBroker
 
@@ -167,7 +167,7 @@ async def _one_key(pair: _Pair) -> dict[str, float]:
     frame = encode_frame(
         Delta(pair.cloud.database_id, before, changes.version, msgspec.msgpack.encode(changes))
     )
-    topic = f"{pair.settings.topic_prefix}/{GATEWAY}/sync/down"
+    topic = topics.sync_down(pair.settings.topic_prefix, GATEWAY)
     sealed = pair.cloud_links.seal(GATEWAY, SyncFrame(stream=STREAM, data=frame), topic)
     return {
         "one_key_delta_bytes": len(msgspec.msgpack.encode(row)),

@@ -35,6 +35,7 @@ import aiomqtt
 
 from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
 from amcp.runtime.settings import BrokerLink
+from amcp.wire import topics
 from amcp.wire.telemetry import EventRecord
 from gateway.rules.manager import Entry
 from gateway.rules.model import (
@@ -45,7 +46,7 @@ from gateway.rules.model import (
     EventAction,
 )
 from gateway.rules.settings import RulesSettings
-from gateway.s1.devicewire import ENCODER, DeviceCommand, command_topic
+from gateway.s1.devicewire import ENCODER, DeviceCommand
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ class ActionRunner:
             correlation=f"rule:{job.rule_id}",
             timeout_ms=spec.timeout_ms,
         )
-        await client.publish(command_topic(device, command.id), ENCODER.encode(command), qos=1)
+        await client.publish(topics.command(device, command.id), ENCODER.encode(command), qos=1)
 
     async def _capability(self, spec: CapabilityAction, job: Job) -> None:
         fn = self.capabilities.get(spec.capability)

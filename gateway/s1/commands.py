@@ -23,14 +23,13 @@ import msgspec
 from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
+from amcp.wire import topics
 from gateway.s1.devicewire import (
     ENCODER,
     FINAL_STATES,
     REPLY_DECODER,
-    RESPONSES_FILTER,
     DeviceCommand,
     DeviceReply,
-    command_topic,
     parse_response_topic,
 )
 from gateway.s1.errors import DeviceFailedError, DeviceTimeoutError, MemoryQuotaError
@@ -79,7 +78,7 @@ class CommandExecutor:
         while True:
             try:
                 async with client, asyncio.TaskGroup() as tg:
-                    await client.subscribe(RESPONSES_FILTER, qos=1)
+                    await client.subscribe(topics.RESPONSES_FILTER, qos=1)
                     self._client, self._tg = client, tg
                     self._connected.set()
                     backoff.reset()
@@ -123,7 +122,7 @@ class CommandExecutor:
         client = self._client
         if client is None:
             raise NotConnectedError(f"local broker not connected; command to {device!r} not sent")
-        await client.publish(command_topic(device, command.id), ENCODER.encode(command), qos=1)
+        await client.publish(topics.command(device, command.id), ENCODER.encode(command), qos=1)
 
     async def _cancel(self, device: str, command: DeviceCommand) -> None:
         cancel = DeviceCommand(

@@ -42,16 +42,6 @@ class DeviceReply(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True)
     correlation: str | None = None
 
 
-def command_topic(device: str, command_id: str) -> str:
-    return f"devices/{device}/commands/{command_id}"
-
-
-def response_topic(device: str, command_id: str) -> str:
-    return f"devices/{device}/responses/{command_id}"
-
-
-RESPONSES_FILTER = "devices/+/responses/+"
-
 COMMAND_DECODER = msgspec.json.Decoder(DeviceCommand)
 REPLY_DECODER = msgspec.json.Decoder(DeviceReply)
 ENCODER = msgspec.json.Encoder()

@@ -23,13 +23,13 @@ from typing import Any
 import aiomqtt
 import msgspec
 
+from amcp.wire import topics
 from gateway.s1.devicewire import (
     COMMAND_DECODER,
     ENCODER,
     DeviceCommand,
     DeviceReply,
     ReplyState,
-    response_topic,
 )
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class DeviceResponder:
             ) as client,
             asyncio.TaskGroup() as tg,
         ):
-            await client.subscribe(f"devices/{self.device}/commands/+", qos=1)
+            await client.subscribe(topics.device_commands_filter(self.device), qos=1)
             self.subscribed.set()
             if also is not None:
                 tg.create_task(also(client))
@@ -114,7 +114,7 @@ class DeviceResponder:
                 self._running[command.id] = tg.create_task(self._serve(client, command))
 
     async def _serve(self, client: aiomqtt.Client, command: DeviceCommand) -> None:
-        topic = response_topic(self.device, command.id)
+        topic = topics.response(self.device, command.id)
 
         async def send(state: ReplyState, **fields: Any) -> None:
             reply = DeviceReply(

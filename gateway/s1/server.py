@@ -19,15 +19,12 @@ from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.store.lww import Change
-from amcp.wire import EnvelopeError, Opened, derive
+from amcp.wire import EnvelopeError, Opened, derive, topics
 from amcp.wire.messages import (
     INTENT_CANCEL,
     Command,
     Intent,
     IntentUpdate,
-    capabilities_topic,
-    intent_updates_topic,
-    intents_topic,
 )
 from gateway.s1.dispatcher import Dispatcher
 from gateway.s1.registry import NAMESPACE, CapabilityRegistry
@@ -54,9 +51,9 @@ class LinkServer:
         self.dispatcher = dispatcher
         self.registry = registry
         prefix = settings.topic_prefix
-        self.intents_topic = intents_topic(prefix, gateway)
-        self.updates_topic = intent_updates_topic(prefix, gateway)
-        self.capabilities_topic = capabilities_topic(prefix, gateway)
+        self.intents_topic = topics.intents(prefix, gateway)
+        self.updates_topic = topics.intent_updates(prefix, gateway)
+        self.capabilities_topic = topics.capabilities(prefix, gateway)
         self._changed = asyncio.Event()
         self.connected = False
         self.refused = 0

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import msgspec
 
 from amcp.runtime.settings import Seconds
+from amcp.wire import topics
 
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
@@ -69,7 +70,7 @@ class CapabilityConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
 
 class S1Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
-    topic_prefix: str = "cybernetic/gw"
+    topic_prefix: str = topics.DEFAULT_PREFIX
     """Link topics: ``{prefix}/{gateway}/intents``, ``…/intents/updates``, ``…/capabilities``."""
     announce_interval: Seconds = 60.0
     """The retained announcement is re-sent this often (and at once when capabilities change)."""

@@ -9,7 +9,8 @@ from pathlib import Path
 import aiomqtt
 
 from amcp.runtime.supervisor import ChildContext
-from amcp.wire.messages import CapabilityAnnouncement, CapabilitySpec, capabilities_topic
+from amcp.wire import topics
+from amcp.wire.messages import CapabilityAnnouncement, CapabilitySpec
 from cloud.s1 import CloudS1Settings
 from cybernetic.mosquitto import MosquittoBroker
 from gateway.s1 import S1Settings, read_tree
@@ -120,7 +121,7 @@ async def test_announced_capabilities_reach_the_cloud_and_older_never_replace_ne
         )
         assert owner.spec.input_schema["properties"]["n"]["type"] == "integer"
         # the gateway (same link key) publishes an older announcement, live and retained
-        cap_topic = capabilities_topic(topic, "gw-d")
+        cap_topic = topics.capabilities(topic, "gw-d")
         older = CapabilityAnnouncement(
             "gw-d", held.version - 1, ["evil.cap"], [CapabilitySpec("evil.cap")]
         )

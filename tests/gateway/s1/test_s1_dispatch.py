@@ -12,10 +12,10 @@ import pytest
 
 from amcp.runtime.supervisor import ChildContext
 from amcp.store import Store
+from amcp.wire import topics
 from amcp.wire.messages import Intent, IntentUpdate
 from cybernetic.mosquitto import MosquittoBroker
 from gateway.s1 import CommandExecutor, Dispatcher, QuotaSettings, S1Settings, UnitTree
-from gateway.s1.devicewire import response_topic
 from gateway.s1.registry import CapabilityRegistry
 from gateway.s1.settings import BreakerSettings, CapabilityConfig
 from tests.gateway.s1.s1_support import Hang, caps, device, login, measure, running, wait_for
@@ -239,7 +239,7 @@ async def test_a_garbled_reply_is_counted_and_the_command_goes_on(
             async with asyncio.timeout(10):
                 command = await anext(aiter(dev.messages))
             command_id = command.topic.value.rsplit("/", 1)[1]
-            reply_topic = response_topic(name, command_id)
+            reply_topic = topics.response(name, command_id)
             await dev.publish(reply_topic, b'{"id": "\xff", "state": "done"}', qos=1)
             good = {"id": command_id, "state": "done", "data": {"sum": 0}}
             await dev.publish(reply_topic, json.dumps(good).encode(), qos=1)
