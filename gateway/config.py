@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from typing import Annotated
 
 import msgspec
@@ -10,6 +9,7 @@ import msgspec
 from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings, Seconds
 from amcp.sync import SyncSettings
 from amcp.wire import topics
+from gateway.outbox import OutboxSettings
 from gateway.rules import RulesSettings
 from gateway.s1 import S1Settings
 from gateway.s2.config import S2Config
@@ -17,11 +17,6 @@ from wasm import PolicyConfig
 
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 Identifier = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-
-
-class Overflow(enum.StrEnum):
-    DROP_OLDEST = "drop-oldest"
-    REFUSE_NEW = "refuse-new"
 
 
 class GatewaySection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -47,12 +42,6 @@ class IngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     the broker keeps sending while a commit runs."""
     batch_interval: Seconds = 0.01
     dead_letter_max_rows: Positive = 10_000
-
-
-class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    max_bytes: Positive = 512 * 1024 * 1024
-    max_age: Seconds = 14 * 24 * 3600.0
-    overflow: Overflow = Overflow.DROP_OLDEST
 
 
 class UplinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -21,6 +21,7 @@ succeeds again; ingest then waits (the broker keeps the readings) and tries agai
 from __future__ import annotations
 
 import asyncio
+import enum
 import sqlite3
 import threading
 import time
@@ -28,16 +29,31 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 
 from amcp.runtime.database import Database
+from amcp.runtime.settings import Seconds
 from amcp.runtime.storage import StorageFullError, transaction
 from amcp.wire.telemetry import EventRecord, Reading
-from gateway.config import OutboxSettings, Overflow
 
 T = TypeVar("T")
+
+
+class Overflow(enum.StrEnum):
+    DROP_OLDEST = "drop-oldest"
+    REFUSE_NEW = "refuse-new"
+
+
+class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[outbox]``: owned here, so the outbox imports no other part of the gateway."""
+
+    max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 512 * 1024 * 1024
+    max_age: Seconds = 14 * 24 * 3600.0
+    overflow: Overflow = Overflow.DROP_OLDEST
+
+
 SCHEMA_VERSION = 5
 READING, EVENT = 0, 1  # outbox row kinds
 KIND_NAMES = {READING: "reading", EVENT: "event"}

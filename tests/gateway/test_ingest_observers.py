@@ -8,10 +8,10 @@ from pathlib import Path
 import msgspec
 
 from amcp.wire.telemetry import Reading
-from gateway.config import GatewayConfig, Overflow
+from gateway.config import GatewayConfig
 from gateway.ingest import Ingest, _Pending
 from gateway.metrics import GatewayMetrics
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, Overflow
 
 
 def _config(tmp_path: Path, **outbox: object) -> GatewayConfig:

@@ -10,8 +10,7 @@ import pytest
 
 from amcp.runtime.storage import StorageFullError
 from amcp.wire.telemetry import EventRecord, Reading
-from gateway.config import OutboxSettings, Overflow
-from gateway.outbox import EVENT, Outbox, OutboxError
+from gateway.outbox import EVENT, Outbox, OutboxError, OutboxSettings, Overflow
 
 
 def _readings(n: int, start: int = 1, device: str = "d") -> list[Reading]:
@@ -234,3 +233,16 @@ async def test_a_full_disk_raises_storage_full_and_changes_nothing(tmp_path: Pat
     assert batch is not None
     assert _seqs(batch.bodies) == [1, 2, 3, 4, 5, 6]
     await ob.close()
+
+
+def test_the_outbox_imports_no_other_part_of_the_gateway() -> None:
+    """Its settings live with it: through gateway.config it imported the rules and all of S1."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = (
+        "import sys, gateway.outbox; "
+        "print(sorted(m for m in sys.modules if m.startswith('gateway')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['gateway', 'gateway.outbox']"

@@ -14,8 +14,7 @@ from amcp.runtime.storage import transaction
 from amcp.store import Store
 from amcp.wire.telemetry import Reading
 from cloud.readings import ReadingStore, count_readings
-from gateway.config import OutboxSettings
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, OutboxSettings
 
 
 def _setup(db: sqlite3.Connection) -> None:

@@ -14,8 +14,7 @@ import pytest
 from amcp.runtime.supervisor import ChildContext
 from amcp.store import Store
 from amcp.wire.telemetry import EventRecord, Reading
-from gateway.config import OutboxSettings
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, OutboxSettings
 from gateway.rules import PatternRule, RulesService, RulesSettings, WindowRule, encode_rule
 from tests.stopping import stop
 
