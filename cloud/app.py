@@ -1,13 +1,15 @@
 """The cloud process: gateway telemetry into the reading store (S3-S5 come in later waves).
 
-Tree (rest_for_one)::
+Tree (docs/architecture.md, "Supervision")::
 
-    cloud
-    ├── readings    the SQLite reading store
+    cloud (rest_for_one: the durable resources, then the workers that use them)
+    ├── readings    the SQLite reading store; fails if its database fails
     ├── state       the cloud's CRDT store (amcp.store)
-    ├── ingest      cloud broker → store → ack to the gateway
-    ├── sync        CRDT deltas with every gateway (amcp.sync)
-    └── s1          capability registry from announcements, intent router
+    └── workers (one_for_one)
+        ├── ingest      cloud broker → store → ack (or nack) to the gateway
+        ├── sync        CRDT deltas with every gateway (amcp.sync)
+        ├── s1          capability registry from announcements, intent router
+        └── enrolment   one-time-token enrolment (with a PKI directory)
 """
 
 from __future__ import annotations
@@ -60,6 +62,28 @@ class Cloud:
         self.sync = CloudSync(
             config.sync, self.state_store, self.links, config.broker, cloud=config.cloud.id
         )
+        # the durable resources under rest_for_one, the workers one_for_one beneath them: see
+        # the tree in docs/architecture.md, section Supervision
+        self.workers = Supervisor(
+            "workers",
+            [
+                ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
+                *(
+                    [ChildSpec("sync", self.sync.run, shutdown_timeout=5)]
+                    if config.sync.enabled
+                    else []
+                ),
+                *self.s1.child_specs(),
+                *(
+                    [ChildSpec("enrolment", self._run_enrolment, shutdown_timeout=5)]
+                    if config.enrolment.pki_dir
+                    else []
+                ),
+            ],
+            strategy=Strategy.ONE_FOR_ONE,
+            intensity=5,
+            period=30,
+        )
         self.supervisor = Supervisor(
             "cloud",
             [
@@ -75,23 +99,13 @@ class Cloud:
                     wait_ready=True,
                     shutdown_timeout=10,
                 ),
-                ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
-                *(
-                    [ChildSpec("sync", self.sync.run, shutdown_timeout=5)]
-                    if config.sync.enabled
-                    else []
-                ),
-                *self.s1.child_specs(),
-                *(
-                    [ChildSpec("enrolment", self._run_enrolment, shutdown_timeout=5)]
-                    if config.enrolment.pki_dir
-                    else []
-                ),
+                self.workers.as_child(shutdown_timeout=40),
             ],
             strategy=Strategy.REST_FOR_ONE,
             intensity=5,
             period=30,
         )
+        self.supervisor.add_subtree(self.workers)
 
     async def _run_enrolment(self, ctx: ChildContext) -> None:
         """Answer gateways enrolling with one-time tokens (docs/trust.md)."""
