@@ -3,17 +3,21 @@
 Tokens are kept as ``HKDF(token secret)`` (the MAC key) and their public id, never the token
 itself. Consumption is one conditional ``UPDATE``, so two requests racing for one token cannot
 both win. :class:`cloud.enrolment.Enrolment` answers the requests on top of this store.
+
+The file is an :class:`~amcp.runtime.database.Database` used from the caller's thread (each
+statement under the store's lock, ``synchronous=FULL``: a consumed token stays consumed after a
+power cut); :meth:`EnrolmentStore.close` and :meth:`EnrolmentStore.open` reopen the same store.
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from amcp.runtime.database import Database, Schema
 from amcp.wire import enrol as wire
 
 _GATEWAY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -25,7 +29,7 @@ def valid_gateway_id(gateway: str, cloud: str) -> bool:
     return bool(_GATEWAY_ID.match(gateway)) and gateway not in RESERVED_IDS | {cloud}
 
 
-_SCHEMA = """
+_V1 = """
 CREATE TABLE IF NOT EXISTS tokens (
     token_id TEXT PRIMARY KEY,
     mac_key BLOB NOT NULL,
@@ -49,6 +53,8 @@ CREATE TABLE IF NOT EXISTS gateways (
     renew_response BLOB
 );
 """
+SCHEMA = Schema("enrolment", (_V1,))
+"""Numbered steps, forward only (files from before ``user_version`` have step 1's tables)."""
 
 
 def now_ms() -> int:
@@ -84,15 +90,22 @@ class EnrolmentStore:
     """Tokens and the gateway register in one SQLite file (mode 0600)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self.path = path
+        self._file = Database(path, name="enrolment", schema=SCHEMA, synchronous="FULL")
         self._lock = threading.Lock()
+        self.open()
+
+    def open(self) -> None:
+        """Open the file (the constructor does; after :meth:`close` this opens it again)."""
+        with self._lock:
+            if not self._file.is_open:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.touch(mode=0o600, exist_ok=True)
+                self._db = self._file.open_sync()
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._file.close_sync()
 
     def add_token(self, token: wire.BootstrapToken, gateway: str | None, expires_ms: int) -> None:
         with self._lock:

@@ -2,20 +2,28 @@
 
 Identity is (device, boot, seq) — see docs/telemetry.md. A batch is committed in one
 transaction with ``synchronous=FULL`` before its acknowledgement is sent, so an acknowledged
-reading is on disk. One writer thread; reads open their own connections.
+reading is on disk. The file is an :class:`~amcp.runtime.database.Database` (one writer thread,
+a read-only reader beside it, made on open so a supervisor reopens the same store); the store
+uses only its :class:`~amcp.runtime.database.AsyncDatabase` face (``write``/``read``), the seam
+a PostgreSQL backend for the cloud would stand behind.
+
+Tools and tests read a store file directly, read-only, through the functions at the end
+(:func:`count_readings`, :func:`reading_keys`, :func:`recorded_readings`): no SQL of this
+table outside this module.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import msgspec
 
-from amcp.runtime.database import Database
-from amcp.runtime.storage import transaction
+from amcp.runtime.database import AsyncDatabase, Database, Schema, connect
 from amcp.wire.telemetry import (
     EventRecord,
     InvalidValueError,
@@ -24,7 +32,7 @@ from amcp.wire.telemetry import (
     check_reading,
 )
 
-_SCHEMA = """
+_V1 = """
 CREATE TABLE IF NOT EXISTS readings (
     device TEXT NOT NULL,
     boot TEXT NOT NULL,
@@ -47,6 +55,9 @@ CREATE TABLE IF NOT EXISTS events (
     attrs TEXT NOT NULL
 );
 """
+SCHEMA = Schema("readings", (_V1,))
+"""Numbered steps, forward only (files from before ``user_version`` are at 0: step 1 creates
+nothing they have)."""
 
 
 _encode_json = msgspec.json.Encoder().encode
@@ -68,7 +79,9 @@ class StoreBatch(NamedTuple):
 class ReadingStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = Database(path, name="readings", synchronous="FULL", setup=_setup)
+        self._file: AsyncDatabase[sqlite3.Connection] = Database(
+            path, name="readings", schema=SCHEMA, synchronous="FULL"
+        )
 
     async def open(self) -> None:
         """Open (or open again after :meth:`close`: a supervisor restarts the same object)."""
@@ -106,48 +119,44 @@ class ReadingStore:
         :class:`~amcp.runtime.storage.StorageFullError` and stores nothing."""
         return await self._file.write(lambda db: _store_many(db, batches, now_ms))
 
-
-def _setup(db: sqlite3.Connection) -> None:
-    db.executescript(_SCHEMA)
+    async def count(self) -> int:
+        """Readings stored (on the reader, beside the writes)."""
+        return await self._file.read(_count)
 
 
 def _store_many(db: sqlite3.Connection, batches: Sequence[StoreBatch], now_ms: int) -> list[Stored]:
+    """One :meth:`ReadingStore.store_many`, in the write transaction ``Database.write`` runs."""
     results: list[Stored] = []
-    with transaction(db):
-        for gateway, readings, events in batches:
-            refused: dict[int, str] = {}
-            rows = []
-            for i, r in enumerate(readings):
-                try:
-                    check_reading(r)
-                    values = _json(r.values)
-                except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
-                    refused[i] = f"{type(exc).__name__}: {exc}"[:300]
-                    continue
-                rows.append(
-                    (r.device, r.boot, r.seq, r.ts_ms, r.received_ms, now_ms, gateway, values)
-                )
-            before = db.total_changes
-            db.executemany("INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            stored = db.total_changes - before
-            refused_events: dict[int, str] = {}
-            event_rows = []
-            for i, e in enumerate(events):
-                try:
-                    check_event(e)
-                    attrs = _json(e.attrs)
-                except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
-                    refused_events[i] = f"{type(exc).__name__}: {exc}"[:300]
-                    continue
-                event_rows.append((gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, attrs))
-            db.executemany(
-                "INSERT INTO events (gateway, name, source, severity, ts_ms, stored_ms, attrs) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                event_rows,
-            )
-            results.append(
-                Stored(stored, len(rows) - stored, refused, refused_events, len(event_rows))
-            )
+    for gateway, readings, events in batches:
+        refused: dict[int, str] = {}
+        rows = []
+        for i, r in enumerate(readings):
+            try:
+                check_reading(r)
+                values = _json(r.values)
+            except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
+                refused[i] = f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            rows.append((r.device, r.boot, r.seq, r.ts_ms, r.received_ms, now_ms, gateway, values))
+        before = db.total_changes
+        db.executemany("INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        stored = db.total_changes - before
+        refused_events: dict[int, str] = {}
+        event_rows = []
+        for i, e in enumerate(events):
+            try:
+                check_event(e)
+                attrs = _json(e.attrs)
+            except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
+                refused_events[i] = f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            event_rows.append((gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, attrs))
+        db.executemany(
+            "INSERT INTO events (gateway, name, source, severity, ts_ms, stored_ms, attrs) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            event_rows,
+        )
+        results.append(Stored(stored, len(rows) - stored, refused, refused_events, len(event_rows)))
     return results
 
 
@@ -163,6 +172,42 @@ class Stored(NamedTuple):
     """Events stored."""
 
 
+def _count(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT count(*) FROM readings").fetchone()[0])
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[sqlite3.Connection | None]:
+    """A read-only connection to a store file, or None when it holds no store (yet)."""
+    if not path.exists():
+        yield None
+        return
+    with contextlib.closing(connect(path, readonly=True)) as db:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'readings'").fetchone() is None:
+            yield None
+        else:
+            yield db
+
+
 def count_readings(path: Path) -> int:
-    with sqlite3.connect(path) as db:
-        return int(db.execute("SELECT count(*) FROM readings").fetchone()[0])
+    """Readings in a store file (another process's, read-only); 0 before it has any table."""
+    with _reading(path) as db:
+        return 0 if db is None else _count(db)
+
+
+def reading_keys(path: Path) -> list[tuple[str, str, int]]:
+    """Every stored reading's identity (device, boot, seq), in no particular order."""
+    with _reading(path) as db:
+        return [] if db is None else db.execute("SELECT device, boot, seq FROM readings").fetchall()
+
+
+def recorded_readings(path: Path) -> Iterator[Reading]:
+    """The readings of a store file, oldest first (``cybernetic patterns test`` replays them)."""
+    with _reading(path) as db:
+        if db is None:
+            return
+        rows = db.execute(
+            'SELECT device, boot, seq, ts_ms, "values" FROM readings ORDER BY ts_ms, seq'
+        )
+        for device, boot, seq, ts_ms, values in rows:
+            yield Reading(device, boot, seq, ts_ms, json.loads(values))

@@ -15,12 +15,16 @@ dropped to make room: they may be stored in the cloud already, and the window bo
 
 A full disk is not a failure of the outbox: a write that finds it full changes nothing, raises
 :class:`~amcp.runtime.storage.StorageFullError` and sets :attr:`Outbox.full` until a write
-succeeds again; ingest then waits (the broker keeps the readings) and tries again.
+succeeds again; ingest then waits (the broker keeps the readings) and tries again. Any other
+failure of the file itself (an I/O error, a read-only or corrupt file) makes :meth:`Outbox.held`
+raise: the child holding the outbox fails and its supervisor closes and opens this same object
+again (the file is an :class:`~amcp.runtime.database.Database`, whose threads are made on open).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import sqlite3
 import threading
@@ -33,7 +37,7 @@ from typing import Annotated, TypeVar
 
 import msgspec
 
-from amcp.runtime.database import Database
+from amcp.runtime.database import Database, Schema, SchemaTooNewError
 from amcp.runtime.settings import Seconds
 from amcp.runtime.storage import StorageFullError, transaction
 from amcp.wire.telemetry import EventRecord, Reading
@@ -54,26 +58,43 @@ class OutboxSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     overflow: Overflow = Overflow.DROP_OLDEST
 
 
-SCHEMA_VERSION = 5
 READING, EVENT = 0, 1  # outbox row kinds
 KIND_NAMES = {READING: "reading", EVENT: "event"}
 
-_SCHEMA = """
+
+class OutboxError(Exception):
+    """The outbox database cannot be used (newer schema, unreadable file)."""
+
+
+class OutboxSchemaError(OutboxError, SchemaTooNewError):
+    """The outbox file was written by a newer gateway."""
+
+
+def _version_in_meta(version: int) -> Callable[[sqlite3.Connection], None]:
+    """The version is also kept where gateways before ``user_version`` look for it, so they
+    refuse a file this one upgraded instead of misreading it."""
+
+    def record(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+
+    return record
+
+
+_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     added_ms INTEGER NOT NULL,
     size INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    kind INTEGER NOT NULL DEFAULT 0
+    body BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS recent_commits (id INTEGER PRIMARY KEY, ids BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS drops (
-    kind INTEGER NOT NULL DEFAULT 0,
-    reason TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (kind, reason)
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     at_ms INTEGER NOT NULL,
@@ -82,11 +103,58 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     detail TEXT NOT NULL,
     payload BLOB NOT NULL
 );
+INSERT OR IGNORE INTO meta VALUES ('schema_version', '1')
 """
+"""The first outbox, as released (later steps change it; released steps never change)."""
 
 
-class OutboxError(Exception):
-    """The outbox database cannot be used (newer schema, unreadable file)."""
+def _v2(db: sqlite3.Connection) -> None:
+    """Rows of two kinds: readings and gateway events."""
+    if "kind" not in {r[1] for r in db.execute("PRAGMA table_info(outbox)")}:
+        db.execute("ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0")
+    _version_in_meta(2)(db)
+
+
+def _v3(db: sqlite3.Connection) -> None:
+    """Batches moved to memory."""
+    db.execute("DROP TABLE IF EXISTS batches")
+    _version_in_meta(3)(db)
+
+
+def _v4(db: sqlite3.Connection) -> None:
+    """Drops counted by kind: the old counts were all taken as readings."""
+    if "kind" not in {r[1] for r in db.execute("PRAGMA table_info(drops)")}:
+        db.execute("ALTER TABLE drops RENAME TO drops_v3")
+        db.execute(
+            "CREATE TABLE drops (kind INTEGER NOT NULL DEFAULT 0, reason TEXT NOT NULL, "
+            "count INTEGER NOT NULL, PRIMARY KEY (kind, reason))"
+        )
+        db.execute("INSERT INTO drops SELECT 0, reason, count FROM drops_v3")
+        db.execute("DROP TABLE drops_v3")
+    _version_in_meta(4)(db)
+
+
+def _v5(db: sqlite3.Connection) -> None:
+    """The reading identities of the last commits (redeliveries after a crash)."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS recent_commits (id INTEGER PRIMARY KEY, ids BLOB NOT NULL)"
+    )
+    _version_in_meta(5)(db)
+
+
+def _legacy_version(db: sqlite3.Connection) -> int:
+    """Outboxes before ``user_version`` kept their version in ``meta`` (0: a new file)."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+        return 0
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+SCHEMA = Schema(
+    "outbox", (_V1, _v2, _v3, _v4, _v5), legacy_version=_legacy_version, too_new=OutboxSchemaError
+)
+"""Numbered steps, forward only (see :class:`~amcp.runtime.database.Schema`)."""
+SCHEMA_VERSION = SCHEMA.version
 
 
 @dataclass(frozen=True)
@@ -167,7 +235,9 @@ class Outbox:
         self._on_drop = on_drop
         self._dead_letter_max = dead_letter_max_rows
         self._now_ms = now_ms
-        self._file = Database(path, name="outbox", synchronous="FULL", setup=self._open)
+        self._file = Database(
+            path, name="outbox", schema=SCHEMA, synchronous="FULL", setup=self._open
+        )
         self.recent: set[Identity] = set()
         """Identities committed by the last commits before this open (see
         :meth:`append_readings`)."""
@@ -196,7 +266,7 @@ class Outbox:
         await self._file.close()
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await self._file.write(lambda _conn: fn())
+        return await self._file.call(lambda _conn: fn())
 
     async def held(self) -> None:
         """Return never; raise once the outbox's database failed (not for a full disk, which
@@ -205,18 +275,7 @@ class Outbox:
         await self._file.held()
 
     def _open(self, db: sqlite3.Connection) -> None:
-        """The schema, its migrations and the in-memory state, on the writer thread."""
-        db.executescript(_SCHEMA)
-        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) < SCHEMA_VERSION:
-            self._migrate(db, int(row[0]))
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise OutboxError(
-                f"{self.path}: outbox schema {row[0]} is newer than this gateway supports "
-                f"({SCHEMA_VERSION}); upgrade cybernetic-edge or move the file away"
-            )
+        """The in-memory state from the file (migrated already), on the writer thread."""
         self._cursor = 0
         self.recent = {
             (str(d), str(b), int(q))
@@ -230,29 +289,6 @@ class Outbox:
         ).fetchone()
         with self._lock:
             self.stats = OutboxStats(rows, size, oldest, 0)
-
-    @staticmethod
-    def _migrate(db: sqlite3.Connection, version: int) -> None:
-        with transaction(db):
-            if version < 2:
-                columns = {r[1] for r in db.execute("PRAGMA table_info(outbox)")}
-                if "kind" not in columns:
-                    db.execute("ALTER TABLE outbox ADD COLUMN kind INTEGER NOT NULL DEFAULT 0")
-            if version < 3:  # batches moved to memory
-                db.execute("DROP TABLE IF EXISTS batches")
-            if version < 4:  # drops counted by kind: the old counts were all taken as readings
-                columns = {r[1] for r in db.execute("PRAGMA table_info(drops)")}
-                if "kind" not in columns:
-                    db.execute("ALTER TABLE drops RENAME TO drops_v3")
-                    db.execute(
-                        "CREATE TABLE drops (kind INTEGER NOT NULL DEFAULT 0, reason TEXT NOT "
-                        "NULL, count INTEGER NOT NULL, PRIMARY KEY (kind, reason))"
-                    )
-                    db.execute("INSERT INTO drops SELECT 0, reason, count FROM drops_v3")
-                    db.execute("DROP TABLE drops_v3")
-            db.execute(
-                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-            )
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -319,7 +355,8 @@ class Outbox:
                 self._last_id = db.execute("SELECT last_insert_rowid()").fetchone()[0]
         except BaseException as exc:
             self._cursor = cursor  # nothing was dropped after all
-            self._reload_stats()
+            with contextlib.suppress(sqlite3.Error):  # a failed file is reopened, stats too
+                self._reload_stats()
             self._set_full(full=isinstance(exc, StorageFullError))
             raise
         with self._lock:

@@ -38,7 +38,10 @@ hundred rows however many nonces it holds. If the process dies before a
 flush, the next open finds the store marked unclean and refuses every envelope stamped before
 that restart: state that may be missing can never admit a replay.
 Thread-safe: one lock around each check or batch (SQLite runs under it, so from async code
-call the opener in a worker thread).
+call the opener in a worker thread). The file is an :class:`~amcp.runtime.database.Database`
+used from the caller's thread (no writer thread: the hot path never queues), with the project's
+pragmas and numbered migrations; :meth:`ReplayGuard.close` then :meth:`ReplayGuard.open` reopen
+the same guard.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
@@ -55,9 +57,11 @@ from typing import Protocol, Self
 
 from amcp.replay.bloom import BloomFilter
 from amcp.replay.store import PARTS, RECORD_BYTES, NonceStore, Run, find_record
-from amcp.runtime.storage import is_storage_full
+from amcp.replay.store import SCHEMA as NONCE_SCHEMA
+from amcp.runtime.database import Database, Schema
+from amcp.runtime.storage import StorageFullError, transaction
 
-_SCHEMA = """
+_V1 = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (
     sender TEXT NOT NULL, epoch INTEGER NOT NULL, top INTEGER NOT NULL,
@@ -67,6 +71,10 @@ CREATE TABLE IF NOT EXISTS versions (
     scope TEXT PRIMARY KEY, version INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+SCHEMA = Schema("replay", (_V1 + NONCE_SCHEMA,))
+"""Numbered steps, forward only. Files from before ``user_version`` are at 0 and have these
+tables already (step 1 creates what they lack); one from before partitioned runs still has a
+``nonces`` table, which :meth:`ReplayGuard.open` drops (and refuses what it covered)."""
 
 _MAX_SENDERS = 65536
 """Cached per-sender keys (senders are key ids that verified, so few in practice)."""
@@ -135,34 +143,45 @@ class ReplayGuard:
         self._flush_every = flush_every
         self._clock: WallClock = clock or time
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            ":memory:" if path is None else str(path), check_same_thread=False
-        )
-        self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + _SCHEMA)
-        self._store = NonceStore(self._db)
-        self._counters: dict[tuple[str, int], list[int]] = {}
-        self._dirty: set[tuple[str, int]] = set()
-        self._gens: dict[int, Generation] = {}
-        self._sender_keys: dict[str, int] = {}
-        self._next_expiry = 0
-        self._unflushed = 0
+        self._file = Database(path, name="replay", schema=SCHEMA, synchronous="NORMAL")
         self.false_positives = 0
         self.deferred_flushes = 0
         """Writes put off because the disk was full (the state stays in memory meanwhile)."""
-        self.floor_ms = 0
-        self._load()
-        # the containers are only ever changed in place: bind them once for the hot loop
-        self._hot = (
-            self._counters,
-            self._dirty.add,
-            self._counter_window,
-            self._counter_mask,
-            self._gens,
-            self._sender_keys,
-            self._mul,
-            self.gen_ms,
-            self._store,
-        )
+        self.open()
+
+    def open(self) -> None:
+        """Load the state from the file (opened on this thread: the guard is synchronous and
+        runs under its lock). The constructor opens; after :meth:`close` this opens the same
+        guard again, with what the file holds."""
+        with self._lock:
+            if self._file.is_open:
+                return
+            self._db = self._file.open_sync()
+            try:
+                self._store = NonceStore(self._db)
+                self._counters: dict[tuple[str, int], list[int]] = {}
+                self._dirty: set[tuple[str, int]] = set()
+                self._gens: dict[int, Generation] = {}
+                self._sender_keys: dict[str, int] = {}
+                self._next_expiry = 0
+                self._unflushed = 0
+                self.floor_ms = 0
+                self._load()
+            except BaseException:
+                self._file.close_sync()
+                raise
+            # the containers are only ever changed in place: bind them once for the hot loop
+            self._hot = (
+                self._counters,
+                self._dirty.add,
+                self._counter_window,
+                self._counter_mask,
+                self._gens,
+                self._sender_keys,
+                self._mul,
+                self.gen_ms,
+                self._store,
+            )
 
     # -- persistence ------------------------------------------------------------------
     def _meta(self, key: str) -> bytes | None:
@@ -173,18 +192,18 @@ class ReplayGuard:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def _load(self) -> None:
-        salt = self._meta("salt")
-        if salt is None:
-            salt = os.urandom(16)
-            self._set_meta("salt", salt)
+        with transaction(self._db):
+            salt = self._meta("salt")
+            if salt is None:
+                salt = os.urandom(16)
+                self._set_meta("salt", salt)
+            if self._meta("clean") == b"0":
+                self.floor_ms = int(self._clock.time() * 1000) + 1  # refuse up to restart
+            self._set_meta("clean", b"0")
         self._salt = salt
         # odd multiplier of the multiply-shift hash: a bijection on 128 bits, secret per store
         mul = hashlib.blake2b(b"multiplier", digest_size=16, key=salt).digest()
         self._mul = int.from_bytes(mul, "little") | 1
-        if self._meta("clean") == b"0":
-            self.floor_ms = int(self._clock.time() * 1000) + 1  # refuse up to restart
-        self._set_meta("clean", b"0")
-        self._db.commit()
         for sender, epoch, top, bitmap, last_ts in self._db.execute("SELECT * FROM counters"):
             self._counters[sender, epoch] = [top, int.from_bytes(bitmap, "big"), last_ts]
         self._drop_row_per_nonce_table()
@@ -200,7 +219,7 @@ class ReplayGuard:
         if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'nonces'").fetchone() is None:
             return
         self.floor_ms = int(self._clock.time() * 1000) + 1
-        with db:
+        with transaction(db):
             db.execute("DROP TABLE nonces")
 
     def flush(self) -> None:
@@ -216,12 +235,10 @@ class ReplayGuard:
         ]
         runs = self._take_runs()
         try:
-            with self._db:
+            with transaction(self._db):
                 self._db.executemany("INSERT OR REPLACE INTO counters VALUES (?,?,?,?,?)", rows)
                 self._store.append(runs)
-        except sqlite3.Error as exc:
-            if not is_storage_full(exc):
-                raise
+        except StorageFullError:
             # a full disk: the records go back to their buffers (they are what confirms a
             # Bloom hit exactly, so dropping them would admit a replay) and wait for the
             # next flush; until then memory answers as before
@@ -243,12 +260,17 @@ class ReplayGuard:
         return runs
 
     def close(self) -> None:
-        """Flush and mark the store clean, so the next open trusts it fully."""
+        """Flush and mark the store clean, so the next open trusts it fully (:meth:`open`
+        opens the same guard again)."""
         with self._lock:
-            self._flush()
-            self._set_meta("clean", b"1")
-            self._db.commit()
-            self._db.close()
+            if not self._file.is_open:
+                return
+            try:
+                self._flush()
+                with transaction(self._db):
+                    self._set_meta("clean", b"1")
+            finally:
+                self._file.close_sync()
 
     def __enter__(self) -> Self:
         return self
@@ -389,14 +411,12 @@ class ReplayGuard:
             self._dirty.discard(k)
         if old_gens or old_counters:
             try:
-                with self._db:
+                with transaction(self._db):
                     self._store.drop_before((horizon // self.gen_ms) - 1)
                     self._db.executemany(
                         "DELETE FROM counters WHERE sender = ? AND epoch = ?", old_counters
                     )
-            except sqlite3.Error as exc:
-                if not is_storage_full(exc):
-                    raise
+            except StorageFullError:
                 self.deferred_flushes += 1  # stale rows stay on disk until the next expiry
         self._next_expiry = now_ms + self.gen_ms // 4
 
@@ -409,7 +429,7 @@ class ReplayGuard:
             ).fetchone()
             if row is not None and row[0] >= version:
                 return False
-            with self._db:
+            with transaction(self._db):
                 self._db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?)", (scope, version))
             return True
 

@@ -47,8 +47,7 @@ class NonceStore:
     """Append-only partitioned runs of records, per generation, in an open SQLite database."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-        db.executescript(SCHEMA)
+        self._db = db  # with :data:`SCHEMA` in it (the guard's file migrates to it)
         self._rows: dict[tuple[int, int], int] = {}
         for gen, part, n in db.execute(
             "SELECT gen, part, count(*) FROM nonce_runs GROUP BY gen, part"

@@ -32,6 +32,7 @@ from amcp.store.rows import (
     encode_changes,
     encode_rows,
 )
+from amcp.store.schema import recorded_site
 from amcp.store.store import Store
 
 __all__ = [
@@ -56,4 +57,5 @@ __all__ = [
     "decode_rows",
     "encode_changes",
     "encode_rows",
+    "recorded_site",
 ]

@@ -14,25 +14,19 @@ Every error carries the facts a caller needs as attributes, and says them in its
 
 from __future__ import annotations
 
+from amcp.runtime import database
+
 
 class StoreError(Exception):
     """Base class of every error the store raises."""
 
 
-class SchemaTooNewError(StoreError):
-    """The database file has a schema version this binary does not know.
+class SchemaTooNewError(StoreError, database.SchemaTooNewError):
+    """The database file has a schema version this binary does not know (``path``,
+    ``found``, ``supported``).
 
     Opening it anyway could corrupt rows written by the newer binary, so it is refused.
     """
-
-    def __init__(self, path: str, found: int, supported: int) -> None:
-        self.path = path
-        self.found = found
-        self.supported = supported
-        super().__init__(
-            f"{path}: database schema version {found} is newer than this binary supports "
-            f"({supported}); upgrade cybernetic-edge before opening it"
-        )
 
 
 class ClockSkewError(StoreError):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import msgspec
 
+from amcp.runtime.database import Database, Synchronous
 from amcp.runtime.storage import transaction
 from amcp.store import peers, reads, schema
 from amcp.store.errors import (
@@ -75,7 +76,7 @@ Callback = Callable[[list[Change]], None]
 class LWWStore:
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | Database,
         site: str,
         *,
         wall_ms: Callable[[], int] = system_wall_ms,
@@ -83,21 +84,30 @@ class LWWStore:
         max_value_bytes: int = 16 * 1024 * 1024,
         chunk_bytes: int = 16 * 1024,
         peer_horizon_ms: int = 7 * 24 * 3600 * 1000,
-        synchronous: str = "NORMAL",
+        synchronous: Synchronous = "NORMAL",
     ) -> None:
+        """``path``: the store's file, opened here on the calling thread (closed by
+        :meth:`close`); or a :class:`~amcp.runtime.database.Database` of the store's schema
+        already open, used from its writer thread and left open (how :class:`Store` runs it;
+        ``synchronous`` is then the database's)."""
         if not site:
             raise ValueError("site must be a non-empty string")
-        self.path = str(path)
+        if isinstance(path, Database):
+            self._file, self._owns_file = path, False
+            self._conn = path.connection
+        else:
+            self._file = schema.open_database(path, synchronous=synchronous)
+            self._owns_file = True
+            self._conn = self._file.open_sync()
+        self.path = str(self._file.path)
         self.site = site
         self.max_value_bytes = max_value_bytes
         self.chunk_bytes = chunk_bytes
         self.peer_horizon_ms = peer_horizon_ms
-        self._conn = schema.connect(path, synchronous=synchronous)
         try:
-            schema.migrate(self._conn, path)
-            self.database_id, self._version, last = schema.identity(self._conn, path, site)
+            self.database_id, self._version, last = schema.identity(self._conn, self.path, site)
         except BaseException:
-            self._conn.close()
+            self._close_file()
             raise
         self.clock = HybridClock(wall_ms, max_ahead_ms=max_ahead_ms, last=last)
         self._subscribers: dict[str | None, list[Callback]] = {}
@@ -108,7 +118,11 @@ class LWWStore:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._conn.close()
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._owns_file:
+            self._file.close_sync()
 
     @property
     def version(self) -> int:

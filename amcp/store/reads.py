@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import msgspec
 
+from amcp.runtime.database import snapshot
 from amcp.store.errors import InvalidRowError
 from amcp.store.rows import ChangeSet, Chunk, Row, chunk_size, row_size
 
@@ -26,19 +25,6 @@ class Entry(msgspec.Struct, frozen=True):
     value: bytes
     hlc: int
     site: str
-
-
-@contextmanager
-def snapshot(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A read transaction, or nothing extra when one is already open on ``conn``."""
-    if conn.in_transaction:
-        yield conn
-        return
-    conn.execute("BEGIN")
-    try:
-        yield conn
-    finally:
-        conn.execute("COMMIT")
 
 
 def assemble(conn: sqlite3.Connection, row: Row) -> bytes:

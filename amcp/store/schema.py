@@ -1,17 +1,21 @@
 """Schema, migrations and connection set-up for the store's SQLite file.
 
-``PRAGMA user_version`` holds the schema version. Each entry of :data:`MIGRATIONS` moves a
-database one version forward inside one transaction, so a crash mid-upgrade leaves the old
-version intact. A database newer than :data:`SCHEMA_VERSION` is refused with
-:class:`SchemaTooNewError`: an older binary cannot know what the newer columns mean.
+The file is an :class:`amcp.runtime.database.Database` like every other: ``PRAGMA
+user_version`` holds the schema version, each entry of :data:`MIGRATIONS` moves a database one
+version forward inside one transaction (a crash mid-upgrade leaves the old version intact), and
+a database newer than :data:`SCHEMA_VERSION` is refused with :class:`SchemaTooNewError`: an
+older binary cannot know what the newer columns mean.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import uuid
 from pathlib import Path
 
+from amcp.runtime import database
+from amcp.runtime.database import Database, Schema, Synchronous
 from amcp.runtime.storage import transaction
 from amcp.store.errors import SchemaTooNewError, SiteMismatchError
 
@@ -56,50 +60,53 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX map_version ON map (version);
     """,
 )
-SCHEMA_VERSION = len(MIGRATIONS)
+SCHEMA = Schema("store", MIGRATIONS, too_new=SchemaTooNewError)
+SCHEMA_VERSION = SCHEMA.version
+CACHE_KIB = 32 * 1024
+"""Page cache per connection: merges of large batches touch many pages."""
 
 
-def connect(
-    path: str | Path, *, synchronous: str = "NORMAL", readonly: bool = False
-) -> sqlite3.Connection:
-    """Open a connection in WAL mode with explicit transactions (``isolation_level=None``).
+def open_database(
+    path: str | Path, *, synchronous: Synchronous = "NORMAL", readers: int = 0
+) -> Database:
+    """The store's file as a (not yet open) :class:`Database`.
 
     ``synchronous=NORMAL`` in WAL mode keeps the database consistent after a power cut but
     may lose the last transactions committed before it; merged rows are re-sent by the peer
     because watermarks live in the same transactions. ``FULL`` makes every commit durable.
     """
-    if readonly:
-        conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-        )
-    else:
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={_checked_sync(synchronous)}")
-    conn.execute("PRAGMA busy_timeout=10000")
-    conn.execute("PRAGMA cache_size=-32768")
-    return conn
+    return Database(
+        Path(path),
+        name="store",
+        schema=SCHEMA,
+        synchronous=synchronous,
+        readers=readers,
+        cache_kib=CACHE_KIB,
+    )
 
 
-def _checked_sync(level: str) -> str:
-    upper = level.upper()
-    if upper not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
-        raise ValueError(f"unknown synchronous level {level!r}")
-    return upper
+def connect(
+    path: str | Path, *, synchronous: str = "NORMAL", readonly: bool = False
+) -> sqlite3.Connection:
+    """A bare connection with the store's pragmas (the benchmark's reference table)."""
+    return database.connect(path, synchronous=synchronous, readonly=readonly, cache_kib=CACHE_KIB)
 
 
 def migrate(conn: sqlite3.Connection, path: str | Path) -> int:
     """Bring the database to :data:`SCHEMA_VERSION`; return the version it was at."""
-    found: int = conn.execute("PRAGMA user_version").fetchone()[0]
-    if found > SCHEMA_VERSION:
-        raise SchemaTooNewError(str(path), found, SCHEMA_VERSION)
-    for version in range(found, SCHEMA_VERSION):
-        with transaction(conn):
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={version + 1}")
-    return found
+    return database.migrate(conn, SCHEMA, str(path))
+
+
+def recorded_site(path: str | Path) -> str | None:
+    """The site a store file belongs to (read-only; None when there is no store there)."""
+    if not Path(path).exists():
+        return None
+    with contextlib.closing(database.connect(path, readonly=True)) as conn:
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE name='site'").fetchone()
+        except sqlite3.Error:
+            return None
+    return None if row is None else str(row[0])
 
 
 def identity(conn: sqlite3.Connection, path: str | Path, site: str) -> tuple[str, int, int]:

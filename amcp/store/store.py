@@ -1,9 +1,11 @@
 """The asyncio face of the store: one writer thread fed by a queue, concurrent readers.
 
 Why a thread and a queue: SQLite allows one writer at a time, and a blocking commit must not
-stall the event loop. Every write (local or merge) is a job on the queue, run in order by
-the thread that owns the :class:`LWWStore`; readers use their own read-only connections
-from worker threads and see committed snapshots (WAL), so reads never wait for writes.
+stall the event loop. The file is an :class:`amcp.runtime.database.Database`: every write
+(local or merge) is a job on its queue, run in order on its writer thread by the
+:class:`LWWStore` that lives there; readers use their own read-only connections from reader
+threads and see committed snapshots (WAL), so reads never wait for writes. The threads are made
+by :meth:`Store.open` and ended by :meth:`Store.close`, so a supervisor restarts the same object.
 
 Change notifications are delivered after commit. :meth:`Store.subscribe` with the running
 loop delivers them on that loop (``call_soon_threadsafe``); without one, on the writer thread.
@@ -12,10 +14,7 @@ loop delivers them on that loop (``call_soon_threadsafe``); without one, on the 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -28,11 +27,12 @@ from amcp.store.peers import PeerState
 from amcp.store.rows import ChangeSet, Chunk, Row
 
 T = TypeVar("T")
-_Job = tuple[Callable[[LWWStore], Any], concurrent.futures.Future[Any]]
+READERS = 4
 
 
 class Store:
-    """Async store over one SQLite file; construct, then ``async with store:`` or open/close.
+    """Async store over one SQLite file; construct, then ``async with store:`` or open/close
+    (and open again after close: a supervisor restarts the same object).
 
     Keyword options are those of :class:`LWWStore` (clock, limits, peer horizon, durability).
     """
@@ -40,49 +40,43 @@ class Store:
     def __init__(self, path: str | Path, site: str, **options: Any) -> None:
         self.path = str(path)
         self.site = site
-        self._options = options
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._options = {k: v for k, v in options.items() if k != "synchronous"}
+        self._file = schema.open_database(
+            path, synchronous=options.get("synchronous", "NORMAL"), readers=READERS
+        )
         self._core: LWWStore | None = None
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.database_id = ""
 
     async def open(self) -> Self:
-        """Open (or open again after :meth:`close`: a supervisor restarts the same object):
-        the writer thread and the readers' pool are made here, not in ``__init__``."""
-        if self._thread is not None:
+        """Open (or open again after :meth:`close`): the writer thread and the readers' pool
+        are made here, not in ``__init__``."""
+        if self._core is not None:
             return self
-        self._executor = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="store-read")
-        ready: concurrent.futures.Future[LWWStore] = concurrent.futures.Future()
-        self._thread = threading.Thread(
-            target=self._run, args=(ready,), name=f"store-writer:{self.site}", daemon=True
-        )
-        self._thread.start()
+        await self._file.open()
         try:
-            self._core = await asyncio.wrap_future(ready)
+            core = await self._file.call(
+                lambda _c: LWWStore(self._file, self.site, **self._options)
+            )
         except BaseException:
-            self._executor.shutdown()
-            self._thread = self._executor = None
+            await self._file.close()
             raise
-        self.database_id = self._core.database_id
+        self._core = core
+        self.database_id = core.database_id
         return self
 
     async def close(self) -> None:
-        if self._thread is None:
+        core, self._core = self._core, None
+        if core is None:
             return
-        self._jobs.put(None)
-        await asyncio.to_thread(self._thread.join)
-        self._thread = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        with self._readers_lock:
-            for conn in self._readers:
-                conn.close()
-            self._readers.clear()
+        try:
+            await self._file.call(lambda _c: core.close())
+        finally:
+            await self._file.close()
+
+    async def held(self) -> None:
+        """Return never; raise once the store's database failed (an I/O error, a read-only
+        or corrupt file), so the child holding it fails and its supervisor reopens it."""
+        await self._file.held()
 
     async def __aenter__(self) -> Self:
         return await self.open()
@@ -95,47 +89,17 @@ class Store:
     ) -> None:
         await self.close()
 
-    def _run(self, ready: concurrent.futures.Future[LWWStore]) -> None:
-        try:
-            core = LWWStore(self.path, self.site, **self._options)
-        except BaseException as exc:
-            ready.set_exception(exc)
-            return
-        ready.set_result(core)
-        try:
-            while (job := self._jobs.get()) is not None:
-                fn, fut = job
-                if not fut.set_running_or_notify_cancel():
-                    continue
-                try:
-                    fut.set_result(fn(core))
-                except BaseException as exc:
-                    fut.set_exception(exc)
-        finally:
-            core.close()
-
     async def call(self, fn: Callable[[LWWStore], T]) -> T:
         """Run ``fn(core)`` on the writer thread, after every write queued before it."""
-        if self._thread is None:
+        core = self._core
+        if core is None:
             raise StoreClosedError(self.path)
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._jobs.put((fn, fut))
-        return await asyncio.wrap_future(fut)
-
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = schema.connect(self.path, readonly=True)
-            self._local.conn = conn
-            with self._readers_lock:
-                self._readers.append(conn)
-        return conn
+        return await self._file.call(lambda _c: fn(core))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._thread is None or self._executor is None:
+        if self._core is None:
             raise StoreClosedError(self.path)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(self._reader()))
+        return await self._file.read(fn)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -221,7 +185,7 @@ class Store:
         Returns a function that unsubscribes. Must be called after :meth:`open`.
         """
         core = self._core
-        if core is None or self._thread is None:
+        if core is None:
             raise StoreClosedError(self.path)
         deliver = callback
         if loop is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,8 +26,9 @@ import msgspec
 
 from amcp.goldrush.semantics import event_from_reading
 from amcp.runtime.config import ConfigError, load
-from amcp.store import LWWStore
+from amcp.store import LWWStore, recorded_site
 from amcp.wire.telemetry import Reading
+from cloud.readings import recorded_readings as cloud_readings
 from gateway.config import GatewayConfig
 from gateway.rules import (
     STORE_FILE,
@@ -147,17 +147,6 @@ def _store_path(args: argparse.Namespace) -> tuple[Path, str]:
     return Path(config.gateway.state_dir) / STORE_FILE, config.gateway.id
 
 
-def _recorded_site(path: Path) -> str | None:
-    if not path.exists():
-        return None
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        try:
-            row = db.execute("SELECT value FROM meta WHERE name='site'").fetchone()
-        except sqlite3.Error:
-            return None
-    return None if row is None else str(row[0])
-
-
 @contextlib.contextmanager
 def _open_store(args: argparse.Namespace, *, write: bool) -> Iterator[LWWStore]:
     path, site = _store_path(args)
@@ -168,7 +157,7 @@ def _open_store(args: argparse.Namespace, *, write: bool) -> Iterator[LWWStore]:
         )
     if not write and not path.exists():
         raise FileNotFoundError(path)
-    site = _recorded_site(path) or site or "local"
+    site = recorded_site(path) or site or "local"
     path.parent.mkdir(parents=True, exist_ok=True)
     store = LWWStore(path, site)
     try:
@@ -259,12 +248,9 @@ def _remove(args: argparse.Namespace) -> int:
 def recorded_readings(path: Path) -> Iterator[Reading]:
     """Readings from JSON lines or from the cloud's readings table, oldest first."""
     if path.suffix in {".sqlite3", ".db", ".sqlite"}:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            rows = db.execute(
-                'SELECT device, boot, seq, ts_ms, "values" FROM readings ORDER BY ts_ms, seq'
-            )
-            for device, boot, seq, ts_ms, values in rows:
-                yield Reading(device, boot, seq, ts_ms, json.loads(values))
+        if not path.exists():
+            raise FileNotFoundError(2, "no such file", str(path))
+        yield from cloud_readings(path)
         return
     decoder = msgspec.json.Decoder(Reading)
     with path.open("rb") as lines:
@@ -280,7 +266,7 @@ def _test(args: argparse.Namespace) -> int:
     given = _rules_from_args(args, args.window or "test")
     rules: dict[str, Rule] = {}
     if args.store is not None:
-        store = LWWStore(args.store, _recorded_site(args.store) or "local")
+        store = LWWStore(args.store, recorded_site(args.store) or "local")
         try:
             rules |= _stored(store, STORE_NAMESPACE)
         finally:

@@ -5,7 +5,8 @@ descriptors too) under the running gateway: its writes fail (not a full disk, wh
 pauses ingest), the
 outbox child fails, the supervisor reopens the same Outbox object and restarts what depends
 on it, ingest resumes, and nothing is lost: what was committed stays, what was not is
-redelivered by the broker.
+redelivered by the broker. The same for the cloud's reading store. Each test checks in the log
+that the supervisor restarted the store's child and did not give up (escalate).
 """
 
 from __future__ import annotations
@@ -29,6 +30,39 @@ def _wait_for_log(stack: Stack, text: str, timeout: float, kind: str = "gateway"
         time.sleep(0.1)
 
 
+def _restarts(log: str, child: str) -> list[str]:
+    return [
+        line
+        for line in log.splitlines()
+        if '"child restarted"' in line and f'"child": "{child}"' in line
+    ]
+
+
+def _wait_restarted(stack: Stack, child: str, kind: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not _restarts(stack.log(kind), child):
+        time.sleep(0.1)
+
+
+def _restarted_without_escalating(log: str, child: str) -> None:
+    assert '"child failed"' in log, log[-3000:]
+    assert f'"child": "{child}"' in log, log[-3000:]
+    assert _restarts(log, child), log[-3000:]
+    assert "restarted too often" not in log, log[-3000:]
+    assert "supervision tree failed" not in log, log[-3000:]
+
+
+def _wait_metric(stack: Stack, name: str, value: float, timeout: float) -> float | None:
+    deadline = time.monotonic() + timeout
+    got = None
+    while time.monotonic() < deadline:
+        got = scrape(stack.gateway_metrics).get(name)
+        if got == value:
+            break
+        time.sleep(0.2)
+    return got
+
+
 def _immutable(files: list[Path], on: bool) -> None:
     flag = "+i" if on else "-i"
     subprocess.run(["chattr", flag, *map(str, files)], check=True)
@@ -45,20 +79,28 @@ async def test_outbox_database_failing_under_the_gateway_is_reopened_and_nothing
         await asyncio.to_thread(stack.wait_gateway_ready)
         await publish_readings(stack.edge.host, stack.device_port, "dev-r", password, range(1, 201))
         assert await asyncio.to_thread(stack.wait_cloud_count, 200, 30) == 200
+        # committed and not yet forwarded when the file fails: the cloud is away meanwhile
+        stack.kill_cloud()
+        await publish_readings(
+            stack.edge.host, stack.device_port, "dev-r", password, range(201, 301)
+        )
+        waiting = await asyncio.to_thread(_wait_metric, stack, "cybernetic_outbox_rows", 100, 20)
+        assert waiting == 100, stack.log("gateway")[-3000:]
         # the database and its WAL; not the -shm index, which SQLite maps into memory (a
         # write there would be a SIGBUS, not an error)
         files = [stack.outbox_db, stack.outbox_db.with_name("outbox.sqlite3-wal")]
         _immutable(files, on=True)
         try:
             await publish_readings(
-                stack.edge.host, stack.device_port, "dev-r", password, range(201, 401)
+                stack.edge.host, stack.device_port, "dev-r", password, range(301, 401)
             )
             await asyncio.to_thread(_wait_for_log, stack, '"child": "outbox"', 15)
         finally:
             _immutable(files, on=False)
-        log = stack.log("gateway")
-        assert '"child failed"' in log, log[-3000:]
-        assert '"child": "outbox"' in log, log[-3000:]
+        await asyncio.to_thread(_wait_restarted, stack, "outbox", "gateway")
+        _restarted_without_escalating(stack.log("gateway"), "outbox")
+        stack.start_cloud()
+        await asyncio.to_thread(stack.wait_cloud_ready)
         await publish_readings(
             stack.edge.host, stack.device_port, "dev-r", password, range(401, 601)
         )
@@ -67,7 +109,9 @@ async def test_outbox_database_failing_under_the_gateway_is_reopened_and_nothing
         _alive(stack)
         m = await asyncio.to_thread(scrape, stack.gateway_metrics)
         assert m["cybernetic_ingest_connected"] == 1
-        assert "cannot schedule new futures" not in stack.log("gateway")
+        log = stack.log("gateway")
+        assert "cannot schedule new futures" not in log
+        _restarted_without_escalating(log, "outbox")
     finally:
         await asyncio.to_thread(stack.close)
 
@@ -93,13 +137,16 @@ async def test_cloud_reading_store_failing_is_reopened_and_nothing_lost(tmp_path
             await asyncio.to_thread(_wait_for_log, stack, '"child": "readings"', 15, "cloud")
         finally:
             _immutable(files, on=False)
-        log = stack.log("cloud")
-        assert '"child": "readings"' in log, log[-3000:]
+        await asyncio.to_thread(_wait_restarted, stack, "readings", "cloud")
+        _restarted_without_escalating(stack.log("cloud"), "readings")
         assert await asyncio.to_thread(stack.wait_cloud_count, 400, 60) == 400
         assert sorted(k[2] for k in stack.cloud_keys()) == list(range(1, 401))
         g = await asyncio.to_thread(scrape, stack.gateway_metrics)
         assert g.get("cybernetic_uplink_cloud_refused_rows_total", 0) == 0
         assert stack.cloud_proc is not None
         assert stack.cloud_proc.poll() is None
+        log = stack.log("cloud")
+        assert "cannot schedule new futures" not in log
+        _restarted_without_escalating(log, "readings")
     finally:
         await asyncio.to_thread(stack.close)

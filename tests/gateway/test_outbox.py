@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from amcp.runtime.database import SchemaTooNewError
 from amcp.runtime.storage import StorageFullError
 from amcp.wire.telemetry import EventRecord, Reading
-from gateway.outbox import EVENT, Outbox, OutboxError, OutboxSettings, Overflow
+from gateway.outbox import (
+    _V1 as V1_SCHEMA,
+)
+from gateway.outbox import (
+    EVENT,
+    SCHEMA_VERSION,
+    Outbox,
+    OutboxError,
+    OutboxSettings,
+    Overflow,
+)
 
 
 def _readings(n: int, start: int = 1, device: str = "d") -> list[Reading]:
@@ -134,9 +146,36 @@ async def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path: Path) -> N
     ob = await _outbox(tmp_path / "o.db")
     await ob.close()
     with sqlite3.connect(tmp_path / "o.db") as db:
-        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
-    with pytest.raises(OutboxError, match="schema 99 is newer"):
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(OutboxError, match="schema 99 is newer") as err:
         await _outbox(tmp_path / "o.db")
+    assert isinstance(err.value, SchemaTooNewError)
+    assert err.value.path == str(tmp_path / "o.db")
+    assert str(tmp_path / "o.db") in str(err.value)
+
+
+async def test_an_outbox_from_before_user_version_is_migrated_in_order(tmp_path: Path) -> None:
+    """Outboxes up to schema 4 kept their version in ``meta``; one at version 1 (the first
+    release: a batches table, drops without kinds) is taken through every step, keeping its
+    rows and counts, and an older gateway still finds the version it refuses in ``meta``."""
+    path = tmp_path / "o.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(V1_SCHEMA)
+        db.execute("INSERT INTO outbox (added_ms, size, body) VALUES (1, 3, x'010203')")
+        db.execute("INSERT INTO drops VALUES ('overflow_new', 7)")
+        db.commit()
+    ob = await _outbox(path)
+    assert ob.snapshot().rows == 1
+    assert await ob.drop_counts() == {"overflow_new": 7}
+    await ob.append(_readings(2))
+    await ob.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        meta = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert meta == (str(SCHEMA_VERSION),)
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "batches" not in tables
+        assert "recent_commits" in tables
 
 
 async def test_stats_survive_a_restart(tmp_path: Path) -> None:

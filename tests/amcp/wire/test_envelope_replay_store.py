@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amcp.replay import Check, ReplayGuard, Verdict
-from amcp.replay.store import MERGE_AT, NonceStore, find_record
+from amcp.replay.store import MERGE_AT, SCHEMA, NonceStore, find_record
 from tests.amcp.wire.envelope_support import SetClock
 
 NOW = 1_800_000_000_000
@@ -167,6 +167,7 @@ def test_hash_is_stable_for_a_store_and_differs_between_stores(tmp_path: Path) -
 
 def test_store_merges_a_partition_and_finds_only_aligned_records(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "s.db")
+    db.executescript(SCHEMA)  # the guard's file migrates to it
     store = NonceStore(db)
     records = [os.urandom(16) for _ in range(MERGE_AT * 3)]
     for r in records:
