@@ -15,11 +15,12 @@ table outside this module.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import msgspec
 
@@ -31,6 +32,8 @@ from amcp.wire.telemetry import (
     check_event,
     check_reading,
 )
+
+T = TypeVar("T")
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -128,29 +131,13 @@ def _store_many(db: sqlite3.Connection, batches: Sequence[StoreBatch], now_ms: i
     """One :meth:`ReadingStore.store_many`, in the write transaction ``Database.write`` runs."""
     results: list[Stored] = []
     for gateway, readings, events in batches:
-        refused: dict[int, str] = {}
-        rows = []
-        for i, r in enumerate(readings):
-            try:
-                check_reading(r)
-                values = _json(r.values)
-            except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
-                refused[i] = f"{type(exc).__name__}: {exc}"[:300]
-                continue
-            rows.append((r.device, r.boot, r.seq, r.ts_ms, r.received_ms, now_ms, gateway, values))
+        row = functools.partial(_reading_row, gateway, now_ms)
+        rows, refused = _storable(readings, check_reading, row)
         before = db.total_changes
         db.executemany("INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         stored = db.total_changes - before
-        refused_events: dict[int, str] = {}
-        event_rows = []
-        for i, e in enumerate(events):
-            try:
-                check_event(e)
-                attrs = _json(e.attrs)
-            except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
-                refused_events[i] = f"{type(exc).__name__}: {exc}"[:300]
-                continue
-            event_rows.append((gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, attrs))
+        event_row = functools.partial(_event_row, gateway, now_ms)
+        event_rows, refused_events = _storable(events, check_event, event_row)
         db.executemany(
             "INSERT INTO events (gateway, name, source, severity, ts_ms, stored_ms, attrs) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -158,6 +145,29 @@ def _store_many(db: sqlite3.Connection, batches: Sequence[StoreBatch], now_ms: i
         )
         results.append(Stored(stored, len(rows) - stored, refused, refused_events, len(event_rows)))
     return results
+
+
+def _reading_row(gateway: str, now_ms: int, r: Reading) -> tuple[object, ...]:
+    return (r.device, r.boot, r.seq, r.ts_ms, r.received_ms, now_ms, gateway, _json(r.values))
+
+
+def _event_row(gateway: str, now_ms: int, e: EventRecord) -> tuple[object, ...]:
+    return (gateway, e.name, e.source, e.severity, e.ts_ms, now_ms, _json(e.attrs))
+
+
+def _storable(
+    items: Sequence[T], check: Callable[[T], None], row: Callable[[T], tuple[object, ...]]
+) -> tuple[list[tuple[object, ...]], dict[int, str]]:
+    """The rows of the items the store can hold, and the others' reasons by index."""
+    rows: list[tuple[object, ...]] = []
+    refused: dict[int, str] = {}
+    for i, item in enumerate(items):
+        try:
+            check(item)
+            rows.append(row(item))
+        except (InvalidValueError, TypeError, ValueError, OverflowError) as exc:
+            refused[i] = f"{type(exc).__name__}: {exc}"[:300]
+    return rows, refused
 
 
 class Stored(NamedTuple):
