@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from amcp.crypto.pki import FleetCA, write_secret_file
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from cloud.enrolment import Enrolment, disconnect_client, init_pki, open_enrolment
+from cloud.readings import count_readings, reading_keys
 from cybernetic.mosquitto import MosquittoBroker, TlsListener, free_port
 from gateway.enrol import EnrolmentState, EnrolPaths, enrol, renew
 
@@ -379,17 +379,10 @@ class Stack:
 
     # -- observation --------------------------------------------------------------------
     def cloud_count(self) -> int:
-        if not self.cloud_db.exists():
-            return 0
-        with contextlib.closing(sqlite3.connect(self.cloud_db, timeout=10)) as db:
-            try:
-                return int(db.execute("SELECT count(*) FROM readings").fetchone()[0])
-            except sqlite3.OperationalError:
-                return 0
+        return count_readings(self.cloud_db)
 
     def cloud_keys(self) -> list[tuple[str, str, int]]:
-        with contextlib.closing(sqlite3.connect(self.cloud_db, timeout=10)) as db:
-            return db.execute("SELECT device, boot, seq FROM readings").fetchall()
+        return reading_keys(self.cloud_db)
 
     def wait_cloud_count(self, n: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
