@@ -36,7 +36,8 @@ from amcp.store import Store
 from amcp.sync import GatewaySync
 from gateway.config import GatewayConfig
 from gateway.enrol import EnrolPaths, RenewalPolicy, Renewer
-from gateway.ingest import Ingest, Stage
+from gateway.hooks import IngestFilter
+from gateway.ingest import Ingest
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox
 from gateway.rules import RulesService
@@ -58,7 +59,7 @@ class Gateway:
         config: GatewayConfig,
         *,
         config_path: Path | None = None,
-        stages: list[Stage] | None = None,
+        stages: list[IngestFilter] | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -111,7 +112,7 @@ class Gateway:
         )
         self.twins = TwinReporter(self.store, config.gateway.twin_interval)
         self.policy: PolicyStage | None = None
-        ingest_stages: list[Stage] = [self.s2.stage]
+        ingest_stages: list[IngestFilter] = [self.s2.stage]
         if config.policy is not None:
             from wasm import PolicyStage  # noqa: PLC0415 - wasmtime loads only with a policy
 

@@ -49,9 +49,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-Stage = IngestFilter
-"""The old name of :class:`gateway.hooks.IngestFilter`."""
-
 REDELIVERY_CHECKS = 64
 """Commits after a start during which readings are checked against the outbox's last
 committed identities (the broker redelivers what was unacknowledged first thing)."""
@@ -287,7 +284,8 @@ class Ingest:
         readings = self._run_stages(readings, rejected)
         readings, bodies = self._encode(readings, rejected)
         if bodies:
-            identities = [(r.device, r.boot, r.seq) for r in readings]
+            # readings the gateway numbered get a new seq on redelivery: nothing to recognise
+            identities = [(r.device, r.boot, r.seq) for r in readings if r.boot != self.boot_id]
             kept = await self._while_full(lambda: self.outbox.append_readings(bodies, identities))
             m.stored.inc(len(kept))
             stored = readings if len(kept) == len(readings) else [readings[i] for i in kept]

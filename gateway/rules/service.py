@@ -1,8 +1,8 @@
 """GoldRush in the running gateway: the ingest stage, the rule sources, and the actions.
 
-- :meth:`RulesService.stage` is an ingest :class:`~gateway.ingest.Stage`: it offers every
-  reading to the running rule set and submits the actions of what fired. It only observes:
-  the readings go on to the outbox unchanged.
+- :meth:`RulesService.stage` is an ingest :class:`~gateway.hooks.IngestObserver`: after the
+  commit it offers every stored reading to the running rule set and submits the actions of
+  what fired.
 - :meth:`RulesService.run` is a supervised child: it builds the first set, then rebuilds
   when the store's ``patterns`` namespace changes (the cloud's rows arrive there through
   sync), when a patterns file changes, or when :meth:`RulesService.reload` is called

@@ -1,6 +1,6 @@
 """S2 in the running gateway: the ingest stage, the once-a-second control tick, and events.
 
-- :meth:`S2Service.stage` is an ingest :class:`~gateway.ingest.Stage`: every reading is a
+- :meth:`S2Service.stage` is an ingest :class:`~gateway.hooks.IngestFilter`: every reading is a
   heartbeat of its device (even one the limiter then drops: it is still a sign of life), the
   rate gate decides per reading, and admitted readings feed the stuck-sensor detector.
 - :meth:`S2Service.run` is a supervised child: it reports load (outbox depth, ingest backlog,
