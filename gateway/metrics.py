@@ -1,21 +1,36 @@
 """The gateway's Prometheus metrics, on a registry of its own.
 
-Counters are incremented once per batch (never per reading on the hot path); the outbox and
+Every name starts with ``cybernetic_`` and says what it counts; docs/operations.md lists them
+all. Counters are incremented once per batch (never per reading on the hot path), and the
+latency histograms are observed once per commit, acknowledged batch or intent; the outbox and
 uplink gauges are read when Prometheus scrapes, from in-memory figures.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from amcp import __version__
+from amcp.runtime.metrics import Readiness, register_build_info
 from amcp.runtime.mqtt import CALLBACK_ERRORS
 from gateway.outbox import OutboxStats
+
+if TYPE_CHECKING:
+    from amcp.wire.messages import IntentUpdate
+    from amcp.wire.telemetry import Reading
+
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0)
+"""Ingest to commit: about 10 ms on a live stream; the long tail is a paused (full) disk."""
+ROUND_TRIP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Batch sent to the cloud's ack: a LAN cloud answers in milliseconds, the ack timeout is 30 s."""
+INTENT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+"""Intent accepted to its final answer: device commands take from milliseconds to minutes."""
 
 
 class _StateCollector(Collector):
@@ -90,7 +105,9 @@ class _PolicyCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, version: str = __version__
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.received = Counter(
@@ -140,8 +157,46 @@ class GatewayMetrics:
             registry=r,
         )
         self.acked = Counter(
-            "cybernetic_uplink_acked_readings", "Readings acknowledged by the cloud", registry=r
+            "cybernetic_uplink_acked_rows",
+            "Outbox rows (readings and gateway events together) deleted after the cloud "
+            "acknowledged their batch; rows it refused are counted here too (and in "
+            "cybernetic_uplink_cloud_refused_rows_total)",
+            registry=r,
         )
+        self.commit_seconds = Histogram(
+            "cybernetic_ingest_commit_latency_seconds",
+            "Seconds from ingest receiving a message to its reading's commit to the outbox; "
+            "one observation per commit, of its oldest reading (the commit's worst case)",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+        self.round_trip_seconds = Histogram(
+            "cybernetic_uplink_round_trip_seconds",
+            "Seconds from publishing a batch to the cloud to the cloud's acknowledgement of "
+            "its commit; one observation per acknowledged batch, from its last sending",
+            buckets=ROUND_TRIP_BUCKETS,
+            registry=r,
+        )
+        self.intent_seconds = Histogram(
+            "cybernetic_intent_duration_seconds",
+            "Seconds from the gateway accepting an intent to its final answer, by outcome "
+            "(done, or the failure code: timeout, cancelled, refused, device, ...)",
+            ["outcome"],
+            buckets=INTENT_BUCKETS,
+            registry=r,
+        )
+        self.build_info = register_build_info(r, "gateway", version)
+
+    def observe_commit(self, readings: Sequence[Reading], now_ms: int) -> None:
+        """Ingest, after a commit: its latency, from the oldest reading's ``received_ms``."""
+        if readings:
+            oldest = min(r.received_ms for r in readings)
+            self.commit_seconds.observe(max(0.0, (now_ms - oldest) / 1000))
+
+    def observe_intent(self, seconds: float, final: IntentUpdate) -> None:
+        """S1, when an intent has its final answer (``done`` or ``failed``)."""
+        outcome = "done" if final.state == "done" else (final.code or "error")
+        self.intent_seconds.labels(outcome).observe(max(0.0, seconds))
 
     def count_drop(self, kind: str, reason: str, n: int) -> None:
         """The outbox's ``on_drop``: readings and events are counted apart."""
@@ -158,3 +213,25 @@ class GatewayMetrics:
         ingest: Callable[[], bool] = lambda: False,
     ) -> None:
         self.registry.register(_StateCollector(stats, uplink, ingest))
+
+
+def gateway_readiness(
+    stats: Callable[[], OutboxStats], ingest_connected: Callable[[], bool]
+) -> Readiness:
+    """The gateway's ``/readyz`` checks: it is ready when it can take telemetry in, i.e.
+    ingest is subscribed on the local broker and the outbox's disk has room. The cloud link
+    is not a check: a gateway without its cloud keeps working (it is the product's promise),
+    its state is in ``cybernetic_uplink_connected``."""
+
+    def ingest() -> tuple[bool, str]:
+        if ingest_connected():
+            return True, "subscribed on the local broker"
+        return False, "not subscribed on the local broker"
+
+    def outbox() -> tuple[bool, str]:
+        s = stats()
+        if s.full:
+            return False, "disk full: ingest paused, the broker keeps the readings"
+        return True, f"{s.rows} rows waiting"
+
+    return Readiness({"ingest": ingest, "outbox": outbox})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -58,3 +58,5 @@ class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class LogSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     level: Annotated[str, msgspec.Meta(pattern="^(debug|info|warning|error)$")] = "info"
+    format: Literal["auto", "text", "json"] = "auto"
+    """``auto``: plain text when stderr is a terminal, JSON lines otherwise (docs/operations.md)."""
