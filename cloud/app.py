@@ -24,7 +24,9 @@ from amcp.link import CloudLinks, secrets_in_dir
 from amcp.runtime.config import load
 from amcp.runtime.logs import set_level
 from amcp.runtime.metrics import MetricsServer
+from amcp.runtime.mqtt import MqttTransport
 from amcp.runtime.service import Service
+from amcp.runtime.session import SessionMetrics, Transport
 from amcp.runtime.statemarker import write_marker
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor, holding
 from amcp.store import Store
@@ -39,10 +41,19 @@ log = logging.getLogger(__name__)
 
 
 class Cloud:
-    def __init__(self, config: CloudConfig, *, config_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: CloudConfig,
+        *,
+        config_path: Path | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        """``transport`` carries every MQTT session (the in-memory broker's in unit tests)."""
         self.config = config
         self.config_path = config_path
+        self.transport = transport or MqttTransport()
         self.registry = CollectorRegistry()
+        sessions = SessionMetrics(self.registry)
         self.store = ReadingStore(Path(config.cloud.state_dir) / "readings.sqlite3")
         state = Path(config.cloud.state_dir)
         state.mkdir(parents=True, exist_ok=True)
@@ -53,14 +64,32 @@ class Cloud:
             cloud=config.cloud.id,
             window_s=config.links.clock_window,
         )
-        self.ingest = CloudIngest(config, self.store, self.registry, self.links)
+        self.ingest = CloudIngest(
+            config.ingest,
+            self.store,
+            self.registry,
+            self.links,
+            broker=config.broker,
+            transport=self.transport,
+            sessions=sessions,
+        )
         # the cloud's CRDT state, shared by S1's registry and sync with every gateway
         self.state_store = Store(state / "store.sqlite3", site=config.cloud.id)
         self.s1 = CloudS1(
-            config.s1, self.state_store, self.links, broker=config.broker, site=config.cloud.id
+            config.s1,
+            self.state_store,
+            self.links,
+            broker=config.broker,
+            site=config.cloud.id,
+            transport=self.transport,
         )
         self.sync = CloudSync(
-            config.sync, self.state_store, self.links, config.broker, cloud=config.cloud.id
+            config.sync,
+            self.state_store,
+            self.links,
+            config.broker,
+            cloud=config.cloud.id,
+            transport=self.transport,
         )
         # the durable resources under rest_for_one, the workers one_for_one beneath them: see
         # the tree in docs/architecture.md, section Supervision
@@ -95,7 +124,7 @@ class Cloud:
                 ),
                 ChildSpec(
                     "state",
-                    holding(self.state_store.open, self.state_store.close),
+                    holding(self.state_store.open, self.state_store.close, self.state_store.held),
                     wait_ready=True,
                     shutdown_timeout=10,
                 ),
@@ -115,7 +144,10 @@ class Cloud:
             links_dir=Path(self.config.links.secrets_dir),
             cert_valid_s=settings.cert_valid_s,
         )
-        await enrolment.serve(self.config.broker, ctx)
+        try:
+            await enrolment.serve(self.config.broker, ctx, transport=self.transport)
+        finally:
+            enrolment.store.close()  # each restart opens the register again
 
     async def reload(self) -> None:
         """SIGHUP: read the configuration again and apply what can change while running (the

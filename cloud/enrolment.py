@@ -27,13 +27,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import aiomqtt
-
 from amcp.crypto.agreement import AgreementError, Offer, cloud_answer
 from amcp.crypto.keys import Ed25519Signer
 from amcp.crypto.keystore import KeyStore
 from amcp.crypto.pki import FleetCA, PkiError, load_cert, write_secret_file
-from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
+from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import Link, Session, SessionSpec, Transport, connect_once
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import enrol as wire
@@ -308,33 +307,30 @@ class Enrolment:
 
     # -- MQTT -----------------------------------------------------------------------------------
     async def serve(
-        self, link: BrokerLink, ctx: ChildContext, *, prefix: str = wire.TOPIC_PREFIX
+        self,
+        link: BrokerLink,
+        ctx: ChildContext,
+        *,
+        prefix: str = wire.TOPIC_PREFIX,
+        transport: Transport | None = None,
     ) -> None:
         """Answer requests on ``{prefix}/+/request`` until cancelled (a supervisor child)."""
-        backoff = Backoff(link.reconnect_initial, link.reconnect_max)
-        client = make_client(link, f"{self.cloud}-enrolment", clean_session=True)
-        while True:
-            try:
-                async with client:
-                    await client.subscribe(topics.enrol_request("+", prefix), qos=1)
-                    backoff.reset()
-                    ctx.ready()
-                    async for message in client.messages:
-                        parts = message.topic.value.split("/")
-                        gateway = parts[-2] if len(parts) >= 2 else ""
-                        answer = await asyncio.to_thread(self.handle, message.payload, gateway)
-                        if answer is not None:
-                            await client.publish(
-                                topics.enrol_response(gateway, prefix), answer, qos=1
-                            )
-            except aiomqtt.MqttError as caught:
-                # tearing down a cancelled session can end in an MqttError (the DISCONNECT
-                # failed) instead of CancelledError: the stop request must still stop the
-                # loop. No TaskGroup runs here, so the task's count of requests is exact.
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from caught
-                await pause_after_loss(caught, backoff, "cloud broker (enrolment)")
+        session = Session(
+            transport or MqttTransport(),
+            link,
+            SessionSpec(f"{self.cloud}-enrolment", (topics.enrol_request("+", prefix),)),
+            name="enrolment",
+        )
+
+        async def answer(client: Link) -> None:
+            async for message in client.messages():
+                parts = message.topic.split("/")
+                gateway = parts[-2] if len(parts) >= 2 else ""
+                reply = await asyncio.to_thread(self.handle, message.payload, gateway)
+                if reply is not None:
+                    await client.publish(topics.enrol_response(gateway, prefix), reply, qos=1)
+
+        await session.run(answer, on_connected=ctx.ready)
 
 
 def init_pki(pki_dir: Path, *, cloud_id: str = "cloud", owner: str | None = None) -> FleetCA:
@@ -380,5 +376,5 @@ async def disconnect_client(link: BrokerLink, client_id: str) -> None:
     A CRL reload stops new connections of a revoked gateway but not the one it has open; this
     closes that one, and its reconnect then fails the TLS handshake.
     """
-    async with make_client(link, client_id, clean_session=True):
+    async with connect_once(MqttTransport(), link, SessionSpec(client_id)):
         pass

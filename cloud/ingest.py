@@ -22,20 +22,21 @@ import logging
 import time
 from typing import Any
 
-import aiomqtt
 import msgspec
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from amcp.link import CloudLinks
 from amcp.runtime.database import is_database_failure
-from amcp.runtime.mqtt import (
-    Backoff,
-    enable_manual_ack,
-    make_client,
-    on_message_direct,
-    pause_after_loss,
-    wait_disconnected,
+from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import (
+    DirectCallback,
+    Link,
+    Session,
+    SessionMetrics,
+    SessionSpec,
+    Transport,
 )
+from amcp.runtime.settings import BrokerLink
 from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import (
@@ -48,7 +49,7 @@ from amcp.wire import (
     topics,
 )
 from amcp.wire.telemetry import BatchAck, BatchNack, TelemetryBatch
-from cloud.config import CloudConfig
+from cloud.config import CloudIngestSettings
 from cloud.readings import ReadingStore, StoreBatch, Stored
 
 log = logging.getLogger(__name__)
@@ -57,15 +58,33 @@ log = logging.getLogger(__name__)
 class CloudIngest:
     def __init__(
         self,
-        config: CloudConfig,
+        settings: CloudIngestSettings,
         store: ReadingStore,
         registry: CollectorRegistry,
         links: CloudLinks,
+        *,
+        broker: BrokerLink,
+        transport: Transport | None = None,
+        sessions: SessionMetrics | None = None,
     ) -> None:
-        self.config = config
+        self.settings = settings
         self.store = store
         self.links = links
-        self.prefix = config.ingest.topic_prefix
+        self.prefix = settings.topic_prefix
+        # persistent (batches queue in the broker while the cloud is down), acknowledged by
+        # hand once committed
+        self.session = Session(
+            transport or MqttTransport(),
+            broker,
+            SessionSpec(
+                settings.session,
+                (topics.telemetry_filter(self.prefix),),
+                clean_session=False,
+                manual_ack=True,
+            ),
+            name="cloud-ingest",
+            metrics=sessions,
+        )
         self.batches = Counter(
             "cybernetic_cloud_batches", "Gateway batches committed", registry=registry
         )
@@ -98,7 +117,6 @@ class CloudIngest:
             ["reason"],
             registry=registry,
         )
-        self.connected = False
         self.paused = False
         """True while a commit waits for disk space."""
         Gauge(
@@ -107,32 +125,29 @@ class CloudIngest:
             registry=registry,
         ).set_function(lambda: float(self.connected))
 
-    async def run(self, ctx: ChildContext) -> None:
-        link = self.config.broker
-        backoff = Backoff(link.reconnect_initial, link.reconnect_max)
-        client = make_client(link, self.config.ingest.session, clean_session=False)
-        paho = enable_manual_ack(client)
-        while True:
-            # hooked up before connecting: a persistent session's queued batches arrive right
-            # after CONNACK; what this connection leaves unacknowledged comes again
-            inbox = _Inbox()
-            on_message_direct(client, inbox.on_message)
-            try:
-                async with client:
-                    await client.subscribe(topics.telemetry_filter(self.prefix), qos=1)
-                    self.connected = True
-                    backoff.reset()
-                    ctx.ready()
-                    log.info("cloud ingest subscribed")
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._commit_loop(client, paho, inbox), name="cloud-commit")
-                        tg.create_task(wait_disconnected(client), name="cloud-ingest-link")
-            except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                await pause_after_loss(caught, backoff, "cloud broker (ingest)")
-            finally:
-                self.connected = False
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
 
-    async def _commit_loop(self, client: aiomqtt.Client, paho: Any, inbox: _Inbox) -> None:
+    async def run(self, ctx: ChildContext) -> None:
+        inboxes: list[_Inbox] = []
+
+        def direct() -> DirectCallback:
+            # hooked up before connecting: a persistent session's queued batches arrive
+            # right after CONNACK; what this connection leaves unacknowledged comes again
+            inboxes[:] = [_Inbox()]
+            return inboxes[0].on_message
+
+        def subscribed() -> None:
+            ctx.ready()
+            log.info("cloud ingest subscribed")
+
+        async def serve(link: Link) -> None:
+            await self._commit_loop(link, inboxes[0])
+
+        await self.session.run(serve, on_connected=subscribed, direct=direct)
+
+    async def _commit_loop(self, link: Link, inbox: _Inbox) -> None:
         """Group commit: every batch that arrived during the last commit goes into the next
         one (one transaction, one fsync), then each gets its ack, then the broker its PUBACK."""
         while True:
@@ -141,10 +156,10 @@ class CloudIngest:
             items = inbox.take(GROUP_MAX)
             if inbox.items:
                 inbox.wake.set()
-            await self._commit(client, items)
+            await self._commit(link, items)
             for _, _, mid, qos in items:
                 if qos:
-                    paho.ack(mid, qos)
+                    link.ack(mid, qos)
 
     def _open(self, topic: str, payload: bytes) -> _Opened | _Nack | None:
         gateway = topics.gateway_of(self.prefix, topic, "telemetry") or ""
@@ -184,7 +199,7 @@ class CloudIngest:
         reason = exc.reason if retry else "malformed"
         return gateway, BatchNack(ref.batch_id, reason, retry, str(exc)[:300]), verified.header
 
-    async def _commit(self, client: aiomqtt.Client, items: list[_Item]) -> None:
+    async def _commit(self, link: Link, items: list[_Item]) -> None:
         answers = [self._open(topic, payload) for topic, payload, _, _ in items]
         opened = [a for a in answers if a is not None and isinstance(a[1], TelemetryBatch)]
         nacks = [a for a in answers if a is not None and isinstance(a[1], BatchNack)]
@@ -196,11 +211,11 @@ class CloudIngest:
                 self.nacks.labels("unstorable").inc()
             else:
                 reply = self._count(gateway, batch, result)
-            replies.append(self._reply(client, gateway, reply, header))
+            replies.append(self._reply(link, gateway, reply, header))
         for gateway, nack, header in nacks:
             assert isinstance(nack, BatchNack)
             self.nacks.labels(nack.reason).inc()
-            replies.append(self._reply(client, gateway, nack, header))
+            replies.append(self._reply(link, gateway, nack, header))
         await asyncio.gather(*replies)
 
     def _count(self, gateway: str, batch: TelemetryBatch, result: Stored) -> BatchAck:
@@ -227,12 +242,10 @@ class CloudIngest:
             refused_events=result.refused_events,
         )
 
-    def _reply(
-        self, client: aiomqtt.Client, gateway: str, reply: BatchAck | BatchNack, header: Header
-    ) -> Any:
+    def _reply(self, link: Link, gateway: str, reply: BatchAck | BatchNack, header: Header) -> Any:
         topic = topics.ack(self.prefix, gateway)
         sealed = self.links.seal(gateway, reply, topic, derive(header))
-        return client.publish(topic, sealed, qos=1)
+        return link.publish(topic, sealed, qos=1)
 
     async def _store(self, opened: list[_Opened]) -> list[Stored | None]:
         """The group commit, waiting out a full disk (nothing acknowledged meanwhile). Should

@@ -29,7 +29,9 @@ from amcp.link import GatewayLink, read_secret
 from amcp.runtime.config import load
 from amcp.runtime.logs import set_level
 from amcp.runtime.metrics import MetricsServer
+from amcp.runtime.mqtt import MqttTransport
 from amcp.runtime.service import Service
+from amcp.runtime.session import SessionMetrics, Transport
 from amcp.runtime.statemarker import write_marker
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor, holding
 from amcp.store import Store
@@ -54,19 +56,29 @@ log = logging.getLogger(__name__)
 
 
 class Gateway:
+    """The gateway's parts, built in dependency order (each from its own settings section),
+    then joined in the supervision tree. ``transport`` carries every MQTT session (the
+    in-memory broker's in unit tests)."""
+
     def __init__(
         self,
         config: GatewayConfig,
         *,
         config_path: Path | None = None,
         stages: list[IngestFilter] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
+        gw = config.gateway
+        transport = transport or MqttTransport()
         self.metrics = GatewayMetrics()
-        state = Path(config.gateway.state_dir)
+        sessions = SessionMetrics(self.metrics.registry)
+        state = Path(gw.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         write_marker(state)
+
+        # the durable resources
         self.outbox = Outbox(
             state / "outbox.sqlite3",
             config.outbox,
@@ -74,75 +86,97 @@ class Gateway:
             dead_letter_max_rows=config.ingest.dead_letter_max_rows,
         )
         self.link = GatewayLink(
-            config.gateway.id,
+            gw.id,
             read_secret(config.uplink.link_secret_file),
             state / "replay.sqlite3",
             cloud=config.uplink.cloud_id,
-            zone=config.gateway.zone,
+            zone=gw.zone,
             window_s=config.uplink.clock_window,
         )
-        self.uplink = Uplink(config, self.outbox, self.metrics, self.link)
-        self.s2 = S2Service(
-            config.s2,
-            outbox_depth=lambda: self.outbox.stats.rows,
-            ingest_backlog=lambda: self.ingest.backlog,
-            # a zombie device's capabilities move to a standby device (S1 is built below)
-            reassign=lambda unit, kind: self.s1.reassign(
-                unit, kind, healthy=lambda device: not self.s2.zombies.is_zombie(device)
-            ),
-        )
-        self.s2.register(self.metrics.registry)
         # the gateway's CRDT state (capabilities, twins, patterns, limits), shared by S1, the
         # rules and sync so a row merged from the cloud notifies whoever uses it
-        self.store = Store(state / STORE_FILE, site=config.gateway.id)
+        self.store = Store(state / STORE_FILE, site=gw.id)
+
+        # the workers, each after what it calls
+        self.s1 = S1(
+            config.s1,
+            self.store,
+            self.link,
+            gateway=gw.id,
+            local_broker=config.local_broker,
+            cloud_broker=config.uplink.broker,
+            state_dir=state,
+            transport=transport,
+        )
+        self.s2 = S2Service(config.s2, reassign=self.s1.reassign)
+        self.s2.register(self.metrics.registry)
         self.rules = RulesService(
             config.rules,
             self.store,
             self.outbox.append_events,
-            gateway=config.gateway.id,
+            gateway=gw.id,
             local_broker=config.local_broker,
+            invoke=self.s1.invoke,
+            transport=transport,
+        )
+        self.twins = TwinReporter(self.store, gw.twin_interval)
+        self.uplink = Uplink(
+            config.uplink,
+            self.outbox,
+            self.metrics,
+            self.link,
+            gateway=gw.id,
+            transport=transport,
+            sessions=sessions,
         )
         self.sync = GatewaySync(
             config.sync,
             self.store,
             self.link,
             config.uplink.broker,
-            gateway=config.gateway.id,
+            gateway=gw.id,
             cloud=config.uplink.cloud_id,
+            transport=transport,
         )
-        self.twins = TwinReporter(self.store, config.gateway.twin_interval)
-        self.policy: PolicyStage | None = None
-        ingest_stages: list[IngestFilter] = [self.s2.stage]
-        if config.policy is not None:
-            from wasm import PolicyStage  # noqa: PLC0415 - wasmtime loads only with a policy
-
-            base = config_path.parent if config_path is not None else None
-            self.policy = PolicyStage.from_config(config.policy, base=base)
-            self.metrics.watch_policy(self.policy.counts)
-            ingest_stages.append(self.policy)
+        self.policy = self._policy(config, config_path)
         # filters before the commit, observers after it on the stored readings (gateway.hooks)
+        filters: list[IngestFilter] = [self.s2.stage]
+        if self.policy is not None:
+            filters.append(self.policy)
         self.ingest = Ingest(
-            config,
+            config.ingest,
             self.outbox,
             self.metrics,
-            stages=[*ingest_stages, *(stages or [])],
+            broker=config.local_broker,
+            client_id=f"{gw.id}-ingest",
+            stages=[*filters, *(stages or [])],
             observers=[self.rules.stage, self.twins.stage],
+            transport=transport,
+            sessions=sessions,
         )
-        self.s1 = S1(
-            config.s1,
-            self.store,
-            self.link,
-            gateway=config.gateway.id,
-            local_broker=config.local_broker,
-            cloud_broker=config.uplink.broker,
-            state_dir=state,
+        self.s2.watch("outbox_depth", self.outbox.depth)
+        self.s2.watch("ingest_backlog", self.ingest.pending)
+        self.metrics.watch(
+            self.outbox.snapshot, self.uplink.status, self.ingest.session.is_connected
         )
-        # a rule's capability action runs the gateway's own capability through S1
-        self.rules.runner.invoke = self.s1.invoke
-        self.metrics.watch(self.outbox.snapshot, self.uplink.status, lambda: self.ingest.connected)
-        # the workers restart alone (one_for_one: a twins crash no longer restarts the
-        # uplink); the durable resources come first under rest_for_one, so a reopened
-        # database restarts every worker that uses it (docs/architecture.md, "Supervision")
+        self.supervisor = self._tree()
+
+    def _policy(self, config: GatewayConfig, config_path: Path | None) -> PolicyStage | None:
+        if config.policy is None:
+            return None
+        from wasm import PolicyStage  # noqa: PLC0415 - wasmtime loads only with a policy
+
+        base = config_path.parent if config_path is not None else None
+        policy = PolicyStage.from_config(config.policy, base=base)
+        self.metrics.watch_policy(policy.counts)
+        return policy
+
+    def _tree(self) -> Supervisor:
+        """The supervision tree (docs/architecture.md, "Supervision"): the workers restart
+        alone (one_for_one: a twins crash no longer restarts the uplink); the durable
+        resources come first under rest_for_one, so a reopened database restarts every
+        worker that uses it."""
+        config = self.config
         self.workers = Supervisor(
             "workers",
             [
@@ -163,13 +197,13 @@ class Gateway:
             period=30,
         )
         self.workers.add_subtree(self.s1.supervisor)
-        self.supervisor = Supervisor(
+        tree = Supervisor(
             "gateway",
             [
                 ChildSpec("outbox", self._run_outbox, wait_ready=True, shutdown_timeout=10),
                 ChildSpec(
                     "state",
-                    holding(self.store.open, self.store.close),
+                    holding(self.store.open, self.store.close, self.store.held),
                     wait_ready=True,
                     shutdown_timeout=10,
                 ),
@@ -179,7 +213,7 @@ class Gateway:
             intensity=5,
             period=30,
         )
-        self.supervisor.add_subtree(self.workers)
+        tree.add_subtree(self.workers)
         if config.uplink.enrol_dir:
             up = config.uplink
             self.renewer = Renewer(
@@ -193,6 +227,7 @@ class Gateway:
                 on_renewed=self._on_renewed,
             )
             self.workers.add_child(ChildSpec("renewer", self.renewer.run, shutdown_timeout=5))
+        return tree
 
     async def _run_outbox(self, ctx: ChildContext) -> None:
         """Holds the outbox open; fails when its database does (not for a full disk), so the

@@ -29,14 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiomqtt
 import msgspec
 
 from amcp.crypto.agreement import AgreementError, GatewayAgreement
 from amcp.crypto.keys import Ed25519Signer
 from amcp.crypto.keystore import KeyStore
 from amcp.crypto.pki import key_pem, load_cert, make_csr, new_tls_key, write_secret_file
-from amcp.runtime.mqtt import make_client
+from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import LinkLostError, LinkRefusedError, SessionSpec, connect_once
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import enrol as wire
@@ -138,15 +138,16 @@ async def _exchange(
     link: BrokerLink, gateway: str, request: bytes, *, request_id: str, within_s: float, prefix: str
 ) -> wire.Frame:
     """Publish ``request`` (again every few seconds) until the answer to ``request_id`` comes."""
-    client = make_client(link, f"{gateway}-enrol-{request_id[:8]}", clean_session=True)
+    spec = SessionSpec(
+        f"{gateway}-enrol-{request_id[:8]}", (topics.enrol_response(gateway, prefix),)
+    )
     try:
-        async with asyncio.timeout(within_s), client:
-            await client.subscribe(topics.enrol_response(gateway, prefix), qos=1)
+        async with asyncio.timeout(within_s), connect_once(MqttTransport(), link, spec) as client:
             while True:
                 await client.publish(topics.enrol_request(gateway, prefix), request, qos=1)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(5.0):
-                        async for message in client.messages:
+                        async for message in client.messages():
                             try:
                                 frame = wire.decode(message.payload)
                             except wire.EnrolError:
@@ -155,7 +156,9 @@ async def _exchange(
                                 return frame
     except TimeoutError:
         raise EnrolmentError(f"no answer from the cloud within {within_s}s") from None
-    except aiomqtt.MqttError as exc:
+    except LinkRefusedError as exc:
+        raise EnrolmentError(f"the cloud broker refused the login: {exc}") from None
+    except LinkLostError as exc:
         raise EnrolmentError(f"cannot reach the cloud broker: {exc}") from None
 
 

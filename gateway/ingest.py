@@ -23,23 +23,24 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import aiomqtt
 import msgspec
 
-from amcp.runtime.mqtt import (
-    Backoff,
-    enable_manual_ack,
-    make_client,
-    on_message_direct,
-    pause_after_loss,
-    wait_disconnected,
+from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import (
+    DirectCallback,
+    Link,
+    Session,
+    SessionMetrics,
+    SessionSpec,
+    Transport,
 )
+from amcp.runtime.settings import BrokerLink
 from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire.telemetry import Reading
-from gateway.config import GatewayConfig, IngestSettings
+from gateway.config import IngestSettings
 from gateway.decode import PayloadError, UnknownDeviceError, decode_payload
 from gateway.hooks import IngestFilter, IngestObserver
 from gateway.metrics import GatewayMetrics
@@ -104,7 +105,7 @@ class _Session:
         p = self.pending
         return bool(p.acks or p.readings or p.rejected)
 
-    async def commit_loop(self, paho: Any) -> None:
+    async def commit_loop(self, link: Link) -> None:
         ingest = self.ingest
         while True:
             await self.wake.wait()
@@ -118,7 +119,7 @@ class _Session:
                 batch = self.ready.popleft()
                 await ingest.commit(batch)
                 for mid, qos in batch.acks:  # only now may the broker forget them
-                    paho.ack(mid, qos)
+                    link.ack(mid, qos)
             if self._has_pending():  # what arrived meanwhile must not wait for a next message
                 self.wake.set()
 
@@ -126,16 +127,28 @@ class _Session:
 class Ingest:
     def __init__(
         self,
-        config: GatewayConfig,
+        settings: IngestSettings,
         outbox: Outbox,
         metrics: GatewayMetrics,
         *,
+        broker: BrokerLink,
+        client_id: str,
         stages: Sequence[IngestFilter] = (),
         observers: Sequence[IngestObserver] = (),
+        transport: Transport | None = None,
+        sessions: SessionMetrics | None = None,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
-        self.config = config
-        self.settings = config.ingest
+        self.settings = settings
+        # a persistent session (queued readings wait in the broker while the gateway is
+        # down), acknowledged by hand after each commit
+        self.session = Session(
+            transport or MqttTransport(),
+            broker,
+            SessionSpec(client_id, (settings.topic,), clean_session=False, manual_ack=True),
+            name="ingest",
+            metrics=sessions,
+        )
         self.outbox = outbox
         self.metrics = metrics
         self.stages = list(stages)
@@ -156,9 +169,16 @@ class Ingest:
         self.paused = False
         """True while a commit waits for disk space (ingest takes nothing new meanwhile)."""
         self._prefix, self._suffix = self._topic_shape(self.settings.topic)
-        self.connected = False
         self.backlog = 0
         """Messages received and not yet committed (an S2 load signal)."""
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
+
+    def pending(self) -> int:
+        """Messages received and not yet committed (an S2 load signal)."""
+        return self.backlog
 
     def apply(self, settings: IngestSettings) -> None:
         """Reload: the allow-list, auto-registration, limits and batching take effect at once
@@ -251,30 +271,23 @@ class Ingest:
 
     # -- running --------------------------------------------------------------------------
     async def run(self, ctx: ChildContext) -> None:
-        link = self.config.local_broker
-        backoff = Backoff(link.reconnect_initial, link.reconnect_max)
-        client = make_client(link, f"{self.config.gateway.id}-ingest", clean_session=False)
-        paho = enable_manual_ack(client)
-        while True:
-            # a fresh session state per connection, hooked up *before* connecting: a persistent
-            # session's queued messages arrive right after CONNACK, before any subscribe
-            session = _Session(self)
+        batching: list[_Session] = []
+
+        def direct() -> DirectCallback:
+            # a fresh batching state per connection, hooked up before connecting: a
+            # persistent session's queued messages arrive right after CONNACK
+            batching[:] = [_Session(self)]
             self.backlog = 0  # what the last connection left uncommitted comes again
-            on_message_direct(client, session.on_message)
-            try:
-                async with client:
-                    await client.subscribe(self.settings.topic, qos=1)
-                    self.connected = True
-                    backoff.reset()
-                    ctx.ready()
-                    log.info("ingest subscribed", extra={"topic": self.settings.topic})
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(session.commit_loop(paho), name="ingest-commit")
-                        tg.create_task(wait_disconnected(client), name="ingest-link")
-            except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                await pause_after_loss(caught, backoff, "local broker (ingest)")
-            finally:
-                self.connected = False
+            return batching[0].on_message
+
+        def subscribed() -> None:
+            ctx.ready()
+            log.info("ingest subscribed", extra={"topic": self.settings.topic})
+
+        async def serve(link: Link) -> None:
+            await batching[0].commit_loop(link)
+
+        await self.session.run(serve, on_connected=subscribed, direct=direct)
 
     async def commit(self, batch: _Pending) -> None:
         m = self.metrics

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 
 from amcp import __version__
 from amcp.runtime.metrics import Readiness, register_build_info
-from amcp.runtime.mqtt import CALLBACK_ERRORS
+from amcp.runtime.session import CALLBACK_ERRORS
 from gateway.outbox import OutboxStats
 
 if TYPE_CHECKING:

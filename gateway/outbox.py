@@ -248,6 +248,10 @@ class Outbox:
         self._lock = threading.Lock()  # guards stats read by the metrics thread
         self.appended = asyncio.Event()
 
+    def depth(self) -> int:
+        """Readings waiting (an S2 load signal)."""
+        return self.stats.rows
+
     @property
     def full(self) -> bool:
         return self.stats.full

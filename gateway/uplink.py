@@ -20,16 +20,16 @@ import logging
 import time
 from dataclasses import dataclass
 
-import aiomqtt
 import msgspec
 
 from amcp.link import GatewayLink
-from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
+from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import Link, Session, SessionMetrics, SessionSpec, Transport
 from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import EnvelopeError, topics
 from amcp.wire.telemetry import BatchAck, BatchNack
-from gateway.config import GatewayConfig
+from gateway.config import UplinkSettings
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Batch, Outbox
 
@@ -63,18 +63,35 @@ class _InFlight:
 
 class Uplink:
     def __init__(
-        self, config: GatewayConfig, outbox: Outbox, metrics: GatewayMetrics, link: GatewayLink
+        self,
+        settings: UplinkSettings,
+        outbox: Outbox,
+        metrics: GatewayMetrics,
+        link: GatewayLink,
+        *,
+        gateway: str,
+        transport: Transport | None = None,
+        sessions: SessionMetrics | None = None,
     ) -> None:
-        self.config = config
-        self.settings = config.uplink
+        self.settings = settings
         self.outbox = outbox
         self.metrics = metrics
-        self.gateway = config.gateway.id
+        self.gateway = gateway
         self.link = link
-        self.connected = False
+        self.session = Session(
+            transport or MqttTransport(),
+            settings.broker,
+            SessionSpec(f"{gateway}-uplink", (topics.ack(settings.topic_prefix, gateway),)),
+            name="uplink",
+            metrics=sessions,
+        )
         self.lag_s = 0.0
         self._inflight: dict[str, _InFlight] = {}
         self._slot = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
 
     def status(self) -> tuple[bool, float]:
         return self.connected, self.lag_s
@@ -90,26 +107,15 @@ class Uplink:
         return self.link.seal(wire, topic)  # type: ignore[arg-type]
 
     async def run(self, ctx: ChildContext) -> None:
-        link = self.settings.broker
-        backoff = Backoff(link.reconnect_initial, link.reconnect_max)
-        client = make_client(link, f"{self.gateway}-uplink", clean_session=True)
-        while True:
-            try:
-                async with client:
-                    await client.subscribe(
-                        topics.ack(self.settings.topic_prefix, self.gateway), qos=1
-                    )
-                    self.connected = True
-                    backoff.reset()
-                    ctx.ready()
-                    log.info("uplink connected", extra={"host": link.host, "port": link.port})
-                    await self._session(client)
-            except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                await pause_after_loss(caught, backoff, "cloud broker (uplink)")
-            finally:
-                self.connected = False
+        broker = self.settings.broker
 
-    async def _session(self, client: aiomqtt.Client) -> None:
+        def connected() -> None:
+            ctx.ready()
+            log.info("uplink connected", extra={"host": broker.host, "port": broker.port})
+
+        await self.session.run(self._session, on_connected=connected)
+
+    async def _session(self, client: Link) -> None:
         self._inflight.clear()
         for batch in await self.outbox.open_batches():
             await self._send(client, batch)
@@ -118,10 +124,10 @@ class Uplink:
             tg.create_task(self._send_loop(client), name="uplink-send")
             tg.create_task(self._resend_stale(client), name="uplink-resend")
 
-    async def _send(self, client: aiomqtt.Client, batch: Batch) -> None:
+    async def _send(self, client: Link, batch: Batch) -> None:
         await self._send_all(client, [batch])
 
-    async def _send_all(self, client: aiomqtt.Client, batches: list[Batch]) -> None:
+    async def _send_all(self, client: Link, batches: list[Batch]) -> None:
         """Publish batches together: each waits for its PUBACK, none for another's."""
         topic = topics.telemetry(self.settings.topic_prefix, self.gateway)
         publishes = []
@@ -134,7 +140,7 @@ class Uplink:
         await asyncio.gather(*publishes)
         self.metrics.batches_sent.inc(len(publishes))
 
-    async def _send_loop(self, client: aiomqtt.Client) -> None:
+    async def _send_loop(self, client: Link) -> None:
         s = self.settings
         outbox = self.outbox
         while True:
@@ -166,9 +172,9 @@ class Uplink:
                 continue
             await self._send_all(client, batches)
 
-    async def _receive_acks(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            topic = message.topic.value
+    async def _receive_acks(self, client: Link) -> None:
+        async for message in client.messages():
+            topic = message.topic
             try:
                 reply = self.link.open(message.payload, topic).message
             except EnvelopeError as exc:
@@ -204,7 +210,7 @@ class Uplink:
             self.lag_s = max(0.0, time.time() - entry.batch.oldest_ms / 1000)
         self._slot.set()
 
-    async def _on_nack(self, client: aiomqtt.Client, nack: BatchNack) -> None:
+    async def _on_nack(self, client: Link, nack: BatchNack) -> None:
         entry = self._inflight.get(nack.batch_id)
         if entry is None:
             return  # not ours any more (acknowledged, or a replayed old nack)
@@ -226,7 +232,7 @@ class Uplink:
         )
         self._slot.set()
 
-    async def _resend_stale(self, client: aiomqtt.Client) -> None:
+    async def _resend_stale(self, client: Link) -> None:
         timeout = self.settings.ack_timeout
         while True:
             await asyncio.sleep(timeout / 4)

@@ -1,5 +1,6 @@
-"""MQTT connection helpers over aiomqtt: client construction, reconnect backoff, manual acks,
-and a direct message callback for the ingest hot path.
+"""The aiomqtt transport of the session runner (:mod:`amcp.runtime.session`): client
+construction, TLS, manual acks, a direct message callback for the ingest hot path, and the
+one place where aiomqtt's errors become the project's (:func:`link_error`).
 
 Manual acknowledgement: aiomqtt 2.5 has no public API for it, so we use the paho client
 under it (``manual_ack_set`` / ``ack``, paho-mqtt >= 2.0). :func:`enable_manual_ack` checks
@@ -10,18 +11,27 @@ to automatic PUBACK would acknowledge readings before they are on disk.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import random
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.reasoncodes import ReasonCode
 
+from amcp.runtime.session import (
+    CLOSE_TIMEOUT_S,
+    DirectCallback,
+    LinkLostError,
+    LinkRefusedError,
+    Message,
+    SessionSpec,
+    callback_failed,
+)
 from amcp.runtime.settings import BrokerLink
 
 log = logging.getLogger(__name__)
@@ -125,11 +135,7 @@ def enable_manual_ack(client: aiomqtt.Client) -> Any:
     return paho
 
 
-MessageCallback = Callable[[str, bytes, int, int], None]
-"""(topic, payload, mid, qos), called on the event loop thread for every message."""
-
-
-def on_message_direct(client: aiomqtt.Client, callback: MessageCallback) -> None:
+def on_message_direct(client: aiomqtt.Client, callback: DirectCallback) -> None:
     """Deliver messages to ``callback`` straight from paho, bypassing aiomqtt's iterator.
 
     aiomqtt's ``messages`` iterator builds a Message and an asyncio task per message; on the
@@ -151,73 +157,126 @@ def on_message_direct(client: aiomqtt.Client, callback: MessageCallback) -> None
     paho.on_message = relay
 
 
-CALLBACK_ERRORS: collections.Counter[str] = collections.Counter()
-"""Exceptions that reached a paho callback, by kind (``callback:ExceptionType``)."""
+REFUSED_CODES = frozenset({2, 4, 5, 133, 134, 135, 138, 140})
+"""CONNACK codes (MQTT 3.1.1 and their MQTT 5 reason codes, which paho 2 reports) that mean
+the broker refused this client: identifier rejected, bad credentials, not authorised, banned,
+bad authentication method."""
 
 
-def callback_failed(callback: Callable[..., object], exc: BaseException) -> None:
-    """The one guard for code paho calls: an exception escaping a paho callback makes paho
-    raise it from its network loop on the same packet again and again (a busy loop, nothing
-    else received). It is counted, logged once per kind with its traceback, and dropped."""
-    kind = f"{getattr(callback, '__qualname__', 'callback')}:{type(exc).__name__}"
-    CALLBACK_ERRORS[kind] += 1
-    if CALLBACK_ERRORS[kind] == 1:
-        log.error("MQTT message callback failed (logged once per kind)", exc_info=exc)
+def link_error(exc: aiomqtt.MqttError) -> LinkLostError:
+    """The project error for an aiomqtt error: refused logins apart, every error is a lost
+    link (aiomqtt reports socket, TLS and timeout failures all as MqttError)."""
+    rc = getattr(exc, "rc", None)
+    code = rc.value if isinstance(rc, ReasonCode) else rc
+    if isinstance(exc, MqttConnectError) and code in REFUSED_CODES:
+        return LinkRefusedError(str(exc), code if isinstance(code, int) else None)
+    return LinkLostError(str(exc) or type(exc).__name__)
 
 
-async def wait_disconnected(client: aiomqtt.Client) -> None:
-    """Return never; raise :class:`aiomqtt.MqttError` once the connection is lost."""
-    future = getattr(client, "_disconnected", None)
-    if not isinstance(future, asyncio.Future):
-        raise ManualAckUnsupportedError("aiomqtt.Client._disconnected is missing")
-    await asyncio.shield(future)
-    raise aiomqtt.MqttError("disconnected")
+class MqttTransport:
+    """The daemons' transport (:class:`amcp.runtime.session.Transport`) over aiomqtt: a
+    fresh client per connection, so no library state outlives a lost link."""
+
+    def __init__(self, **client_options: Any) -> None:
+        self.client_options = client_options
+        """Passed to ``aiomqtt.Client`` (``max_inflight_messages``, ``timeout`` ...)."""
+
+    async def connect(
+        self, broker: BrokerLink, spec: SessionSpec, on_message: DirectCallback | None
+    ) -> _MqttConnection:
+        client = make_client(
+            broker, spec.client_id, clean_session=spec.clean_session, **self.client_options
+        )
+        paho = enable_manual_ack(client) if spec.manual_ack else client._client  # noqa: SLF001
+        if on_message is not None:
+            on_message_direct(client, on_message)
+        conn = _MqttConnection(client, paho)
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            conn.drop()
+            raise link_error(exc) from exc
+        except BaseException:
+            conn.drop()  # a stop request mid-connect: nothing may stay open
+            raise
+        return conn
 
 
-def connection_lost(exc: BaseException) -> aiomqtt.MqttError | None:
-    """The MqttError behind ``exc`` when losing the connection is all that happened.
+class _MqttConnection:
+    def __init__(self, client: aiomqtt.Client, paho: Any) -> None:
+        self.client = client
+        self._paho = paho
 
-    A session run in a TaskGroup reports a lost connection as an ExceptionGroup holding one
-    or more MqttErrors; anything else in the group is a real failure and is not swallowed.
-    """
-    if isinstance(exc, aiomqtt.MqttError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        matched, rest = exc.split(aiomqtt.MqttError)
-        if matched is not None and rest is None:
-            leaf: BaseException = matched
-            while isinstance(leaf, BaseExceptionGroup):
-                leaf = leaf.exceptions[0]
-            return leaf if isinstance(leaf, aiomqtt.MqttError) else None
-    return None
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        await self._until_lost(self.client.publish(topic, payload, qos=qos, retain=retain))
 
+    async def subscribe(self, filters: Sequence[str], qos: int = 1) -> None:
+        await self._until_lost(self.client.subscribe([(f, qos) for f in filters]))
 
-async def pause_after_loss(caught: BaseException, backoff: Backoff, what: str) -> None:
-    """The one reconnect step every MQTT session loop shares: re-raise ``caught`` unless it
-    is a lost connection (:func:`connection_lost`), else log it once and sleep the backoff."""
-    exc = connection_lost(caught)
-    if exc is None:
-        raise caught
-    delay = backoff.next_delay()
-    log.warning(
-        "connection lost",
-        extra={"link": what, "error": str(exc), "retry_in_s": round(delay, 2)},
-    )
-    await asyncio.sleep(delay)
+    async def _until_lost(self, step: Coroutine[Any, Any, object]) -> None:
+        """Run ``step``, failing as soon as the link is lost: paho queues a publish on a
+        dead connection and aiomqtt would wait its whole timeout for the PUBACK."""
+        task = asyncio.ensure_future(step)
+        lost = asyncio.ensure_future(self.wait_lost())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not task.done():
+                task.cancel()
+        if not task.done() or task.cancelled():
+            await asyncio.wait({lost})
+            raise LinkLostError("disconnected")
+        try:
+            task.result()
+        except aiomqtt.MqttError as exc:
+            raise link_error(exc) from exc
 
+    async def messages(self) -> AsyncIterator[Message]:
+        try:
+            async for m in self.client.messages:
+                payload = m.payload if isinstance(m.payload, bytes) else b""
+                yield Message(m.topic.value, payload, m.qos, bool(m.retain), m.mid)
+        except aiomqtt.MqttError as exc:
+            raise link_error(exc) from exc
 
-class Backoff:
-    """Exponential reconnect delay with full jitter, reset after a good connection."""
+    def ack(self, mid: int, qos: int) -> None:
+        self._paho.ack(mid, qos)
 
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.attempt = 0
+    async def wait_lost(self) -> None:
+        future = getattr(self.client, "_disconnected", None)
+        if not isinstance(future, asyncio.Future):
+            raise ManualAckUnsupportedError("aiomqtt.Client._disconnected is missing")
+        try:
+            await asyncio.shield(future)
+        except aiomqtt.MqttError as exc:
+            raise link_error(exc) from exc
+        raise LinkLostError("disconnected")
 
-    def next_delay(self) -> float:
-        self.attempt += 1
-        cap = min(self.maximum, self.initial * 2.0 ** (self.attempt - 1))
-        return random.uniform(cap / 2, cap)
+    async def close(self) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.client.__aexit__(None, None, None)
+        except (aiomqtt.MqttError, TimeoutError):
+            pass
+        finally:
+            self.drop()
 
-    def reset(self) -> None:
-        self.attempt = 0
+    def drop(self) -> None:
+        """Close the socket and release aiomqtt's state without a handshake (after a
+        cancelled connect or a disconnect that did not finish)."""
+        client: Any = self.client
+        with contextlib.suppress(Exception):
+            if self._paho.socket() is not None:
+                self._paho._sock_close()  # noqa: SLF001 - paho has no public abort
+        disconnected = getattr(client, "_disconnected", None)
+        if isinstance(disconnected, asyncio.Future):
+            if not disconnected.done():
+                disconnected.set_result(None)
+            elif not disconnected.cancelled():
+                disconnected.exception()  # retrieved: asyncio would log it as unhandled
+        lock = getattr(client, "_lock", None)
+        if isinstance(lock, asyncio.Lock) and lock.locked():
+            lock.release()

@@ -123,21 +123,6 @@ def holding(
     return run
 
 
-def raise_if_cancelled() -> None:
-    """Raise CancelledError if the current task was asked to stop and the request got lost.
-
-    Python 3.11's ``asyncio.wait_for`` (used inside aiomqtt) can return a result and drop the
-    CancelledError when both arrive together; the task then runs on, and a TaskGroup that is
-    already cancelling never cancels it again, so its parent cannot stop. The request is still
-    counted (``Task.cancelling()``). Call this once per iteration in a long-running loop of a
-    task that runs no TaskGroup of its own (a TaskGroup leaves that count raised after an
-    ordinary child failure in 3.11, so there it would misfire).
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 async def stop_task(task: asyncio.Task[object], grace: float, attempts: int = 3) -> bool:
     """Cancel ``task`` and wait up to ``grace`` seconds for it, cancelling again if it is
     still running (a clean-up that waits forever, such as aiomqtt's disconnect handshake on

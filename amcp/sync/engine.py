@@ -34,7 +34,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from amcp.runtime.clock import Clock, SystemClock
-from amcp.runtime.supervisor import raise_if_cancelled
 from amcp.store import ChangeSet, Chunk, ClockSkewError, Row, Store
 from amcp.store import UnknownPeerError as _UnknownPeerError
 from amcp.store.rows import encode_changes
@@ -336,7 +335,6 @@ class SyncEngine:
         next_round, next_gc = now + s.anti_entropy, now + s.gc_interval
         while True:
             await self._clock.sleep(period)
-            raise_if_cancelled()  # a stop request lost in a send's wait_for (Python 3.11)
             now = self._clock.monotonic()
             await self._check_stalls(now)
             if now >= next_round:

@@ -21,13 +21,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import aiomqtt
-
 from amcp.link import DEFAULT_CLOUD_ID, CloudLinks, GatewayLink
 from amcp.runtime.clock import Clock
-from amcp.runtime.mqtt import Backoff, make_client
+from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import Link, Session, SessionSpec, Transport
 from amcp.runtime.settings import BrokerLink
-from amcp.runtime.supervisor import ChildContext, raise_if_cancelled
+from amcp.runtime.supervisor import ChildContext
 from amcp.store import Store
 from amcp.sync.authority import Refusal
 from amcp.sync.engine import Send, SyncEngine
@@ -55,9 +54,11 @@ class _MqttSync:
         cloud: str,
         clock: Clock | None,
         on_refused: Callable[[Refusal], None] | None,
+        transport: Transport | None,
     ) -> None:
         self.settings = settings
         self.broker = broker
+        self.transport = transport or MqttTransport()
         self.prefix = settings.topic_prefix.rstrip("/")
         self._owns_store = not isinstance(store, Store)
         self.store = Store(store, site=site) if isinstance(store, Path) else store
@@ -65,8 +66,12 @@ class _MqttSync:
             self.store, role, settings, cloud_site=cloud, clock=clock, on_refused=on_refused
         )
         self.client_id = settings.client_id or f"{site}-sync"
-        self.connected = False
+        self.session: Session | None = None
         self.envelopes_refused = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.session is not None and self.session.connected
 
     async def run(self, ctx: ChildContext) -> None:
         if self._owns_store:
@@ -76,33 +81,25 @@ class _MqttSync:
         try:
             await self._connect_loop()
         finally:
-            self.connected = False
             if self._owns_store:
                 await asyncio.shield(self.store.close())
 
     async def _connect_loop(self) -> None:
-        backoff = Backoff(self.broker.reconnect_initial, self.broker.reconnect_max)
-        client = make_client(self.broker, self.client_id, clean_session=True)
-        while True:
-            try:
-                async with client:
-                    await client.subscribe(self.subscription, qos=1)
-                    self.connected = True
-                    backoff.reset()
-                    log.info("sync connected", extra={"client": self.client_id})
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self.engine.serve(self._sender(client)), name="sync")
-                        tg.create_task(self._receive(client), name="sync-receive")
-            except* aiomqtt.MqttError as group:
-                delay = backoff.next_delay()
-                log.warning(
-                    "sync link lost",
-                    extra={"error": str(group.exceptions[0]), "retry_in_s": round(delay, 2)},
-                )
-                self.connected = False
-                await asyncio.sleep(delay)
+        # made here, not in __init__: a subclass sets the subscription after super().__init__
+        self.session = Session(
+            self.transport,
+            self.broker,
+            SessionSpec(self.client_id, (self.subscription,)),
+            name="sync",
+        )
+        await self.session.run(self._serve)
 
-    def _sender(self, client: aiomqtt.Client) -> Send:
+    async def _serve(self, client: Link) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.engine.serve(self._sender(client)), name="sync")
+            tg.create_task(self._receive(client), name="sync-receive")
+
+    def _sender(self, client: Link) -> Send:
         async def send(peer: str, frame: Frame) -> None:
             sealed = self._seal(peer, SyncFrame(stream=STREAM, data=encode_frame(frame)))
             if sealed is None:
@@ -119,11 +116,10 @@ class _MqttSync:
     def _open(self, topic: str, payload: bytes) -> tuple[str, Opened] | None:
         raise NotImplementedError
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            raise_if_cancelled()  # a stop request lost in a wait_for (Python 3.11)
+    async def _receive(self, client: Link) -> None:
+        async for message in client.messages():
             payload = message.payload
-            topic = message.topic.value
+            topic = message.topic
             try:
                 opened = await asyncio.to_thread(self._open, topic, payload)
             except EnvelopeError as exc:
@@ -165,6 +161,7 @@ class GatewaySync(_MqttSync):
         cloud: str = DEFAULT_CLOUD_ID,
         clock: Clock | None = None,
         on_refused: Callable[[Refusal], None] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         super().__init__(
             settings,
@@ -175,6 +172,7 @@ class GatewaySync(_MqttSync):
             cloud=cloud,
             clock=clock,
             on_refused=on_refused,
+            transport=transport,
         )
         self.gateway = gateway
         self.cloud = cloud
@@ -202,6 +200,7 @@ class CloudSync(_MqttSync):
         cloud: str = DEFAULT_CLOUD_ID,
         clock: Clock | None = None,
         on_refused: Callable[[Refusal], None] | None = None,
+        transport: Transport | None = None,
     ) -> None:
         super().__init__(
             settings,
@@ -212,6 +211,7 @@ class CloudSync(_MqttSync):
             cloud=cloud,
             clock=clock,
             on_refused=on_refused,
+            transport=transport,
         )
         self.links = links
         self.subscription = topics.sync_up(self.prefix, "+")

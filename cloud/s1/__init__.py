@@ -12,10 +12,9 @@ import asyncio
 import logging
 from pathlib import Path
 
-import aiomqtt
-
 from amcp.link import CloudLinks
-from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
+from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import Link, Message, Session, SessionSpec, Transport
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext, ChildSpec
 from amcp.store import Store
@@ -61,6 +60,7 @@ class CloudS1:
         broker: BrokerLink,
         site: str = "cloud",
         client_id: str | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.settings = settings
         self._store_path = store if isinstance(store, Path) else None
@@ -73,7 +73,22 @@ class CloudS1:
         prefix = settings.topic_prefix.rstrip("/")
         self._prefix = prefix + "/"
         self.refused = 0
-        self.connected = False
+        self.session = Session(
+            transport or MqttTransport(),
+            broker,
+            SessionSpec(
+                self.client_id,
+                (
+                    topics.capabilities(prefix, "+"),
+                    topics.intent_updates(prefix, "+"),
+                ),
+            ),
+            name="s1",
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
 
     def child_specs(self) -> list[ChildSpec]:
         if not self.settings.enabled:
@@ -93,28 +108,16 @@ class CloudS1:
             await asyncio.shield(store.close())
 
     async def _connect_loop(self, ctx: ChildContext) -> None:
-        backoff = Backoff(self.broker.reconnect_initial, self.broker.reconnect_max)
-        client = make_client(self.broker, self.client_id, clean_session=True)
-        while True:
-            try:
-                async with client, asyncio.TaskGroup() as tg:
-                    await client.subscribe(
-                        [
-                            (topics.capabilities(self._prefix.rstrip("/"), "+"), 1),
-                            (topics.intent_updates(self._prefix.rstrip("/"), "+"), 1),
-                        ]
-                    )
-                    self.router.attach(client, tg)
-                    self.connected = True
-                    backoff.reset()
-                    ctx.ready()
-                    async for message in client.messages:
-                        await self._on_message(message)
-            except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                await pause_after_loss(caught, backoff, "cloud broker (s1)")
-            finally:
-                self.connected = False
-                self.router.attach(None, None)
+        await self.session.run(self._serve, on_connected=ctx.ready)
+
+    async def _serve(self, link: Link) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self.router.attach(link, tg)
+                async for message in link.messages():
+                    await self._on_message(message)
+        finally:
+            self.router.attach(None, None)
 
     def _route(self, topic: str) -> tuple[str, str] | None:
         """``(gateway, leaf)`` of a topic this part handles, else None."""
@@ -125,8 +128,8 @@ class CloudS1:
             return None
         return gateway, leaf
 
-    async def _on_message(self, message: aiomqtt.Message) -> None:
-        topic = message.topic.value
+    async def _on_message(self, message: Message) -> None:
+        topic = message.topic
         route = self._route(topic)
         if route is None or not message.payload:  # empty: a cleared retained announcement
             return

@@ -18,9 +18,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
-
 from amcp.link import CloudLinks
+from amcp.runtime.session import Link, LinkLostError
 from amcp.wire import Context, Opened, topics
 from amcp.wire.messages import (
     INTENT_CANCEL,
@@ -57,14 +56,14 @@ class IntentRouter:
         self.registry = registry
         self.links = links
         self.settings = settings
-        self._client: aiomqtt.Client | None = None
+        self._client: Link | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._connected = asyncio.Event()
         self._announced = asyncio.Event()
         self._streams: dict[str, tuple[str, asyncio.Queue[Routed]]] = {}
 
     # -- wiring (called by CloudS1's connection loop) -------------------------------------
-    def attach(self, client: aiomqtt.Client | None, tg: asyncio.TaskGroup | None) -> None:
+    def attach(self, client: Link | None, tg: asyncio.TaskGroup | None) -> None:
         self._client, self._tg = client, tg
         if client is None:
             self._connected.clear()
@@ -175,7 +174,7 @@ class IntentRouter:
         topic = topics.intents(self.settings.topic_prefix, gateway)
         command = Command(command_id=uuid.uuid4().hex, target=intent_id, action=INTENT_CANCEL)
         data = self.links.seal(gateway, command, topic, Context(correlation_id=intent_id))
-        with contextlib.suppress(aiomqtt.MqttError):
+        with contextlib.suppress(LinkLostError):
             await client.publish(topic, data, qos=1)
 
     async def cancel(self, intent_id: str) -> bool:

@@ -31,9 +31,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
-
-from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
+from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import Backoff, Link, Session, SessionSpec, Transport
 from amcp.runtime.settings import BrokerLink
 from amcp.wire import topics
 from amcp.wire.telemetry import EventRecord
@@ -119,19 +118,30 @@ class ActionRunner:
         gateway: str,
         local_broker: BrokerLink | None = None,
         capabilities: Mapping[str, Capability] | None = None,
+        invoke: Invoke | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.settings = settings
         self.gateway = gateway
         self._append = append_events
         self.local_broker = local_broker
+        self.session = (
+            None
+            if local_broker is None
+            else Session(
+                transport or MqttTransport(),
+                local_broker,
+                SessionSpec(f"{gateway}-rules"),
+                name="rules",
+            )
+        )
         self.capabilities: dict[str, Capability] = dict(capabilities or {})
-        self.invoke: Invoke | None = None
-        """Where a capability no callable is registered for goes (S1, set by the daemon)."""
+        self.invoke = invoke
+        """Where a capability no callable is registered for goes (S1's ``invoke``)."""
         self.records: asyncio.Queue[EventRecord] = asyncio.Queue(maxsize=settings.queue_max)
         self.jobs: asyncio.Queue[Job] = asyncio.Queue(maxsize=settings.queue_max)
         self.counts: Counter[tuple[str, str]] = Counter()
         """(action type, outcome) → count; outcomes: ok, retried, failed, dropped."""
-        self._client: aiomqtt.Client | None = None
         self._warned: set[str] = set()
 
     def register_capability(self, name: str, fn: Capability) -> None:
@@ -168,8 +178,8 @@ class ActionRunner:
             tg.create_task(self._write_events(), name="rules-events")
             for i in range(self.settings.workers):
                 tg.create_task(self._work(), name=f"rules-action-{i}")
-            if self.local_broker is not None:
-                tg.create_task(self._broker(self.local_broker), name="rules-broker")
+            if self.session is not None:
+                tg.create_task(self.session.run(_hold), name="rules-broker")
 
     async def _write_events(self) -> None:
         s = self.settings
@@ -237,9 +247,9 @@ class ActionRunner:
         device = spec.device or job.event.get("device")
         if not isinstance(device, str) or not device:
             raise PermanentActionError("command action has no device (none set, none in event)")
-        if self.local_broker is None:
+        if self.session is None:
             raise PermanentActionError("no local broker configured for device commands")
-        client = self._client
+        client = self.session.link
         if client is None:
             raise NotConnectedError("local broker not connected")
         command = DeviceCommand(
@@ -267,18 +277,7 @@ class ActionRunner:
                 raise PermanentActionError(str(exc)) from exc
             raise
 
-    async def _broker(self, link: BrokerLink) -> None:
-        """Keep one local-broker connection for commands (reconnecting with backoff)."""
-        backoff = Backoff(link.reconnect_initial, link.reconnect_max)
-        client = make_client(link, f"{self.gateway}-rules", clean_session=True)
-        while True:
-            try:
-                async with client:
-                    self._client = client
-                    backoff.reset()
-                    async for _ in client.messages:  # nothing subscribed: ends on disconnect
-                        pass
-            except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                await pause_after_loss(caught, backoff, "local broker (rules)")
-            finally:
-                self._client = None
+
+async def _hold(link: Link) -> None:  # noqa: ARG001 - commands publish on session.link
+    """Keep the connection for commands; nothing is received on it."""
+    await asyncio.Event().wait()

@@ -28,11 +28,12 @@ import msgspec
 
 from amcp.goldrush.semantics import event_from_reading
 from amcp.goldrush.semantics import lookup as lookup_path
+from amcp.runtime.session import Transport
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.store import Change, Store, StoreError
 from amcp.wire.telemetry import EventRecord, Reading
-from gateway.rules.actions import ActionRunner, AppendEvents, Capability
+from gateway.rules.actions import ActionRunner, AppendEvents, Capability, Invoke
 from gateway.rules.manager import BuildRefusedError, PatternManager, Refusal, Sourced
 from gateway.rules.model import ActionSpec, RuleFile, RuleFileError, decode_rule, load_rule_file
 from gateway.rules.settings import RulesSettings
@@ -58,7 +59,9 @@ class RulesService:
         gateway: str,
         local_broker: BrokerLink | None = None,
         capabilities: Mapping[str, Capability] | None = None,
+        invoke: Invoke | None = None,
         wall: Callable[[], float] = time.time,
+        transport: Transport | None = None,
     ) -> None:
         """``append_events`` is ``Outbox.append_events``; ``store`` must be open by the time
         :meth:`run` starts (the gateway's shared store, so sync's writes notify us)."""
@@ -74,6 +77,8 @@ class RulesService:
             gateway=gateway,
             local_broker=local_broker,
             capabilities=capabilities,
+            invoke=invoke,
+            transport=transport,
         )
         self.fired: Counter[str] = Counter()
         """Rule id → times it fired, kept across swaps."""

@@ -26,6 +26,7 @@ from typing import Any
 
 from amcp.link import GatewayLink
 from amcp.runtime.clock import Clock, SystemClock
+from amcp.runtime.session import Transport
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.storage import is_storage_full
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
@@ -133,6 +134,7 @@ class S1:
         cloud_broker: BrokerLink,
         state_dir: Path,
         clock: Clock | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.settings = settings
         self.gateway = gateway
@@ -150,7 +152,7 @@ class S1:
             breaker=settings.breaker,
             clock=self.clock,
         )
-        self.executor = CommandExecutor(local_broker, f"{gateway}-s1-devices")
+        self.executor = CommandExecutor(local_broker, f"{gateway}-s1-devices", transport=transport)
         self.dispatcher = Dispatcher(self.registry, self.executor, self.units, settings)
         self.server = LinkServer(
             gateway,
@@ -159,6 +161,7 @@ class S1:
             link=link,
             dispatcher=self.dispatcher,
             registry=self.registry,
+            transport=transport,
         )
         owned = (
             []

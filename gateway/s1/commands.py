@@ -17,10 +17,10 @@ import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
-import aiomqtt
 import msgspec
 
-from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
+from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import Link, LinkLostError, Session, SessionSpec, Transport
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import topics
@@ -55,10 +55,18 @@ class NotConnectedError(ConnectionError):
 class CommandExecutor:
     """Runs device commands over one local-broker connection (a supervised child)."""
 
-    def __init__(self, broker: BrokerLink, client_id: str) -> None:
+    def __init__(
+        self, broker: BrokerLink, client_id: str, *, transport: Transport | None = None
+    ) -> None:
         self.broker = broker
         self.client_id = client_id
-        self._client: aiomqtt.Client | None = None
+        self.session = Session(
+            transport or MqttTransport(),
+            broker,
+            SessionSpec(client_id, (topics.RESPONSES_FILTER,)),
+            name="s1-devices",
+        )
+        self._client: Link | None = None
         self._connected = asyncio.Event()
         self._open: dict[str, _Open] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -73,23 +81,18 @@ class CommandExecutor:
             await self._connected.wait()
 
     async def run(self, ctx: ChildContext) -> None:
-        backoff = Backoff(self.broker.reconnect_initial, self.broker.reconnect_max)
-        client = make_client(self.broker, self.client_id, clean_session=True)
-        while True:
-            try:
-                async with client, asyncio.TaskGroup() as tg:
-                    await client.subscribe(topics.RESPONSES_FILTER, qos=1)
-                    self._client, self._tg = client, tg
-                    self._connected.set()
-                    backoff.reset()
-                    ctx.ready()
-                    async for message in client.messages:
-                        self._on_message(message.topic.value, message.payload)
-            except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                await pause_after_loss(caught, backoff, "local broker (s1)")
-            finally:
-                self._connected.clear()
-                self._client = self._tg = None
+        await self.session.run(self._serve, on_connected=ctx.ready)
+
+    async def _serve(self, link: Link) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._client, self._tg = link, tg
+                self._connected.set()
+                async for message in link.messages():
+                    self._on_message(message.topic, message.payload)
+        finally:
+            self._connected.clear()
+            self._client = self._tg = None
 
     def _on_message(self, topic: str, payload: object) -> None:
         where = parse_response_topic(topic)
@@ -128,7 +131,7 @@ class CommandExecutor:
         cancel = DeviceCommand(
             id=command.id, action=command.action, correlation=command.correlation, cancel=True
         )
-        with contextlib.suppress(aiomqtt.MqttError, NotConnectedError):
+        with contextlib.suppress(LinkLostError, NotConnectedError):
             await self._publish(device, cancel)
 
     async def execute(

@@ -20,9 +20,11 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
 import msgspec
 
+from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import Link, SessionSpec, connect_once
+from amcp.runtime.settings import BrokerLink
 from amcp.wire import topics
 from gateway.s1.devicewire import (
     COMMAND_DECODER,
@@ -80,23 +82,22 @@ class DeviceResponder:
         self.subscribed = asyncio.Event()
         self._running: dict[str, asyncio.Task[None]] = {}
 
-    async def run(
-        self, also: Callable[[aiomqtt.Client], Coroutine[Any, Any, None]] | None = None
-    ) -> None:
+    async def run(self, also: Callable[[Link], Coroutine[Any, Any, None]] | None = None) -> None:
         """Answer commands until cancelled. ``also`` runs beside it on the same connection (a
         device's telemetry): the broker gives each device one connection, its client id being
         its username, so a second login would end the first."""
+        login = BrokerLink(
+            host=self.host, port=self.port, username=self.device, password=self.password or ""
+        )
+        spec = SessionSpec(self.device, (topics.device_commands_filter(self.device),))
         async with (
-            aiomqtt.Client(
-                self.host, self.port, username=self.device, password=self.password
-            ) as client,
+            connect_once(MqttTransport(), login, spec) as client,
             asyncio.TaskGroup() as tg,
         ):
-            await client.subscribe(topics.device_commands_filter(self.device), qos=1)
             self.subscribed.set()
             if also is not None:
                 tg.create_task(also(client))
-            async for message in client.messages:
+            async for message in client.messages():
                 try:
                     command = COMMAND_DECODER.decode(message.payload)
                 except (msgspec.DecodeError, UnicodeDecodeError):
@@ -113,7 +114,7 @@ class DeviceResponder:
                     continue
                 self._running[command.id] = tg.create_task(self._serve(client, command))
 
-    async def _serve(self, client: aiomqtt.Client, command: DeviceCommand) -> None:
+    async def _serve(self, client: Link, command: DeviceCommand) -> None:
         topic = topics.response(self.device, command.id)
 
         async def send(state: ReplyState, **fields: Any) -> None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aiomqtt
-
 from amcp.link import GatewayLink
-from amcp.runtime.mqtt import Backoff, make_client, pause_after_loss
+from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import Link, Message, Session, SessionSpec, Transport
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.store.lww import Change
@@ -43,6 +42,7 @@ class LinkServer:
         link: GatewayLink,
         dispatcher: Dispatcher,
         registry: CapabilityRegistry,
+        transport: Transport | None = None,
     ) -> None:
         self.gateway = gateway
         self.settings = settings
@@ -55,39 +55,40 @@ class LinkServer:
         self.updates_topic = topics.intent_updates(prefix, gateway)
         self.capabilities_topic = topics.capabilities(prefix, gateway)
         self._changed = asyncio.Event()
-        self.connected = False
+        self.session = Session(
+            transport or MqttTransport(),
+            broker,
+            SessionSpec(f"{gateway}-s1", (self.intents_topic,)),
+            name="s1",
+        )
         self.refused = 0
         self.announced_version = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected
 
     async def run(self, ctx: ChildContext) -> None:
         unsubscribe = self.registry.store.subscribe(
             NAMESPACE, self._on_registry_change, loop=asyncio.get_running_loop()
         )
-        backoff = Backoff(self.broker.reconnect_initial, self.broker.reconnect_max)
-        client = make_client(self.broker, f"{self.gateway}-s1", clean_session=True)
         try:
-            while True:
-                try:
-                    async with client, asyncio.TaskGroup() as tg:
-                        await client.subscribe(self.intents_topic, qos=1)
-                        await self._announce(client)
-                        self.connected = True
-                        backoff.reset()
-                        ctx.ready()
-                        tg.create_task(self._announce_loop(client), name="s1-announce")
-                        async for message in client.messages:
-                            await self._on_message(tg, client, message)
-                except (aiomqtt.MqttError, ExceptionGroup) as caught:
-                    await pause_after_loss(caught, backoff, "cloud broker (s1)")
-                finally:
-                    self.connected = False
+            await self.session.run(lambda link: self._serve_link(link, ctx))
         finally:
             unsubscribe()
+
+    async def _serve_link(self, client: Link, ctx: ChildContext) -> None:
+        await self._announce(client)
+        ctx.ready()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._announce_loop(client), name="s1-announce")
+            async for message in client.messages():
+                await self._on_message(tg, client, message)
 
     def _on_registry_change(self, _changes: list[Change]) -> None:
         self._changed.set()
 
-    async def _announce(self, client: aiomqtt.Client) -> None:
+    async def _announce(self, client: Link) -> None:
         self._changed.clear()
         announcement = await self.registry.announcement()
         data = self.link.seal(announcement, self.capabilities_topic)
@@ -99,7 +100,7 @@ class LinkServer:
             )
         self.announced_version = announcement.version
 
-    async def _announce_loop(self, client: aiomqtt.Client) -> None:
+    async def _announce_loop(self, client: Link) -> None:
         while True:
             try:
                 async with asyncio.timeout(self.settings.announce_interval):
@@ -108,10 +109,8 @@ class LinkServer:
                 pass
             await self._announce(client)
 
-    async def _on_message(
-        self, tg: asyncio.TaskGroup, client: aiomqtt.Client, message: aiomqtt.Message
-    ) -> None:
-        topic = message.topic.value
+    async def _on_message(self, tg: asyncio.TaskGroup, client: Link, message: Message) -> None:
+        topic = message.topic
         if topic != self.intents_topic:
             return
         try:
@@ -132,7 +131,7 @@ class LinkServer:
                     "unexpected message on the intents topic", extra={"kind": type(other).__name__}
                 )
 
-    async def _serve(self, client: aiomqtt.Client, intent: Intent, opened: Opened) -> None:
+    async def _serve(self, client: Link, intent: Intent, opened: Opened) -> None:
         context = derive(opened.header)
 
         async def emit(update: IntentUpdate) -> None:

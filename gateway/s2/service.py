@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 from prometheus_client import CollectorRegistry
@@ -26,12 +27,12 @@ from amcp.runtime.supervisor import ChildContext
 from amcp.wire.telemetry import EventRecord, Reading
 from gateway.s2.admission import RateGate
 from gateway.s2.config import S2Config
-from gateway.s2.events import S2Event
+from gateway.s2.events import S2Event, UnitKind
 from gateway.s2.leases import LeaseTable
 from gateway.s2.metrics import S2Collector
 from gateway.s2.stuck import StuckDetector
 from gateway.s2.throttle import EventThrottle
-from gateway.s2.zombies import Reassign, ZombieDetector
+from gateway.s2.zombies import ZombieDetector
 
 log = logging.getLogger(__name__)
 
@@ -51,31 +52,57 @@ def to_record(event: S2Event) -> EventRecord:
     return EventRecord(name, int(attrs.pop("ts_ms")), source, _SEVERITY.get(name, "info"), attrs)
 
 
+class MoveWork(Protocol):
+    """Where a zombie's work goes: S1's ``reassign`` (its standby devices), told which
+    devices S2 holds healthy."""
+
+    def __call__(self, unit: str, kind: str, *, healthy: Callable[[str], bool]) -> bool: ...
+
+
+LoadSignal = Callable[[], float]
+
+
 class S2Service:
     def __init__(
         self,
         config: S2Config,
         *,
-        outbox_depth: Callable[[], int],
-        ingest_backlog: Callable[[], int],
+        load: dict[str, LoadSignal] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        reassign: Reassign | None = None,
+        reassign: MoveWork | None = None,
     ) -> None:
-        """``reassign(unit, kind)`` moves a zombie's work elsewhere (S1's standby devices)."""
+        """``load`` names the signals the adaptive limits may watch (``outbox_depth``,
+        ``ingest_backlog``; ``cpu`` is S2's own); more are added with :meth:`watch`."""
         self.config = config
-        self._outbox_depth = outbox_depth
-        self._ingest_backlog = ingest_backlog
+        self._load: dict[str, LoadSignal] = dict(load or {})
+        self._move = reassign
         self.events: asyncio.Queue[EventRecord] = asyncio.Queue(maxsize=10_000)
         self.dropped_events = 0
         self.gate = RateGate(config.limits, clock, emit=self._emit)
         self.throttle = EventThrottle(config.events, clock, self._emit)
-        self.zombies = ZombieDetector(config.phi, clock, reassign=reassign, throttle=self.throttle)
+        self.zombies = ZombieDetector(
+            config.phi,
+            clock,
+            reassign=self._reassign if reassign is not None else None,
+            throttle=self.throttle,
+        )
         self.stuck = StuckDetector(config.stuck, clock, throttle=self.throttle)
         self._untracked_mark = 0
         self.leases = LeaseTable(
             clock, ttl_s=config.lease_ttl_s, max_queue=config.lease_queue, emit=self._emit
         )
         self._cpu_mark = (time.monotonic(), time.process_time())
+
+    def watch(self, name: str, signal: LoadSignal) -> None:
+        """Report ``signal()`` as the load signal ``name`` at every tick."""
+        self._load[name] = signal
+
+    def healthy(self, device: str) -> bool:
+        return not self.zombies.is_zombie(device)
+
+    def _reassign(self, unit: str, kind: UnitKind) -> bool:
+        assert self._move is not None
+        return self._move(unit, kind, healthy=self.healthy)
 
     def register(self, registry: CollectorRegistry) -> None:
         registry.register(
@@ -116,11 +143,8 @@ class S2Service:
     def tick(self) -> None:
         # report only the signals the configuration watches: an operator may drop any of them
         signals = self.config.limits.adaptive.signals
-        readings: dict[str, float] = {
-            "outbox_depth": float(self._outbox_depth()),
-            "ingest_backlog": float(self._ingest_backlog()),
-            "cpu": self._cpu(),
-        }
+        readings = {name: float(signal()) for name, signal in self._load.items()}
+        readings["cpu"] = self._cpu()
         for name, value in readings.items():
             if name in signals:
                 self.gate.observe_load(name, value)

@@ -118,7 +118,14 @@ class _Harness:
             Path(self.dir.name) / "outbox.sqlite3", config.outbox, dead_letter_max_rows=10**9
         )
         self.loop.run_until_complete(self.outbox.open())
-        self.ingest = Ingest(config, self.outbox, GatewayMetrics(), stages=[_flaky_stage])
+        self.ingest = Ingest(
+            config.ingest,
+            self.outbox,
+            GatewayMetrics(),
+            broker=config.local_broker,
+            client_id="t-ingest",
+            stages=[_flaky_stage],
+        )
 
     def counts(self) -> tuple[int, int]:
         with sqlite3.connect(self.outbox.path) as db:

@@ -60,7 +60,15 @@ async def test_observers_see_only_stored_readings(tmp_path: Path) -> None:
     def drop_odd(readings: list[Reading]) -> list[Reading]:  # a filter, before the commit
         return [r for r in readings if r.seq % 2 == 0]
 
-    ingest = Ingest(config, outbox, GatewayMetrics(), stages=[drop_odd], observers=[seen])
+    ingest = Ingest(
+        config.ingest,
+        outbox,
+        GatewayMetrics(),
+        broker=config.local_broker,
+        client_id="t-ingest",
+        stages=[drop_odd],
+        observers=[seen],
+    )
     await _commit(ingest, [_payload(s) for s in range(1, 11)] + [b"not a payload"])
     assert seen.seqs == [2, 4, 6, 8, 10]
     assert outbox.snapshot().rows == 5
@@ -73,7 +81,14 @@ async def test_observers_never_see_what_the_outbox_refused(tmp_path: Path) -> No
     outbox = Outbox(tmp_path / "outbox.sqlite3", config.outbox)
     await outbox.open()
     seen = _Seen()
-    ingest = Ingest(config, outbox, GatewayMetrics(), observers=[seen])
+    ingest = Ingest(
+        config.ingest,
+        outbox,
+        GatewayMetrics(),
+        broker=config.local_broker,
+        client_id="t-ingest",
+        observers=[seen],
+    )
     await _commit(ingest, [_payload(s) for s in range(1, 7)])
     assert len(seen.readings) == outbox.snapshot().rows
     assert seen.seqs == [1, 2, 3][: outbox.snapshot().rows]
@@ -91,7 +106,14 @@ async def test_a_batch_redelivered_after_a_crash_is_observed_and_stored_once(
     await outbox.open()
     before = _Seen()
     await _commit(
-        Ingest(config, outbox, GatewayMetrics(), observers=[before]),
+        Ingest(
+            config.ingest,
+            outbox,
+            GatewayMetrics(),
+            broker=config.local_broker,
+            client_id="t-ingest",
+            observers=[before],
+        ),
         [_payload(s) for s in range(1, 11)],
     )
     await outbox.close()  # the crash: the rows are committed, the acks never reached the broker
@@ -100,7 +122,14 @@ async def test_a_batch_redelivered_after_a_crash_is_observed_and_stored_once(
     await outbox.open()
     after = _Seen()
     metrics = GatewayMetrics()
-    ingest = Ingest(config, outbox, metrics, observers=[after])
+    ingest = Ingest(
+        config.ingest,
+        outbox,
+        metrics,
+        broker=config.local_broker,
+        client_id="t-ingest",
+        observers=[after],
+    )
     await _commit(ingest, [_payload(s) for s in range(1, 16)])  # 1-10 again, then 11-15
     assert before.seqs == list(range(1, 11))
     assert after.seqs == list(range(11, 16))
@@ -119,7 +148,14 @@ async def test_an_observer_that_raises_costs_no_reading(tmp_path: Path) -> None:
         raise RuntimeError("observer bug")
 
     metrics = GatewayMetrics()
-    ingest = Ingest(config, outbox, metrics, observers=[broken, seen])
+    ingest = Ingest(
+        config.ingest,
+        outbox,
+        metrics,
+        broker=config.local_broker,
+        client_id="t-ingest",
+        observers=[broken, seen],
+    )
     await _commit(ingest, [_payload(s) for s in range(1, 4)])
     assert outbox.snapshot().rows == 3
     assert seen.seqs == [1, 2, 3]

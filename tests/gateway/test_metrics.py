@@ -64,7 +64,6 @@ def test_every_gateway_metric_has_the_one_prefix_and_a_help_text() -> None:
     assert len(families) > 20
     for name, (_, text) in families.items():
         assert name.startswith("cybernetic_"), name
-        assert not name.startswith("cybernetic_s2_"), name
         assert len(text) > 15, name
 
 

@@ -1,28 +1,36 @@
-"""The shared reconnect step: a lost connection backs off, anything else propagates."""
+"""The aiomqtt boundary: every aiomqtt error becomes a lost or a refused link, and only a
+group of lost links counts as a lost link (anything beside one is a real failure)."""
 
 from __future__ import annotations
 
 import aiomqtt
-import pytest
+from aiomqtt.exceptions import MqttConnectError
 
-from amcp.runtime.mqtt import Backoff, connection_lost, pause_after_loss
-
-FAST = Backoff(0.001, 0.001)
-
-
-async def test_a_lost_connection_backs_off_and_returns() -> None:
-    await pause_after_loss(aiomqtt.MqttError("gone"), FAST, "test")
-    # a TaskGroup reports it as a group of MqttErrors: still just a lost connection
-    group = ExceptionGroup(
-        "tg", [aiomqtt.MqttError("a"), ExceptionGroup("b", [aiomqtt.MqttError("c")])]
-    )
-    await pause_after_loss(group, FAST, "test")
-    assert isinstance(connection_lost(group), aiomqtt.MqttError)
+from amcp.runtime.mqtt import link_error
+from amcp.runtime.session import LinkLostError, LinkRefusedError, only_link_errors
 
 
-async def test_a_real_failure_beside_a_lost_connection_propagates() -> None:
-    group = ExceptionGroup("tg", [aiomqtt.MqttError("a"), ValueError("bug")])
-    assert connection_lost(group) is None
-    with pytest.raises(ExceptionGroup) as err:
-        await pause_after_loss(group, FAST, "test")
-    assert err.value is group
+def test_a_refused_login_is_a_refused_link() -> None:
+    for code in (4, 5):  # MQTT 3.1.1: bad credentials, not authorised
+        mapped = link_error(MqttConnectError(code))
+        assert isinstance(mapped, LinkRefusedError)
+        assert mapped.code == code
+
+
+def test_other_errors_are_lost_links() -> None:
+    for exc in (
+        aiomqtt.MqttError("Operation timed out"),
+        MqttConnectError(3),  # server unavailable: try again
+        aiomqtt.MqttCodeError(7, "Unexpected disconnection"),
+    ):
+        mapped = link_error(exc)
+        assert type(mapped) is LinkLostError
+        assert str(mapped)
+
+
+def test_only_a_group_of_lost_links_is_a_lost_link() -> None:
+    lost = ExceptionGroup("tg", [LinkLostError("a"), ExceptionGroup("b", [LinkLostError("c")])])
+    assert only_link_errors(lost)
+    assert only_link_errors(LinkRefusedError("no"))
+    assert not only_link_errors(ExceptionGroup("tg", [LinkLostError("a"), ValueError("bug")]))
+    assert not only_link_errors(ValueError("bug"))

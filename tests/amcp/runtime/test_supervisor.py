@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 import pytest
@@ -16,7 +15,6 @@ from amcp.runtime.supervisor import (
     Restart,
     Strategy,
     Supervisor,
-    raise_if_cancelled,
 )
 
 NO_BACKOFF = Backoff(initial=0.0)
@@ -257,25 +255,3 @@ async def test_stop_task_cancels_again_a_clean_up_that_would_wait_forever() -> N
     await asyncio.sleep(0)
     assert await stop_task(task, grace=0.05)
     assert task.cancelled()
-
-
-async def test_a_stop_request_lost_on_the_way_is_raised_again() -> None:
-    """As Python 3.11's wait_for can: the CancelledError is lost, the request still counts."""
-    started = asyncio.Event()
-
-    async def worker() -> None:
-        started.set()
-        while True:
-            with contextlib.suppress(asyncio.CancelledError):  # the lost delivery
-                await asyncio.sleep(10)
-            raise_if_cancelled()
-
-    task = asyncio.create_task(worker())
-    await started.wait()
-    task.cancel()
-    await asyncio.wait({task}, timeout=2)
-    assert task.cancelled()
-
-
-async def test_nothing_is_raised_without_a_stop_request() -> None:
-    raise_if_cancelled()

@@ -33,9 +33,7 @@ class Clock:
 
 
 def _service(clock: Clock, config: S2Config | None = None) -> S2Service:
-    service = S2Service(
-        config or S2Config(), outbox_depth=lambda: 0, ingest_backlog=lambda: 0, clock=clock
-    )
+    service = S2Service(config or S2Config(), clock=clock)
     service._cpu = lambda: 0.0  # type: ignore[method-assign] # real CPU use is not simulated
     return service
 
