@@ -47,14 +47,18 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         s = self._stats()
         now_ms = time.time() * 1000
-        yield GaugeMetricFamily("cybernetic_outbox_rows", "Readings waiting in the outbox", s.rows)
         yield GaugeMetricFamily(
-            "cybernetic_outbox_bytes", "Bytes of readings in the outbox", s.bytes
+            "cybernetic_outbox_rows",
+            "Rows (readings and gateway events) waiting in the outbox",
+            s.rows,
+        )
+        yield GaugeMetricFamily(
+            "cybernetic_outbox_bytes", "Bytes of the rows waiting in the outbox", s.bytes
         )
         age = (now_ms - s.oldest_ms) / 1000 if s.oldest_ms is not None else 0.0
         yield GaugeMetricFamily(
             "cybernetic_outbox_oldest_age_seconds",
-            "Age of the oldest reading not yet acknowledged",
+            "Age of the oldest outbox row not yet acknowledged by the cloud",
             age,
         )
         yield GaugeMetricFamily(
@@ -86,7 +90,8 @@ class _StateCollector(Collector):
         )
         yield GaugeMetricFamily(
             "cybernetic_uplink_lag_seconds",
-            "Time from ingest to cloud acknowledgement, last batch",
+            "For the last acknowledged batch, seconds from its oldest row entering the outbox "
+            "to the cloud's acknowledgement",
             lag,
         )
 
@@ -97,7 +102,10 @@ class _PolicyCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
-            "cybernetic_policy_decisions", "WASM policy decisions at ingest", labels=["decision"]
+            "cybernetic_policy_decisions",
+            "Readings by WASM ingest policy decision (allowed, flagged, denied, transformed); "
+            "decision=faults counts the batches the policy agent failed on",
+            labels=["decision"],
         )
         for name in ("allowed", "flagged", "denied", "transformed", "faults"):
             family.add_metric([name], float(getattr(self._counts, name, 0)))
@@ -111,7 +119,9 @@ class GatewayMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.received = Counter(
-            "cybernetic_ingest_messages", "Telemetry messages received", registry=r
+            "cybernetic_ingest_messages",
+            "Telemetry messages received from the local broker (stored or refused)",
+            registry=r,
         )
         self.stored = Counter(
             "cybernetic_ingest_stored_readings", "Readings committed to the outbox", registry=r
@@ -143,7 +153,9 @@ class GatewayMetrics:
             registry=r,
         )
         self.batches_sent = Counter(
-            "cybernetic_uplink_batches_sent", "Batches published to the cloud", registry=r
+            "cybernetic_uplink_batches_sent",
+            "Batches published to the cloud (a re-sent batch counts again)",
+            registry=r,
         )
         self.refused = Counter(
             "cybernetic_link_refused_envelopes",
