@@ -24,6 +24,7 @@ from typing import Any
 
 import aiomqtt
 
+from amcp.runtime.logs import parse_timestamp
 from amcp.wire import topics
 from cybernetic.bench import progress
 from cybernetic.devices import publish_readings
@@ -94,7 +95,7 @@ def _subscribed_at(stack: Stack) -> float:
         with contextlib.suppress(ValueError):
             rec = json.loads(line)
             if rec.get("msg") == "ingest subscribed":
-                return float(rec["ts"])
+                return parse_timestamp(rec["ts"])
     raise RuntimeError("gateway never logged its ingest subscription")
 
 
