@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from amcp import __version__
-from amcp.runtime.metrics import Readiness, register_build_info
+from amcp.runtime.metrics import Readiness, condition, register_build_info
 from amcp.runtime.session import CALLBACK_ERRORS
 from gateway.outbox import OutboxStats
 
@@ -235,15 +235,13 @@ def gateway_readiness(
     is not a check: a gateway without its cloud keeps working (it is the product's promise),
     its state is in ``cybernetic_uplink_connected``."""
 
-    def ingest() -> tuple[bool, str]:
-        if ingest_connected():
-            return True, "subscribed on the local broker"
-        return False, "not subscribed on the local broker"
-
     def outbox() -> tuple[bool, str]:
         s = stats()
         if s.full:
             return False, "disk full: ingest paused, the broker keeps the readings"
         return True, f"{s.rows} rows waiting"
 
+    ingest = condition(
+        ingest_connected, "subscribed on the local broker", "not subscribed on the local broker"
+    )
     return Readiness({"ingest": ingest, "outbox": outbox})

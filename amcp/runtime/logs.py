@@ -83,8 +83,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def _text_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if _BARE.fullmatch(text) else json.dumps(text)
+    """A string bare when it can be, else quoted; anything else as compact JSON."""
+    if isinstance(value, str):
+        return value if _BARE.fullmatch(value) else json.dumps(value)
+    return json.dumps(value, default=str, separators=(",", ":"))
 
 
 class TextFormatter(logging.Formatter):

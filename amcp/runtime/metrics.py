@@ -74,6 +74,15 @@ def register_build_info(
     return gauge
 
 
+def condition(holds: Callable[[], bool], passing: str, failing: str) -> Check:
+    """A check from a bool: ``(True, passing)`` while ``holds()``, else ``(False, failing)``."""
+
+    def check() -> CheckResult:
+        return (True, passing) if holds() else (False, failing)
+
+    return check
+
+
 class Readiness:
     """Named readiness checks, callable as a :data:`ReadyFn`.
 
@@ -123,6 +132,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = 60  # an idle kept-alive connection is closed (and its thread ends) after this
 
     def do_GET(self) -> None:
         self._serve(head=False)

@@ -17,7 +17,13 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 
 from amcp import __version__
-from amcp.runtime.metrics import MetricsServer, Readiness, parse_listen, register_build_info
+from amcp.runtime.metrics import (
+    MetricsServer,
+    Readiness,
+    condition,
+    parse_listen,
+    register_build_info,
+)
 
 
 def _registry() -> CollectorRegistry:
@@ -276,3 +282,12 @@ def test_build_info_names_the_component_and_version() -> None:
     python = ".".join(str(n) for n in sys.version_info[:3])
     labels = {"component": "cloud", "version": __version__, "python": python}
     assert registry.get_sample_value("cybernetic_build_info", labels) == 1.0
+
+
+def test_a_condition_check_names_its_state_both_ways() -> None:
+    state = {"up": True}
+    check = condition(lambda: state["up"], "subscribed", "not subscribed on the cloud broker")
+    ready = Readiness({"ingest": check})
+    assert ready() == {"ingest": (True, "subscribed")}
+    state["up"] = False
+    assert ready() == {"ingest": (False, "not subscribed on the cloud broker")}

@@ -111,6 +111,13 @@ def test_text_lines_are_one_readable_line_with_key_value_fields() -> None:
     )
 
 
+def test_text_values_that_are_not_strings_are_compact_json() -> None:
+    out = io.StringIO()
+    setup_logging(fmt="text", stream=out)
+    logging.getLogger("x").info("m", extra={"d": {"a": [1, 2]}, "none": None, "empty": ""})
+    assert _lines(out)[0].endswith('x: m d={"a":[1,2]} none=null empty=""')
+
+
 def test_text_level_names_are_aligned() -> None:
     out = io.StringIO()
     setup_logging(fmt="text", stream=out)
