@@ -10,20 +10,27 @@ from amcp.runtime.logs import setup_logging
 from amcp.runtime.service import run_loop
 from cloud.app import Cloud
 from cloud.config import CloudConfig
-from cybernetic.cli import load_config
+from cybernetic.cli import group_option, require_config
 
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser("cloud", help="the cloud tier")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     run = verbs.add_parser("run", help="run the cloud process in the foreground")
-    run.add_argument("-c", "--config", required=True, type=Path, help="cloud.toml")
     run.set_defaults(handler=_run)
+    group_option(
+        parser,
+        [run],
+        "-c",
+        "--config",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the cloud's cloud.toml",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, CloudConfig)
-    if config is None:
-        return 2
+    config = require_config(args.config, CloudConfig)
     setup_logging(config.log.level)
     return run_loop(Cloud(config, config_path=args.config).serve)

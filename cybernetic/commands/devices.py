@@ -33,12 +33,14 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from amcp.crypto.pki import FleetCA, PkiError, write_secret_file
 from amcp.runtime.config import apply_env
+from cybernetic.cli import FAILED, CliError, describe_os_error, group_option
 
 PASSWD_BIN = "mosquitto_passwd"  # noqa: S105 - a program name
 DEFAULT_PASSWD = "/etc/cybernetic/mosquitto/devices.passwd"  # noqa: S105 - a path
@@ -214,38 +216,30 @@ def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "devices", help="device accounts on the local broker"
     )
-    parser.add_argument(
-        "--passwd",
-        type=Path,
-        default=Path(os.environ.get("CYBERNETIC_PASSWD_FILE", DEFAULT_PASSWD)),
-        help="the broker's device password file (default: $CYBERNETIC_PASSWD_FILE or %(default)s)",
-    )
-    parser.add_argument(
-        "--gateway-config",
-        type=Path,
-        default=Path(os.environ.get("CYBERNETIC_GATEWAY_CONFIG", DEFAULT_GATEWAY_CONFIG)),
-        help="gateway.toml, for the gateway id new device names must not collide with "
-        "(default: $CYBERNETIC_GATEWAY_CONFIG or %(default)s; skipped when absent)",
-    )
-    parser.add_argument("--gateway-id", help="the gateway's id (instead of --gateway-config)")
-    reload_group = parser.add_mutually_exclusive_group()
-    reload_group.add_argument("--pid", type=int, help="send the broker SIGHUP after the change")
-    reload_group.add_argument("--pid-file", type=Path, help="read the broker's pid from a file")
     verbs = parser.add_subparsers(dest="devices_verb", metavar="VERB", required=True)
+    changes = []
     for verb, text in (
         ("add", "create a device account and print its password once"),
         ("rotate", "give a device a new password and print it once"),
         ("remove", "delete a device account"),
     ):
         p = verbs.add_parser(verb, help=text)
-        p.add_argument("device")
+        p.add_argument("device", help="the device's id (its MQTT username and client id)")
         p.set_defaults(handler=_handle)
+        changes.append(p)
     lst = verbs.add_parser("list", help="list device accounts (names only)")
     lst.set_defaults(handler=_list)
     tls = verbs.add_parser(
         "tls", help="the device CA and the broker's certificate for TLS (made once)"
     )
-    tls.add_argument("--dir", type=Path, default=Path(DEFAULT_TLS_DIR), help="%(default)s")
+    tls_dir = os.environ.get("CYBERNETIC_TLS_DIR", DEFAULT_TLS_DIR)
+    tls.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(tls_dir),
+        metavar="DIR",
+        help=f"where the CA and the certificate go (default: $CYBERNETIC_TLS_DIR or {tls_dir})",
+    )
     tls.add_argument(
         "--host",
         action="append",
@@ -257,48 +251,140 @@ def register(sub: Any) -> None:
         "--renew", action="store_true", help="issue a new server certificate (the CA stays)"
     )
     tls.set_defaults(handler=_tls)
+    passwd = os.environ.get("CYBERNETIC_PASSWD_FILE", DEFAULT_PASSWD)
+    group_option(
+        parser,
+        [*changes, lst],
+        "--passwd",
+        type=Path,
+        default=Path(passwd),
+        metavar="FILE",
+        help=f"the broker's device password file (default: $CYBERNETIC_PASSWD_FILE or {passwd})",
+    )
+    config = os.environ.get("CYBERNETIC_GATEWAY_CONFIG", DEFAULT_GATEWAY_CONFIG)
+    group_option(
+        parser,
+        changes[:1],
+        "--gateway-config",
+        type=Path,
+        default=Path(config),
+        metavar="FILE",
+        help="gateway.toml, for the gateway id new device names must not collide with "
+        f"(default: $CYBERNETIC_GATEWAY_CONFIG or {config}; skipped when absent)",
+    )
+    group_option(
+        parser, changes[:1], "--gateway-id", help="the gateway's id (instead of --gateway-config)"
+    )
+    group_option(
+        parser,
+        changes,
+        "--pid",
+        type=int,
+        help="send the broker (this pid) SIGHUP after the change",
+    )
+    group_option(
+        parser,
+        changes,
+        "--pid-file",
+        type=Path,
+        metavar="FILE",
+        help="send SIGHUP to the pid in this file after the change",
+    )
 
 
 def _pid(args: argparse.Namespace) -> int | None:
+    if args.pid is not None and args.pid_file is not None:
+        raise CliError("give --pid or --pid-file, not both")
     if args.pid is not None:
         return int(args.pid)
-    if args.pid_file is not None:
-        return int(Path(args.pid_file).read_text().strip())
-    return None
+    if args.pid_file is None:
+        return None
+    path = Path(args.pid_file)
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = describe_os_error(exc) if isinstance(exc, OSError) else "not text"
+        raise CliError(f"--pid-file {path}: {reason}") from exc
+    if not text.isdigit():
+        raise CliError(f"--pid-file {path} holds no process id (give the broker's pid file)")
+    return int(text)
+
+
+def _read_users(path: Path) -> list[str]:
+    """The accounts of an existing password file, or :class:`CliError` saying what is wrong."""
+    if not path.exists():
+        raise CliError(
+            f"no device password file at {path}: give the broker's with --passwd (or set "
+            "$CYBERNETIC_PASSWD_FILE); `devices add` creates it"
+        )
+    try:
+        return users(path)
+    except OSError as exc:
+        raise CliError(describe_os_error(exc, "password file")) from exc
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path} is not a password file (not text): give --passwd FILE") from exc
+
+
+def _change(args: argparse.Namespace) -> str | None:
+    verb, name, path = args.devices_verb, args.device, args.passwd
+    if path.is_dir():
+        raise CliError(f"--passwd {path} is a directory: give the password file")
+    if verb != "add":
+        _read_users(path)
+    if verb == "remove":
+        remove(path, name)
+        return None
+    if verb == "add":
+        gateway_id = args.gateway_id or gateway_id_from(args.gateway_config)
+        return add(path, name, gateway_id=gateway_id)
+    return rotate(path, name)
 
 
 def _handle(args: argparse.Namespace) -> int:
-    verb, name, path = args.devices_verb, args.device, args.passwd
+    verb, name = args.devices_verb, args.device
+    pid = _pid(args)  # a bad --pid-file stops the command before the change
     try:
-        if verb == "remove":
-            remove(path, name)
-            print(f"device {name} removed")
-        else:
-            if verb == "add":
-                gateway_id = args.gateway_id or gateway_id_from(args.gateway_config)
-                password = add(path, name, gateway_id=gateway_id)
-            else:
-                password = rotate(path, name)
-            print(f"device {name} {'added' if verb == 'add' else 'rotated'}")
-            print(f"password (shown once, store it on the device): {password}")
-        pid = _pid(args)
-    except (DeviceAccountError, OSError, ValueError) as exc:
-        print(f"error: {exc}")
-        return 2
+        password = _change(args)
+    except DeviceAccountError as exc:
+        raise CliError(str(exc)) from exc
+    except FileNotFoundError as exc:
+        if exc.filename == PASSWD_BIN:
+            raise CliError(f"{PASSWD_BIN} not found: install the mosquitto package") from exc
+        raise CliError(describe_os_error(exc)) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = describe_os_error(exc) if isinstance(exc, OSError) else "not a password file"
+        raise CliError(f"{args.passwd}: {reason}") from exc
+    if password is None:
+        print(f"device {name} removed")
+    else:
+        print(f"device {name} {'added' if verb == 'add' else 'rotated'}")
+        print(f"password (shown once, store it on the device): {password}")
     if pid is None:
         print("reload the broker to apply: systemctl reload mosquitto (or SIGHUP)")
-    else:
+        return 0
+    try:
         reload_broker(pid)
+    except OSError as exc:
+        raise CliError(
+            f"the change is saved, but the broker (pid {pid}) could not be signalled: "
+            f"{exc.strerror}; reload it: systemctl reload mosquitto",
+            FAILED,
+        ) from exc
     return 0
 
 
 def _tls(args: argparse.Namespace) -> int:
     hosts = args.host or default_hosts()
+    if args.dir.exists() and not args.dir.is_dir():
+        raise CliError(f"--dir {args.dir} is a file: give the directory for the certificates")
     try:
         made = init_tls(args.dir, hosts, owner=args.owner, renew=args.renew)
-    except (PkiError, OSError, KeyError) as exc:
-        print(f"error: {exc}")
-        return 2
+    except PkiError as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CliError(describe_os_error(exc)) from exc
+    except KeyError as exc:
+        raise CliError(f"no such user {args.owner!r} (check --owner)") from exc
     if not made:
         print(f"{args.dir / 'server.pem'} exists; --renew issues a new one")
         return 0
@@ -309,7 +395,11 @@ def _tls(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    for name in users(args.passwd):
-        if name not in RESERVED:
-            print(name)
+    if args.passwd.is_dir():
+        raise CliError(f"--passwd {args.passwd} is a directory: give the password file")
+    names = [name for name in _read_users(args.passwd) if name not in RESERVED]
+    for name in names:
+        print(name)
+    if not names:
+        print(f"no device accounts in {args.passwd}", file=sys.stderr)
     return 0

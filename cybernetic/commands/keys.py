@@ -15,18 +15,13 @@ from typing import Any
 
 from amcp.crypto.keys import now_ms
 from amcp.crypto.keystore import KeyStore, KeyStoreError
+from cybernetic.cli import CliError, describe_os_error, group_option
 
 DEFAULT_OVERLAP_S = 24 * 3600.0
 
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser("keys", help="manage node signing keys")
-    parser.add_argument(
-        "--dir",
-        type=Path,
-        default=Path(os.environ.get("CYBERNETIC_KEY_DIR", "state/keys")),
-        help="key directory (default: $CYBERNETIC_KEY_DIR or ./state/keys)",
-    )
     verbs = parser.add_subparsers(dest="keys_verb", metavar="VERB", required=True)
     gen = verbs.add_parser("gen", help="create this node's first key")
     gen.add_argument("--node", required=True, help="node id (the envelope source)")
@@ -41,18 +36,28 @@ def register(sub: Any) -> None:
     rev = verbs.add_parser("revoke", help="revoke a (non-active) key now")
     rev.add_argument("key_id")
     rev.set_defaults(handler=_revoke)
+    group_option(
+        parser,
+        verbs.choices.values(),
+        "--dir",
+        type=Path,
+        default=Path(os.environ.get("CYBERNETIC_KEY_DIR", "state/keys")),
+        metavar="DIR",
+        help="key directory (default: $CYBERNETIC_KEY_DIR or ./state/keys)",
+    )
 
 
-def _fail(exc: KeyStoreError) -> int:
-    print(f"error: {exc}")
-    return 2
+def _fail(exc: KeyStoreError | OSError) -> CliError:
+    if isinstance(exc, OSError):
+        return CliError(describe_os_error(exc, "key directory"))
+    return CliError(str(exc))
 
 
 def _gen(args: argparse.Namespace) -> int:
     try:
         signer = KeyStore(args.dir).generate(args.node, force=args.force)
-    except KeyStoreError as exc:
-        return _fail(exc)
+    except (KeyStoreError, OSError) as exc:
+        raise _fail(exc) from exc
     print(f"generated {signer.key_id} for node {args.node} in {args.dir}")
     return 0
 
@@ -62,8 +67,8 @@ def _show(args: argparse.Namespace) -> int:
     try:
         ident = store.identity()
         entries = store.keyring().entries()
-    except KeyStoreError as exc:
-        return _fail(exc)
+    except (KeyStoreError, OSError) as exc:
+        raise _fail(exc) from exc
     now = now_ms()
     rows = [
         {
@@ -92,8 +97,8 @@ def _show(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     try:
         old, signer = KeyStore(args.dir).rotate(args.overlap)
-    except KeyStoreError as exc:
-        return _fail(exc)
+    except (KeyStoreError, OSError) as exc:
+        raise _fail(exc) from exc
     print(f"rotated {old} -> {signer.key_id}; {old} verifies for {args.overlap:g} s more")
     return 0
 
@@ -101,7 +106,7 @@ def _rotate(args: argparse.Namespace) -> int:
 def _revoke(args: argparse.Namespace) -> int:
     try:
         KeyStore(args.dir).revoke(args.key_id)
-    except KeyStoreError as exc:
-        return _fail(exc)
+    except (KeyStoreError, OSError) as exc:
+        raise _fail(exc) from exc
     print(f"revoked {args.key_id}")
     return 0

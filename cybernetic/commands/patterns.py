@@ -4,11 +4,15 @@
 ``state_dir/store.sqlite3``) or any (``--store PATH``). The store has one writer process, so
 edit a gateway's store while the gateway is stopped (a running gateway takes rules from the
 cloud through sync, or from its patterns files, re-read when they change); the command
-refuses a store that looks open elsewhere unless ``--force``.
+refuses a store that looks open elsewhere unless ``--force``. A file that is not a CRDT
+store is refused and never written; ``list`` only reads (read-only). ``remove`` refuses to
+remove a rule that a window or a situation left in the store depends on (it names them).
 
 ``test`` replays recorded readings (JSON lines of readings, or the cloud's readings.sqlite3)
 through rules, with the readings' own timestamps as the clock, and prints what would have
-fired. Exit codes: 0 done, 1 not found, 2 bad input (a rule that does not compile).
+fired, with ISO 8601 UTC times. Exit codes (docs/cli.md): 0 done, 1 some ids to remove were
+not found, 2 refused (bad input: a missing or wrong file, a rule that does not compile, a
+rule others depend on).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
+import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,15 +31,19 @@ from typing import Any
 import msgspec
 
 from amcp.goldrush.semantics import event_from_reading
-from amcp.runtime.config import ConfigError, load
-from amcp.store import LWWStore, recorded_site
+from amcp.store import LWWStore, StoreError, recorded_site
+from amcp.store import reads as store_reads
+from amcp.store import schema as store_schema
 from amcp.wire.telemetry import Reading
 from cloud.readings import recorded_readings as cloud_readings
+from cybernetic.cli import FAILED, CliError, describe_os_error, group_option, iso_ms, one_line
+from cybernetic.cli import require_config as load_config
 from gateway.config import GatewayConfig
 from gateway.rules import (
     STORE_FILE,
     STORE_NAMESPACE,
     ActionSpec,
+    BuildRefusedError,
     PatternRule,
     Rule,
     RuleFile,
@@ -50,8 +60,13 @@ from gateway.rules.actions import event_record
 from gateway.rules.model import AlgedonicAction, EventAction
 
 
-class PatternsCliError(Exception):
+class PatternsCliError(CliError):
     """Bad input to the command; printed, exit code 2."""
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_SUFFIXES = frozenset({".sqlite3", ".db", ".sqlite"})
+_FIRED = re.compile(r"fired\.(?:`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 def register(sub: Any) -> None:
@@ -60,37 +75,92 @@ def register(sub: Any) -> None:
     )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    def store_args(p: argparse.ArgumentParser) -> None:
-        where = p.add_mutually_exclusive_group()
-        where.add_argument("-c", "--config", type=Path, help="gateway config (its store)")
-        where.add_argument("--store", type=Path, help="a CRDT store file")
-        p.add_argument("--site", default="", help="site of a new store file (default local)")
-        p.add_argument("--namespace", default=STORE_NAMESPACE)
-        p.add_argument("--force", action="store_true", help="write a store that looks open")
-
     add = verbs.add_parser("add", help="add or replace a rule (checked before it is written)")
-    store_args(add)
     add.add_argument("id", nargs="?", help="rule id (not with --file)")
     rule_args(add)
     add.set_defaults(handler=_handle(_add))
 
-    lst = verbs.add_parser("list", help="list the rules in a store")
-    store_args(lst)
-    lst.add_argument("--json", action="store_true")
+    lst = verbs.add_parser("list", help="list the rules in a store (read-only)")
+    lst.add_argument("--json", action="store_true", help="one JSON object: id -> rule")
     lst.set_defaults(handler=_handle(_list))
 
     rm = verbs.add_parser("remove", help="remove rules from a store")
-    store_args(rm)
-    rm.add_argument("ids", nargs="+")
+    rm.add_argument("ids", nargs="+", metavar="ID", help="rule ids")
     rm.set_defaults(handler=_handle(_remove))
 
     test = verbs.add_parser("test", help="replay recorded readings and print what fires")
-    test.add_argument("--readings", type=Path, required=True, help=".jsonl or readings.sqlite3")
-    test.add_argument("--store", type=Path, help="also take the rules of this store")
+    test.add_argument(
+        "--readings",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="readings as .jsonl, or the cloud's readings.sqlite3",
+    )
     rule_args(test)
-    test.add_argument("--limit", type=int, default=50, help="firings to print (0: all)")
+    test.add_argument("--limit", type=_count, default=50, help="firings to print (0: all)")
     test.add_argument("--json", action="store_true", help="one JSON object per firing")
     test.set_defaults(handler=_handle(_test))
+
+    stores = [add, lst, rm]
+    group_option(
+        parser,
+        stores,
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="gateway.toml: use that gateway's store (state_dir/store.sqlite3)",
+    )
+    group_option(
+        parser,
+        [*stores, test],
+        "--store",
+        type=Path,
+        metavar="FILE",
+        help="a CRDT store file (test: also take the rules of this store)",
+    )
+    group_option(
+        parser, [add, rm], "--site", default="", help="site of a new store file (default local)"
+    )
+    group_option(
+        parser,
+        [*stores, test],
+        "--namespace",
+        default=STORE_NAMESPACE,
+        help=f"the store's namespace of rules (default {STORE_NAMESPACE})",
+    )
+    group_option(
+        parser, [add, rm], "--force", action="store_true", help="write a store that looks open"
+    )
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a whole number >= 0: {text!r}")
+    return int(text)
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number >= 1: {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds >= 0: {text!r}")
+    return value
+
+
+def _horizon(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
 
 
 def rule_args(p: argparse.ArgumentParser) -> None:
@@ -98,21 +168,27 @@ def rule_args(p: argparse.ArgumentParser) -> None:
     kind.add_argument("--when", help="a pattern, e.g. 'humidity > 55 => alert'")
     kind.add_argument("--window", metavar="PATTERN", help="count matches of this pattern id")
     kind.add_argument("--situation", metavar="WHEN", help="a pattern over fired.<id> facts")
-    kind.add_argument("--file", type=Path, help="every rule of a patterns file (TOML/JSON)")
-    p.add_argument("--count", type=int, default=3, help="window: matches needed")
-    p.add_argument("--within", type=float, default=60.0, help="window/situation horizon, s")
+    kind.add_argument(
+        "--file", type=Path, metavar="FILE", help="every rule of a patterns file (TOML/JSON)"
+    )
+    p.add_argument("--count", type=_at_least_one, default=3, help="window: matches needed")
+    p.add_argument(
+        "--within", type=_horizon, default=60.0, help="window/situation horizon, s (default 60)"
+    )
     p.add_argument("--tumbling", action="store_true", help="window: fixed slots")
     p.add_argument("--action", action="append", default=[], help="action name (repeatable)")
-    p.add_argument("--cooldown", type=float, default=0.0, help="rest actions per key, s")
-    p.add_argument("--description", default="")
+    p.add_argument("--cooldown", type=_seconds, default=0.0, help="rest actions per key, s")
+    p.add_argument("--description", default="", help="a line saying what the rule is for")
 
 
 def _rules_from_args(args: argparse.Namespace, rid: str | None) -> RuleFile:
     if args.file is not None:
+        if args.file.is_dir():
+            raise PatternsCliError(f"--file {args.file} is a directory: give a patterns file")
         try:
             return load_rule_file(args.file)
         except RuleFileError as exc:
-            raise PatternsCliError(str(exc)) from exc
+            raise PatternsCliError(one_line(str(exc))) from exc
     given = {"actions": args.action, "cooldown_s": args.cooldown, "description": args.description}
     common: dict[str, Any] = {k: v for k, v in given.items() if v}  # stored form omits defaults
     rid = rid or "cli"
@@ -136,19 +212,52 @@ def _rules_from_args(args: argparse.Namespace, rid: str | None) -> RuleFile:
 
 # -- the store ----------------------------------------------------------------------------
 def _store_path(args: argparse.Namespace) -> tuple[Path, str]:
+    config = getattr(args, "config", None)
+    if args.store is not None and config is not None:
+        raise PatternsCliError("give -c GATEWAY_CONFIG or --store PATH, not both")
     if args.store is not None:
-        return args.store, args.site
-    if args.config is None:
+        return args.store, getattr(args, "site", "")
+    if config is None:
         raise PatternsCliError("give -c GATEWAY_CONFIG or --store PATH")
+    gateway = load_config(config, GatewayConfig)
+    return Path(gateway.gateway.state_dir) / STORE_FILE, gateway.gateway.id
+
+
+def _store_site(path: Path) -> str | None:
+    """The site of an existing CRDT store file, None for a new (absent or empty) file; refuses
+    anything else without writing to it."""
+    if path.is_dir():
+        raise PatternsCliError(f"{path} is a directory: give a CRDT store file")
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    site: str | None = None
+    if _is_sqlite(path):
+        try:
+            site = recorded_site(path)
+        except sqlite3.Error as exc:
+            raise PatternsCliError(f"cannot open {path}: {exc}") from exc
+        except OSError as exc:
+            raise PatternsCliError(describe_os_error(exc)) from exc
+    if site is None:
+        what = "another database" if _is_sqlite(path) else "not an SQLite file"
+        raise PatternsCliError(
+            f"{path} is not a CRDT store ({what}): nothing read or written; give a "
+            f"gateway's state_dir/{STORE_FILE} (or -c gateway.toml)"
+        )
+    return site
+
+
+def _is_sqlite(path: Path) -> bool:
     try:
-        config = load(args.config, GatewayConfig)
-    except ConfigError as exc:
-        raise PatternsCliError(str(exc)) from exc
-    return Path(config.gateway.state_dir) / STORE_FILE, config.gateway.id
+        with path.open("rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
 def _open_store(args: argparse.Namespace, *, write: bool) -> Iterator[LWWStore]:
+    """The store for writing (``add``, ``remove``): only a CRDT store file or a new file."""
     path, site = _store_path(args)
     if write and Path(f"{path}-wal").exists() and not args.force:
         raise PatternsCliError(
@@ -157,31 +266,60 @@ def _open_store(args: argparse.Namespace, *, write: bool) -> Iterator[LWWStore]:
         )
     if not write and not path.exists():
         raise FileNotFoundError(path)
-    site = recorded_site(path) or site or "local"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store = LWWStore(path, site)
+    site = _store_site(path) or site or "local"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store = LWWStore(path, site)
+    except (StoreError, sqlite3.Error) as exc:
+        raise PatternsCliError(f"cannot open the store {path}: {one_line(str(exc))}") from exc
     try:
         yield store
     finally:
         store.close()
 
 
+def _read_rules(path: Path, namespace: str) -> dict[str, Rule]:
+    """The rules of a store file, read through a read-only connection (nothing written)."""
+    if not path.exists():
+        raise FileNotFoundError(path)
+    if _store_site(path) is None:  # an empty file: no rules
+        return {}
+    try:
+        with contextlib.closing(store_schema.connect(path, readonly=True)) as conn:
+            values = store_reads.items(conn, namespace)
+    except (sqlite3.Error, StoreError) as exc:
+        raise PatternsCliError(f"cannot read the store {path}: {one_line(str(exc))}") from exc
+    return _decoded(values)
+
+
 def _stored(store: LWWStore, namespace: str) -> dict[str, Rule]:
+    return _decoded(store.items(namespace))
+
+
+def _decoded(values: dict[str, bytes]) -> dict[str, Rule]:
     out: dict[str, Rule] = {}
-    for key, value in store.items(namespace).items():
+    for key, value in values.items():
         try:
             out[key] = decode_rule(value)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
             print(f"warning: stored rule {key!r} does not decode: {exc}", file=sys.stderr)
     return out
 
 
-def _check(rules: dict[str, Rule], named: dict[str, ActionSpec]) -> None:
+def _refusals(rules: dict[str, Rule], named: dict[str, ActionSpec]) -> dict[str, str]:
     docs = {rid: Sourced(rule, "cli") for rid, rule in rules.items()}
-    result = build_rules(docs, named, {}, clock=lambda: 0.0)
-    if result.refused:
-        lines = [f"rule {r.rule_id!r} refused: {r.error}" for r in result.refused]
-        raise PatternsCliError("\n".join(lines))
+    try:
+        result = build_rules(docs, named, {}, clock=lambda: 0.0)
+    except BuildRefusedError as exc:
+        raise PatternsCliError(f"the rule set cannot be built: {one_line(str(exc))}") from exc
+    return {r.rule_id: one_line(str(r.error)) for r in result.refused}
+
+
+def _check(rules: dict[str, Rule], named: dict[str, ActionSpec]) -> None:
+    refused = _refusals(rules, named)
+    if refused:
+        text = "; ".join(f"rule {rid!r} refused: {err}" for rid, err in refused.items())
+        raise PatternsCliError(f"{text} (nothing written)")
 
 
 def _add(args: argparse.Namespace) -> int:
@@ -191,7 +329,7 @@ def _add(args: argparse.Namespace) -> int:
     try:
         rules = new.rules()
     except RuleFileError as exc:
-        raise PatternsCliError(str(exc)) from exc
+        raise PatternsCliError(one_line(str(exc))) from exc
     if not rules:
         raise PatternsCliError("nothing to add: give --when, --window, --situation or --file")
     if new.actions:
@@ -224,66 +362,149 @@ def _summary(rule: Rule) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with _open_store(args, write=False) as store:
-        rules = _stored(store, args.namespace)
+    path, _ = _store_path(args)
+    with _tidy([path]):
+        rules = _read_rules(path, args.namespace)
     if args.json:
         print(json.dumps({rid: msgspec.to_builtins(rule) for rid, rule in sorted(rules.items())}))
         return 0
     for rid, rule in sorted(rules.items()):
         print(f"{rid:<24} {rule.__struct_config__.tag:<9} {_summary(rule)}")
+    if not rules:
+        print(f"no rules in {path} (namespace {args.namespace!r})", file=sys.stderr)
     return 0
+
+
+def dependents(rules: dict[str, Rule], removed: set[str]) -> dict[str, list[str]]:
+    """Which rules that stay use a removed one: windows count a pattern's matches, situations
+    read ``fired.<id>`` facts. ``{removed id: [dependent ids]}``."""
+    out: dict[str, list[str]] = {}
+    for rid, rule in sorted(rules.items()):
+        if rid in removed:
+            continue
+        uses: set[str] = set()
+        if isinstance(rule, WindowRule):
+            uses.add(rule.pattern)
+        elif isinstance(rule, SituationRule):
+            uses |= {a or b for a, b in _FIRED.findall(rule.when)}
+        for used in sorted(uses & removed):
+            out.setdefault(used, []).append(rid)
+    return out
 
 
 def _remove(args: argparse.Namespace) -> int:
     with _open_store(args, write=True) as store:
         present = store.items(args.namespace)
         missing = [rid for rid in args.ids if rid not in present]
-        store.write((args.namespace, rid, None) for rid in args.ids if rid in present)
+        removed = {rid for rid in args.ids if rid in present}
+        stored = _decoded(present)
+        needed = dependents(stored, removed)
+        if needed:
+            uses = "; ".join(
+                f"{', '.join(map(repr, users))} {'uses' if len(users) == 1 else 'use'} {rid!r}"
+                for rid, users in sorted(needed.items())
+            )
+            raise PatternsCliError(
+                f"not removed: {uses}; remove those too (in the same command) or change them first"
+            )
+        before = _refusals(stored, {})
+        after = _refusals({k: v for k, v in stored.items() if k not in removed}, {})
+        broken = {rid: err for rid, err in after.items() if rid not in before}
+        if broken:
+            text = "; ".join(f"{rid!r}: {err}" for rid, err in broken.items())
+            raise PatternsCliError(f"not removed: the rules left would be refused ({text})")
+        store.write((args.namespace, rid, None) for rid in args.ids if rid in removed)
     for rid in args.ids:
         print(f"{'not found' if rid in missing else 'removed'} {rid}")
-    return 1 if missing else 0
+    if missing:
+        print(
+            f"error: not in the store: {', '.join(missing)} (see: cybernetic patterns list)",
+            file=sys.stderr,
+        )
+    return FAILED if missing else 0
 
 
 # -- replay -------------------------------------------------------------------------------
 def recorded_readings(path: Path) -> Iterator[Reading]:
     """Readings from JSON lines or from the cloud's readings table, oldest first."""
-    if path.suffix in {".sqlite3", ".db", ".sqlite"}:
-        if not path.exists():
-            raise FileNotFoundError(2, "no such file", str(path))
-        yield from cloud_readings(path)
+    if not path.exists():
+        raise FileNotFoundError(2, "no such file", str(path))
+    if path.is_dir():
+        raise PatternsCliError(f"--readings {path} is a directory: give a .jsonl or .sqlite3 file")
+    if _is_sqlite(path):
+        yield from _database_readings(path)
         return
+    if path.suffix in SQLITE_SUFFIXES and path.stat().st_size > 0:
+        raise PatternsCliError(
+            f"{path} is not a database (no SQLite header): give the cloud's readings.sqlite3 "
+            "or readings as JSON lines (.jsonl)"
+        )
     decoder = msgspec.json.Decoder(Reading)
     with path.open("rb") as lines:
         for n, line in enumerate(lines, 1):
             if line.strip():
                 try:
                     yield decoder.decode(line)
-                except msgspec.DecodeError as exc:
-                    raise PatternsCliError(f"{path}:{n}: not a reading: {exc}") from exc
+                except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                    raise PatternsCliError(
+                        f"{path}:{n}: not a reading: {exc} (give JSON lines of readings, "
+                        "or the cloud's readings.sqlite3)"
+                    ) from exc
+
+
+def _tables(path: Path) -> list[str]:
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.Error as exc:
+        raise PatternsCliError(f"{path}: cannot read the database: {exc}") from exc
+    return sorted(str(r[0]) for r in rows)
+
+
+def _database_readings(path: Path) -> Iterator[Reading]:
+    """The cloud's readings table, read-only; any other database is refused by name."""
+    tables = _tables(path)
+    if "readings" not in tables:
+        found = ", ".join(tables[:6]) or "none"
+        if "outbox" in tables:
+            found += "; a gateway's outbox, which keeps readings only until the cloud has them"
+        raise PatternsCliError(
+            f"{path} is not the cloud's reading store (no readings table; its tables: {found}): "
+            "give the cloud's state_dir/readings.sqlite3 or readings as JSON lines"
+        )
+    try:
+        yield from cloud_readings(path)
+    except (sqlite3.Error, ValueError, TypeError) as exc:
+        raise PatternsCliError(
+            f"{path}: its readings table is not the cloud's ({one_line(str(exc))}): give the "
+            "cloud's state_dir/readings.sqlite3 or readings as JSON lines"
+        ) from exc
 
 
 def _test(args: argparse.Namespace) -> int:
     given = _rules_from_args(args, args.window or "test")
     rules: dict[str, Rule] = {}
     if args.store is not None:
-        store = LWWStore(args.store, recorded_site(args.store) or "local")
-        try:
-            rules |= _stored(store, STORE_NAMESPACE)
-        finally:
-            store.close()
+        rules |= _read_rules(args.store, args.namespace)
     try:
         rules |= given.rules()
     except RuleFileError as exc:
-        raise PatternsCliError(str(exc)) from exc
+        raise PatternsCliError(one_line(str(exc))) from exc
     if not rules:
         raise PatternsCliError("no rules: give --when, --window, --situation, --file or --store")
+    if not args.readings.exists():
+        raise FileNotFoundError(2, "no such file", str(args.readings))
     now = [0.0]
     docs = {rid: Sourced(rule, "cli") for rid, rule in rules.items()}
-    result = build_rules(docs, given.actions, {}, clock=lambda: now[0])
-    for r in result.refused:
-        print(f"rule {r.rule_id!r} refused: {r.error}", file=sys.stderr)
+    try:
+        result = build_rules(docs, given.actions, {}, clock=lambda: now[0])
+    except BuildRefusedError as exc:
+        raise PatternsCliError(f"the rule set cannot be built: {one_line(str(exc))}") from exc
     if result.refused:
-        return 2
+        text = "; ".join(
+            f"rule {r.rule_id!r} refused: {one_line(str(r.error))}" for r in result.refused
+        )
+        raise PatternsCliError(text)
     engine, entries = result.rules.engine, result.rules.entries
     fired: Counter[str] = Counter()
     seen = printed = 0
@@ -310,6 +531,7 @@ def _test(args: argparse.Namespace) -> int:
                             "kind": entry.kind,
                             "device": reading.device,
                             "seq": reading.seq,
+                            "time": iso_ms(reading.ts_ms),
                             "ts_ms": reading.ts_ms,
                             "events": records,
                         }
@@ -318,24 +540,46 @@ def _test(args: argparse.Namespace) -> int:
             else:
                 acts = ", ".join(str(a.__struct_config__.tag) for a in entry.actions)
                 print(
-                    f"{reading.ts_ms} {reading.device} seq {reading.seq}: {entry.kind} {rid}"
-                    f"{' -> ' + acts if acts else ''}"
+                    f"{iso_ms(reading.ts_ms)} {reading.device} seq {reading.seq}: "
+                    f"{entry.kind} {rid}{' -> ' + acts if acts else ''}"
                 )
     total = ", ".join(f"{rid} {n}" for rid, n in sorted(fired.items())) or "nothing fired"
     print(f"{seen} readings: {total}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
+@contextlib.contextmanager
+def _tidy(paths: list[Path | None]) -> Iterator[None]:
+    """Leave no ``-wal``/``-shm`` files behind that only this command's read-only connections
+    made: SQLite removes them when the last connection closes, which a read-only one cannot
+    do, and a ``-wal`` file makes the next ``add`` take the store for one a gateway has open.
+    A connection that may write closes after them (when another process holds the file it
+    is not the last, and SQLite leaves them); it writes nothing to the database."""
+    files = [p for p in paths if p is not None and p.is_file()]
+    fresh = [p for p in files if not Path(f"{p}-wal").exists() and not Path(f"{p}-shm").exists()]
+    try:
+        yield
+    finally:
+        for path in fresh:
+            if Path(f"{path}-wal").exists() and _is_sqlite(path):
+                with (
+                    contextlib.suppress(sqlite3.Error),
+                    contextlib.closing(sqlite3.connect(path)) as conn,
+                ):
+                    conn.execute("PRAGMA schema_version").fetchone()
+
+
 def _handle(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
-            code: int = fn(args)
-        except PatternsCliError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            with _tidy([getattr(args, "store", None), getattr(args, "readings", None)]):
+                return fn(args)
         except FileNotFoundError as exc:
-            print(f"error: not found: {exc.filename or exc}", file=sys.stderr)
-            return 1
-        return code
+            name = exc.filename or exc
+            raise PatternsCliError(f"not found: {name} (check the path)") from exc
+        except IsADirectoryError as exc:
+            raise PatternsCliError(f"{exc.filename} is a directory: give a file") from exc
+        except OSError as exc:
+            raise PatternsCliError(describe_os_error(exc)) from exc
 
     return run

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amcp.runtime.config import ConfigError, load
-from cybernetic.cli import report_config_errors
+from cybernetic.cli import FAILED, CliError, require_config
 from gateway.config import GatewayConfig
 from gateway.s1 import S1Settings, read_tree
 
@@ -25,8 +24,14 @@ def register(sub: Any) -> None:
         "units", help="show the gateway's tree of S1 units (delegation)"
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("-c", "--config", type=Path, help="gateway.toml (finds its state_dir)")
-    source.add_argument("--file", type=Path, help="the units.json file itself")
+    source.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="gateway.toml, to find its state_dir (default /etc/cybernetic/gateway.toml)",
+    )
+    source.add_argument("--file", type=Path, metavar="FILE", help="the units.json file itself")
     parser.add_argument("--json", action="store_true", help="print the file as JSON")
     parser.set_defaults(handler=_units)
 
@@ -34,7 +39,7 @@ def register(sub: Any) -> None:
 def _tree_file(args: argparse.Namespace) -> Path:
     if args.file is not None:
         return Path(args.file)
-    config = load(args.config or Path("/etc/cybernetic/gateway.toml"), GatewayConfig)
+    config = require_config(args.config or Path("/etc/cybernetic/gateway.toml"), GatewayConfig)
     s1 = getattr(config, "s1", None)
     name = s1.tree_file if isinstance(s1, S1Settings) else S1Settings().tree_file
     return Path(config.gateway.state_dir) / name
@@ -51,42 +56,56 @@ def _line(unit: dict[str, Any]) -> str:
     )
 
 
-def _print(unit: dict[str, Any], prefix: str, last: bool, root: bool) -> None:
+def _print(unit: dict[str, Any], prefix: str, last: bool, *, root: bool, out: list[str]) -> None:
     branch = "" if root else ("└── " if last else "├── ")
-    print(f"{prefix}{branch}{_line(unit)}")
+    out.append(f"{prefix}{branch}{_line(unit)}")
     inner = prefix if root else prefix + ("    " if last else "│   ")
-    for w in unit.get("workers", []):
-        print(f"{inner}    · worker {w['name']} [{w['state']}] restarts {w['restarts']}")
+    out.extend(
+        f"{inner}    · worker {w['name']} [{w['state']}] restarts {w['restarts']}"
+        for w in unit.get("workers", [])
+    )
     children = unit.get("children", [])
     for i, child in enumerate(children):
-        _print(child, inner, i == len(children) - 1, root=False)
+        _print(child, inner, i == len(children) - 1, root=False, out=out)
 
 
 def _units(args: argparse.Namespace) -> int:
-    try:
-        path = _tree_file(args)
-    except ConfigError as exc:
-        report_config_errors(exc)
-        return 2
+    path = _tree_file(args)
     try:
         data = read_tree(path)
-    except FileNotFoundError:
-        print(f"{path}: no unit tree (is the gateway running with S1 enabled?)")
-        return 1
-    except (OSError, json.JSONDecodeError) as exc:
-        print(f"{path}: unreadable unit tree: {exc}")
-        return 1
+    except FileNotFoundError as exc:
+        raise CliError(
+            f"{path}: no unit tree (is the gateway running with S1 enabled? it writes the file)",
+            FAILED,
+        ) from exc
+    except IsADirectoryError as exc:
+        raise CliError(f"{path} is a directory: give the units.json file", FAILED) from exc
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{path}: unreadable unit tree: {exc}", FAILED) from exc
+    if not isinstance(data, dict) or not isinstance(data.get("root"), dict):
+        raise CliError(f"{path} is not a unit tree (no root unit): give units.json", FAILED)
     if args.json:
         print(json.dumps(data, indent=1, sort_keys=True))
         return 0
+    try:
+        lines = _lines(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CliError(f"{path} is not a unit tree ({exc!r} missing or wrong)", FAILED) from exc
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _lines(data: dict[str, Any]) -> list[str]:
     age = max(0.0, time.time() - float(data.get("written_at", 0)))
     breaker = data.get("breaker", {})
-    print(
+    head = (
         f"gateway {data.get('gateway')}  (written {age:.1f} s ago)"
         f"  max depth {data.get('max_depth')}"
         f"  spawn breaker {'OPEN' if breaker.get('open') else 'closed'}"
         f" (trips {breaker.get('trips', 0)})"
         f"  intents running {len(data.get('intents_running', []))}"
     )
-    _print(data["root"], "", last=True, root=True)
-    return 0
+    out = [head]
+    _print(data["root"], "", last=True, root=True, out=out)
+    return out

@@ -42,7 +42,8 @@ def test_config_check_names_each_bad_field_and_exits_2(tmp_path: Path) -> None:
         [*CLI, "config", "check", str(bad)], capture_output=True, text=True, check=False
     )
     assert out.returncode == 2
-    lines = out.stdout.strip().splitlines()
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()  # errors go to stderr, one per bad field
     assert len(lines) == 3
     assert "$.gateway: unknown field 'bogus'" in lines[0]
     assert "$.gateway.id: Expected `str` matching regex" in lines[1]

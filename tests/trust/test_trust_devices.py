@@ -131,14 +131,14 @@ def test_names_that_are_service_client_ids_are_refused(
     for name in ("plant-7", "plant-7-ingest", "plant-7-s1-devices", "plant-7-anything"):
         capsys.readouterr()
         assert main([*base, "add", name]) == 2, name
-        out = capsys.readouterr().out
+        out = capsys.readouterr().err  # errors go to stderr
         assert "client id of gateway 'plant-7'" in out, out
         assert "choose another name" in out
     # names shaped like any service client id, whatever the gateway's id
     for name in ("gw-1-ingest", "cloud-ingest", "cloud-s1", "x-rules", "gw-9-enrol-0a1b2c3d"):
         capsys.readouterr()
         assert main([*base, "add", name]) == 2, name
-        assert "ends like a service client id" in capsys.readouterr().out
+        assert "ends like a service client id" in capsys.readouterr().err
     # --gateway-id instead of the configuration
     no_config = ["devices", "--passwd", str(passwd), "--gateway-config", str(tmp_path / "x")]
     assert main([*no_config, "--gateway-id", "gw-3", "add", "gw-3-pump"]) == 2
@@ -150,7 +150,7 @@ def test_names_that_are_service_client_ids_are_refused(
     config.write_text("[gateway]\n")
     capsys.readouterr()
     assert main([*base, "add", "dev-y"]) == 2
-    assert "--gateway-id" in capsys.readouterr().out
+    assert "--gateway-id" in capsys.readouterr().err
 
 
 # aiomqtt leaves paho's TLS socket for the garbage collector when the broker refuses a login

@@ -188,7 +188,7 @@ def test_pki_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         not in (tmp_path / "pki" / "enrolment.sqlite3").read_bytes().hex()
     )
     assert main(["pki", "--dir", d, "server-cert", "--host", "127.0.0.1", "--out", d + "/srv"]) == 0
-    assert main(["pki", "--dir", d, "revoke", "gw-1"]) == 0
+    assert main(["pki", "--dir", d, "revoke", "gw-1"]) == 2  # never enrolled: nothing revoked
     assert main(["pki", "--dir", d, "crl"]) == 0
     assert main(["pki", "--dir", str(tmp_path / "none"), "token"]) == 2
     with pytest.raises(SystemExit):

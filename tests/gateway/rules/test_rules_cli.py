@@ -142,10 +142,10 @@ def test_replay_prints_what_would_have_fired(
     path = write_jsonl(tmp_path / "r.jsonl", rows)
     assert main(["patterns", "test", "--readings", str(path), "--when", "temp > 30"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[:3] == [
-        f"{T0 + 2000} d seq 2: pattern test",
-        f"{T0 + 3000} d seq 3: pattern test",
-        f"{T0 + 5000} d seq 5: pattern test",
+    assert out[:3] == [  # T0 + 2 s, + 3 s, + 5 s in ISO 8601 UTC
+        "2023-11-14T22:13:22.000Z d seq 2: pattern test",
+        "2023-11-14T22:13:23.000Z d seq 3: pattern test",
+        "2023-11-14T22:13:25.000Z d seq 5: pattern test",
     ]
     assert out[-1] == "5 readings: test 3"
 
@@ -198,5 +198,5 @@ def test_bad_readings_input_is_reported(tmp_path: Path, capsys: pytest.CaptureFi
     assert "r.jsonl:1: not a reading" in capsys.readouterr().err
     assert (
         main(["patterns", "test", "--readings", str(tmp_path / "none.jsonl"), "--when", "true"])
-        == 1
+        == 2  # a missing input file: refused (docs/cli.md)
     )
