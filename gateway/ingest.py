@@ -156,7 +156,7 @@ class Ingest:
         self.observers = list(observers)
         """Observers, after the commit, of exactly the readings stored (gateway.hooks)."""
         self._redelivery_checks = REDELIVERY_CHECKS
-        self._recent_seen: set[tuple[str, str, int]] | None = None
+        self._recent: set[tuple[str, str, int]] = set()
         self._now_ms = now_ms
         self._allowed = frozenset(self.settings.devices)
         self._known: set[str] = set()
@@ -175,6 +175,12 @@ class Ingest:
     @property
     def connected(self) -> bool:
         return self.session.connected
+
+    def expect_redelivery(self) -> None:
+        """A new connection: for its first commits, readings the outbox committed lately are
+        acknowledged again instead of stored again (their PUBACK may have been lost)."""
+        self._recent = self.outbox.recent_identities()
+        self._redelivery_checks = REDELIVERY_CHECKS
 
     def pending(self) -> int:
         """Messages received and not yet committed (an S2 load signal)."""
@@ -278,6 +284,7 @@ class Ingest:
             # persistent session's queued messages arrive right after CONNACK
             batching[:] = [_Session(self)]
             self.backlog = 0  # what the last connection left uncommitted comes again
+            self.expect_redelivery()
             return batching[0].on_message
 
         def subscribed() -> None:
@@ -328,19 +335,16 @@ class Ingest:
         return readings
 
     def _skip_redelivered(self, readings: list[Reading]) -> list[Reading]:
-        """Readings the broker redelivers after a crash that were committed before it (the
-        PUBACK was lost with the process) are acknowledged again, not stored or observed
-        again. Readings the gateway numbered itself carry a new seq and are not recognised
+        """Readings the broker redelivers after a crash or a lost connection that were
+        committed before it (the PUBACK was lost with the process or the link) are
+        acknowledged again, not stored or observed again. Readings the gateway numbered itself carry a new seq and are not recognised
         (at-least-once for devices that send no seq, docs/telemetry.md)."""
-        recent = self.outbox.recent
+        recent = self._recent
         if not recent:
             return readings
-        if recent is not self._recent_seen:  # the outbox was (re)opened: a new window
-            self._recent_seen = recent
-            self._redelivery_checks = REDELIVERY_CHECKS
         self._redelivery_checks -= 1
         if self._redelivery_checks <= 0:
-            recent.clear()
+            self._recent = set()
         fresh = [r for r in readings if (r.device, r.boot, r.seq) not in recent]
         if len(fresh) < len(readings):
             self.metrics.redelivered.inc(len(readings) - len(fresh))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 import enum
 import sqlite3
 import threading
@@ -238,9 +239,9 @@ class Outbox:
         self._file = Database(
             path, name="outbox", schema=SCHEMA, synchronous="FULL", setup=self._open
         )
-        self.recent: set[Identity] = set()
-        """Identities committed by the last commits before this open (see
-        :meth:`append_readings`)."""
+        self._commits: deque[tuple[Identity, ...]] = deque(maxlen=RECENT_COMMITS)
+        """Identities of the last commits, this run's and (after a restart) the last run's
+        (see :meth:`append_readings`)."""
         self._cursor = 0  # rows with id > cursor are not in any batch
         self._last_id = 0  # the newest row's id
         self._unacked: dict[str, Batch] = {}
@@ -281,11 +282,11 @@ class Outbox:
     def _open(self, db: sqlite3.Connection) -> None:
         """The in-memory state from the file (migrated already), on the writer thread."""
         self._cursor = 0
-        self.recent = {
-            (str(d), str(b), int(q))
-            for (blob,) in db.execute("SELECT ids FROM recent_commits")
-            for d, b, q in msgspec.msgpack.decode(blob)
-        }
+        self._commits.clear()
+        self._commits.extend(
+            tuple((str(d), str(b), int(q)) for d, b, q in msgspec.msgpack.decode(blob))
+            for (blob,) in db.execute("SELECT ids FROM recent_commits ORDER BY id")
+        )
         self._last_id = db.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
         self._unacked.clear()
         rows, size, oldest = db.execute(
@@ -325,8 +326,9 @@ class Outbox:
     ) -> list[int]:
         """:meth:`append_encoded` for ingest: returns the indices of the rows stored (the
         overflow policy may refuse some), and records ``identities`` (device, boot, seq) in
-        the same transaction, so that after a crash :attr:`recent` tells which readings a
-        broker redelivers were committed already."""
+        the same transaction, so that after a crash or a lost connection
+        :meth:`recent_identities` tells which readings a broker redelivers were committed
+        already."""
         if not bodies:
             return []
         kept = await self._run(lambda: self._append(bodies, kind, identities))
@@ -357,6 +359,8 @@ class Outbox:
                     self._remember(db, identities)
             if rows:
                 self._last_id = db.execute("SELECT last_insert_rowid()").fetchone()[0]
+            if identities:
+                self._commits.append(tuple(identities))
         except BaseException as exc:
             self._cursor = cursor  # nothing was dropped after all
             with contextlib.suppress(sqlite3.Error):  # a failed file is reopened, stats too
@@ -371,6 +375,12 @@ class Outbox:
                 self.stats.oldest_ms = now
         self._notify_drops(dropped)
         return [r[4] for r in rows]
+
+    def recent_identities(self) -> set[Identity]:
+        """(device, boot, seq) of the readings of the last :data:`RECENT_COMMITS` commits:
+        what a broker may deliver again whose acknowledgement was lost (with the process, or
+        with the connection)."""
+        return {identity for commit in list(self._commits) for identity in commit}
 
     def _remember(self, db: sqlite3.Connection, identities: Sequence[Identity]) -> None:
         """Keep the identities of the last :data:`RECENT_COMMITS` commits (one row each)."""

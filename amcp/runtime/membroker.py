@@ -77,6 +77,16 @@ class MemoryBroker:
     def resume(self) -> None:
         self._answering.set()
 
+    def unacked(self, client_id: str) -> int:
+        """Messages delivered to ``client_id`` and not acknowledged yet."""
+        state = self._states.get(client_id)
+        return 0 if state is None else len(state.unacked)
+
+    def queued(self, client_id: str) -> int:
+        """Messages waiting for ``client_id`` (away, or past its in-flight window)."""
+        state = self._states.get(client_id)
+        return 0 if state is None else len(state.queued)
+
     @property
     def clients(self) -> list[str]:
         """Client ids connected now."""

@@ -130,6 +130,7 @@ async def test_a_batch_redelivered_after_a_crash_is_observed_and_stored_once(
         client_id="t-ingest",
         observers=[after],
     )
+    ingest.expect_redelivery()  # what its first connection does
     await _commit(ingest, [_payload(s) for s in range(1, 16)])  # 1-10 again, then 11-15
     assert before.seqs == list(range(1, 11))
     assert after.seqs == list(range(11, 16))
