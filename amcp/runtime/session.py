@@ -30,6 +30,7 @@ import collections
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -223,6 +224,9 @@ class Session:
         self.last_error = ""
         self.refused = False
         """The last attempt was refused by the broker (credentials, authorisation)."""
+        self._outage: tuple[float, int] | None = None
+        """(since, failed attempts) while the link is down: one log line when an outage
+        starts and one when it ends, not one per retry."""
 
     @property
     def connected(self) -> bool:
@@ -270,7 +274,7 @@ class Session:
             if self.metrics is not None:
                 self.metrics.connects.labels(self.name).inc()
                 self.metrics.connected.labels(self.name).set(1)
-            log.info("mqtt session connected", extra={"session": self.name})
+            self._log_connected()
             if on_connected is not None:
                 on_connected()
             await self._serve(conn, serve)
@@ -303,24 +307,42 @@ class Session:
             raise LinkLostError(str(exc)) from exc
         raise exc
 
+    def _log_connected(self) -> None:
+        if self._outage is None:
+            log.info("mqtt session connected", extra={"session": self.name})
+            return
+        since, attempts = self._outage
+        self._outage = None
+        log.warning(
+            "mqtt session connected again",
+            extra={
+                "session": self.name,
+                "outage_s": round(time.monotonic() - since, 1),
+                "attempts": attempts,
+            },
+        )
+
     async def _after_loss(self, exc: LinkLostError) -> None:
         self.losses += 1
         self.last_error = str(exc)
-        refused = self.refused = isinstance(exc, LinkRefusedError)
+        refused = isinstance(exc, LinkRefusedError)
         if self.metrics is not None:
             self.metrics.losses.labels(self.name, "refused" if refused else "lost").inc()
-        if refused:
-            delay = self.backoff.maximum
-            log.error(
-                "broker refused the connection",
-                extra={"session": self.name, "error": str(exc), "retry_in_s": delay},
-            )
+        delay = self.backoff.maximum if refused else self.backoff.next_delay()
+        first = self._outage is None
+        if first:
+            self._outage = (time.monotonic(), 0)
+        since, attempts = self._outage or (time.monotonic(), 0)
+        self._outage = (since, attempts + 1)
+        extra = {"session": self.name, "error": str(exc), "retry_in_s": round(delay, 2)}
+        if refused and not self.refused:
+            log.error("broker refused the connection; retrying", extra=extra)
+        elif first:
+            what = "connection lost" if self.connects else "cannot connect"
+            log.warning(f"{what}; retrying until it is back", extra=extra)  # noqa: G004
         else:
-            delay = self.backoff.next_delay()
-            log.warning(
-                "connection lost",
-                extra={"session": self.name, "error": str(exc), "retry_in_s": round(delay, 2)},
-            )
+            log.debug("still not connected", extra=extra)
+        self.refused = refused
         await asyncio.sleep(delay)
 
 

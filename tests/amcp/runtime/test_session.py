@@ -389,3 +389,26 @@ async def test_a_persistent_session_gets_again_what_it_did_not_acknowledge(
     await until(lambda: len(got) >= 2)
     await stopped_within_bound(second)
     assert [p for p, _ in got] == [b"hold", b"while away"]
+
+
+# -- what an operator reads -------------------------------------------------------------------
+async def test_an_outage_is_two_log_lines_however_many_retries(
+    under_test: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="amcp.runtime.session")
+    session = Session(under_test.transport, under_test.link(), spec(), name="t")
+    async with running(session, Recorder()):
+        await until(lambda: session.connected)
+        under_test.kill()
+        await until(lambda: session.losses >= 5)  # the kill and several failed retries
+        under_test.start()
+        await until(lambda: session.connected)
+    lines = [r.getMessage() for r in caplog.records if r.name == "amcp.runtime.session"]
+    assert lines == [
+        "mqtt session connected",
+        "connection lost; retrying until it is back",
+        "mqtt session connected again",
+    ]
+    again = next(r for r in caplog.records if r.getMessage() == "mqtt session connected again")
+    assert again.attempts >= 5  # type: ignore[attr-defined]
+    assert again.outage_s >= 0  # type: ignore[attr-defined]
