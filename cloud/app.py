@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from amcp.link import CloudLinks, secrets_in_dir
 from amcp.runtime.config import load
 from amcp.runtime.logs import set_level
-from amcp.runtime.metrics import MetricsServer
+from amcp.runtime.metrics import MetricsServer, Readiness, condition, register_build_info
 from amcp.runtime.mqtt import MqttTransport
 from amcp.runtime.service import Service
 from amcp.runtime.session import SessionMetrics, Transport
@@ -53,6 +53,7 @@ class Cloud:
         self.config_path = config_path
         self.transport = transport or MqttTransport()
         self.registry = CollectorRegistry()
+        register_build_info(self.registry, "cloud")
         sessions = SessionMetrics(self.registry)
         self.store = ReadingStore(Path(config.cloud.state_dir) / "readings.sqlite3")
         state = Path(config.cloud.state_dir)
@@ -168,7 +169,16 @@ class Cloud:
     async def serve(self) -> int:
         server = None
         if self.config.metrics.enabled:
-            server = MetricsServer(self.registry, self.config.metrics.listen)
+            ready = Readiness(
+                {
+                    "ingest": condition(
+                        self.ingest.session.is_connected,
+                        "subscribed on the cloud broker",
+                        "not subscribed on the cloud broker",
+                    )
+                }
+            )
+            server = MetricsServer(self.registry, self.config.metrics.listen, ready=ready)
             server.start()
         try:
             return await Service(self.supervisor, reload=self.reload).run()

@@ -40,7 +40,7 @@ from gateway.config import GatewayConfig
 from gateway.enrol import EnrolPaths, RenewalPolicy, Renewer
 from gateway.hooks import IngestFilter
 from gateway.ingest import Ingest
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import GatewayMetrics, gateway_readiness
 from gateway.outbox import Outbox
 from gateway.rules import RulesService
 from gateway.rules.settings import STORE_FILE
@@ -107,6 +107,7 @@ class Gateway:
             cloud_broker=config.uplink.broker,
             state_dir=state,
             transport=transport,
+            on_intent_final=self.metrics.observe_intent,
         )
         self.s2 = S2Service(config.s2, reassign=self.s1.reassign)
         self.s2.register(self.metrics.registry)
@@ -282,7 +283,11 @@ class Gateway:
     async def serve(self) -> int:
         server = None
         if self.config.metrics.enabled:
-            server = MetricsServer(self.metrics.registry, self.config.metrics.listen)
+            server = MetricsServer(
+                self.metrics.registry,
+                self.config.metrics.listen,
+                ready=gateway_readiness(self.outbox.snapshot, self.ingest.session.is_connected),
+            )
             server.start()
         try:
             return await Service(self.supervisor, reload=self.reload, status=self.status).run()

@@ -309,6 +309,7 @@ class Ingest:
             kept = await self._while_full(lambda: self.outbox.append_readings(bodies, identities))
             m.stored.inc(len(kept))
             stored = readings if len(kept) == len(readings) else [readings[i] for i in kept]
+            m.observe_commit(stored, self._now_ms())
             self._observe(stored)
         if rejected:
             for _, reason, detail, _ in rejected:
@@ -337,8 +338,9 @@ class Ingest:
     def _skip_redelivered(self, readings: list[Reading]) -> list[Reading]:
         """Readings the broker redelivers after a crash or a lost connection that were
         committed before it (the PUBACK was lost with the process or the link) are
-        acknowledged again, not stored or observed again. Readings the gateway numbered itself carry a new seq and are not recognised
-        (at-least-once for devices that send no seq, docs/telemetry.md)."""
+        acknowledged again, not stored or observed again. Readings the gateway numbered
+        itself carry a new seq and are not recognised (at-least-once for devices that send
+        no seq, docs/telemetry.md)."""
         recent = self._recent
         if not recent:
             return readings

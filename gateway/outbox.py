@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 import enum
 import sqlite3
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -208,6 +208,7 @@ class Uplink:
             )
         if entry is not None:
             self.lag_s = max(0.0, time.time() - entry.batch.oldest_ms / 1000)
+            self.metrics.round_trip_seconds.observe(time.monotonic() - entry.sent_at)
         self._slot.set()
 
     async def _on_nack(self, client: Link, nack: BatchNack) -> None:

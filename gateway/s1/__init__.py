@@ -135,6 +135,7 @@ class S1:
         state_dir: Path,
         clock: Clock | None = None,
         transport: Transport | None = None,
+        on_intent_final: Callable[[float, IntentUpdate], None] | None = None,
     ) -> None:
         self.settings = settings
         self.gateway = gateway
@@ -153,7 +154,9 @@ class S1:
             clock=self.clock,
         )
         self.executor = CommandExecutor(local_broker, f"{gateway}-s1-devices", transport=transport)
-        self.dispatcher = Dispatcher(self.registry, self.executor, self.units, settings)
+        self.dispatcher = Dispatcher(
+            self.registry, self.executor, self.units, settings, on_final=on_intent_final
+        )
         self.server = LinkServer(
             gateway,
             settings,

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -92,11 +93,15 @@ class Dispatcher:
         executor: CommandExecutor,
         units: UnitTree,
         settings: S1Settings,
+        *,
+        on_final: Callable[[float, IntentUpdate], None] | None = None,
     ) -> None:
+        """``on_final(seconds, update)`` hears of every intent's final answer (a metric)."""
         self.registry = registry
         self.executor = executor
         self.units = units
         self.settings = settings
+        self._on_final = on_final
         self._running: dict[str, asyncio.Task[Any]] = {}
         self._cancelled: set[str] = set()
         self._validators: dict[str, Callable[[Any], Any]] = {}
@@ -127,6 +132,7 @@ class Dispatcher:
             limit = self.settings.max_intents
             return await self._fail(updates, "refused", f"{limit} intents already running")
         self._running[intent.intent_id] = task
+        started = time.monotonic()
         try:
             await updates.send("accepted")
             return await self._run(intent, updates, correlation)
@@ -137,6 +143,9 @@ class Dispatcher:
         finally:
             del self._running[intent.intent_id]
             self._cancelled.discard(intent.intent_id)
+            last = updates.last
+            if self._on_final is not None and last is not None and last.state in ("done", "failed"):
+                self._on_final(time.monotonic() - started, last)
 
     async def _run(
         self, intent: Intent, updates: _Updates, correlation: str | None
