@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +27,7 @@ import tomli_w
 from prometheus_client.parser import text_string_to_metric_families
 
 from amcp.crypto.pki import FleetCA, write_secret_file
+from amcp.runtime.database import connect
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from cloud.enrolment import Enrolment, disconnect_client, init_pki, open_enrolment
@@ -59,6 +63,19 @@ def scrape(port: int, timeout: float = 2.0) -> dict[str, float]:
                 key = f"{sample.name}:{label}={value}"
                 out[key] = out.get(key, 0.0) + sample.value
     return out
+
+
+@dataclass(frozen=True)
+class CloudEvent:
+    """One gateway event as the cloud stored it (a pattern alert, an S2 detection ...)."""
+
+    id: int
+    gateway: str
+    name: str
+    source: str
+    severity: str
+    ts_ms: int
+    attrs: dict[str, Any]
 
 
 class Stack:
@@ -383,6 +400,25 @@ class Stack:
 
     def cloud_keys(self) -> list[tuple[str, str, int]]:
         return reading_keys(self.cloud_db)
+
+    def cloud_events(self, after: int = 0, limit: int = 1000) -> list[CloudEvent]:
+        """Events the cloud stored with an id above ``after``, oldest first ([] before the
+        cloud made its store). Read-only, beside the running cloud."""
+        if not self.cloud_db.exists():
+            return []
+        with contextlib.closing(connect(self.cloud_db, readonly=True)) as db:
+            try:
+                rows = db.execute(
+                    "SELECT id, gateway, name, source, severity, ts_ms, attrs FROM events"
+                    " WHERE id > ? ORDER BY id LIMIT ?",
+                    (after, limit),
+                ).fetchall()
+            except sqlite3.OperationalError:  # no events table yet
+                return []
+        return [
+            CloudEvent(id_, gateway, name, source, severity, ts_ms, json.loads(attrs))
+            for id_, gateway, name, source, severity, ts_ms, attrs in rows
+        ]
 
     def wait_cloud_count(self, n: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout

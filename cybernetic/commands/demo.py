@@ -1,4 +1,4 @@
-"""`cybernetic demo [--duration SECONDS]`: run the product on an embedded default."""
+"""`cybernetic demo`: run the product on an embedded default (see :mod:`cybernetic.demo`)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,42 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from cybernetic.demo import DemoOptions, run_demo
+from cybernetic.demo import DRAIN_S, MAX_DEVICES, STOP_GRACE_S, DemoOptions, run_demo
+
+EPILOG = f"""\
+While it runs it prints what flows, with rates, and the pattern alerts, policy flags and other
+events as they happen; at the end a summary accounts for every published reading. Ctrl-C or
+SIGTERM stops it cleanly (in-flight readings get {DRAIN_S:g} s to reach the cloud, the whole
+stop at most {STOP_GRACE_S:g} s); a second Ctrl-C or SIGTERM stops everything at once. No
+process outlives the demo, even if it is killed. Exit codes: 0 stopped cleanly, 1 could not
+run, 2 invalid options, 128+N forced stop by signal N."""
 
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "demo", help="brokers, cloud, gateway and simulated devices on this machine"
+        "demo",
+        help="brokers, cloud, gateway and simulated devices on this machine",
+        description="Brokers, cloud, gateway and simulated devices on this machine.",
+        epilog=EPILOG,
     )
-    p.add_argument("--duration", type=float, help="stop after this many seconds (default: Ctrl-C)")
-    p.add_argument("--devices", type=int, default=5, help="simulated devices (default 5)")
-    p.add_argument("--interval", type=float, default=0.5, help="seconds between readings")
-    p.add_argument("--state-dir", type=Path, help="keep state here instead of a temporary folder")
-    p.add_argument("--quiet", action="store_true", help="no periodic account")
+    p.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default: at Ctrl-C)"
+    )
+    p.add_argument(
+        "--devices", type=int, default=5, help=f"simulated devices, 1 to {MAX_DEVICES} (default 5)"
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=0.5,
+        help="seconds between a device's readings (default 0.5; 0: as fast as acknowledged)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="keep state in this folder (created if missing) instead of a temporary one",
+    )
+    p.add_argument("--quiet", action="store_true", help="print only the closing summary")
     p.set_defaults(handler=_run)
 
 
