@@ -261,14 +261,17 @@ class Gateway:
         link = "up" if self.uplink.connected else "down"
         return f"ingest {ingest}, uplink {link}, outbox {s.rows} rows"
 
+    RESTART_SECTIONS = ("gateway", "local_broker", "outbox", "s1", "sync", "metrics")
+    """Sections a reload cannot apply (docs/configuration.md, "Reload")."""
+
     async def reload(self) -> None:
+        """SIGHUP: apply what can change while running; name what needs a restart."""
         if self.config_path is None:
             return
         new = load(self.config_path, GatewayConfig)
-        # live-tunable settings (docs/configuration.md, "Reload"); a changed broker address
-        # or id needs a restart
         set_level(new.log.level)
         self.ingest.apply(new.ingest)
+        later = [f"uplink.{f}" for f in self.uplink.apply(new.uplink)]
         self.s2.gate.apply(new.s2.limits)
         self.rules.reload()
         if self.policy is not None and new.policy is not None:
@@ -278,7 +281,21 @@ class Gateway:
                 PolicyAgent.load, new.policy.file, zones=new.policy.zones or None
             )
             self.policy.swap(agent)
-        log.info("configuration reloaded", extra={"path": str(self.config_path)})
+        later += [s for s in self.RESTART_SECTIONS if getattr(new, s) != getattr(self.config, s)]
+        if new.ingest.topic != self.config.ingest.topic:
+            later.append("ingest.topic")
+        if new.log.format != self.config.log.format:
+            later.append("log.format")
+        if (new.policy is None) != (self.policy is None):
+            later.append("policy")
+        for name in later:
+            log.warning(
+                "configuration changed: takes effect at the next restart", extra={"setting": name}
+            )
+        log.info(
+            "configuration reloaded",
+            extra={"path": str(self.config_path), "needs_restart": later},
+        )
 
     async def serve(self) -> int:
         server = None

@@ -93,6 +93,22 @@ class Uplink:
     def connected(self) -> bool:
         return self.session.connected
 
+    LIVE = ("batch_max", "batch_interval", "window", "ack_timeout")
+    """What :meth:`apply` changes at once; the rest of ``[uplink]`` needs a restart."""
+
+    def apply(self, settings: UplinkSettings) -> list[str]:
+        """Reload: batching, the window and the ack timeout take effect at once; returns the
+        names of changed fields that need a restart (they keep their running values)."""
+        live = {f: getattr(settings, f) for f in self.LIVE}
+        later = [
+            f
+            for f in settings.__struct_fields__
+            if f not in self.LIVE and getattr(settings, f) != getattr(self.settings, f)
+        ]
+        self.settings = msgspec.structs.replace(self.settings, **live)
+        self._slot.set()  # a wider window has room now
+        return later
+
     def status(self) -> tuple[bool, float]:
         return self.connected, self.lag_s
 

@@ -119,3 +119,30 @@ async def test_a_broker_outage_with_batches_in_flight_loses_and_duplicates_nothi
         keys = reading_keys(cloud_db)
     assert len(keys) == len(set(keys))
     assert sorted(seq for _, _, seq in keys) == list(range(1, 2501))
+
+
+async def test_apply_changes_batching_at_once_and_names_what_needs_a_restart(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "link"
+    secret.write_text("00" * 32)
+    secret.chmod(0o600)
+    running = UplinkSettings(link_secret_file=str(secret))
+    outbox = Outbox(tmp_path / "outbox.sqlite3", OutboxSettings())
+    uplink = Uplink(
+        running,
+        outbox,
+        GatewayMetrics(),
+        GatewayLink(GATEWAY, bytes(32), None),
+        gateway=GATEWAY,
+        transport=MemoryBroker().transport,
+    )
+    edited = UplinkSettings(
+        link_secret_file=str(secret),
+        window=2,
+        batch_max=10,
+        broker=BrokerLink(host="cloud.example"),
+    )
+    assert uplink.apply(edited) == ["broker"]
+    assert (uplink.settings.window, uplink.settings.batch_max) == (2, 10)
+    assert uplink.settings.broker == running.broker  # the running connection is kept
