@@ -28,13 +28,19 @@ def register(sub: Any) -> None:
     gen.add_argument("--force", action="store_true", help="replace an existing identity")
     gen.set_defaults(handler=_gen)
     show = verbs.add_parser("show", help="list keys and their status")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="one JSON object on stdout")
     show.set_defaults(handler=_show)
     rot = verbs.add_parser("rotate", help="new active key; the old one verifies for --overlap")
-    rot.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP_S, metavar="SECONDS")
+    rot.add_argument(
+        "--overlap",
+        type=_seconds,
+        default=DEFAULT_OVERLAP_S,
+        metavar="SECONDS",
+        help="how long the old key still verifies (default 86400: a day)",
+    )
     rot.set_defaults(handler=_rotate)
     rev = verbs.add_parser("revoke", help="revoke a (non-active) key now")
-    rev.add_argument("key_id")
+    rev.add_argument("key_id", help="the key's id (see: cybernetic keys show)")
     rev.set_defaults(handler=_revoke)
     group_option(
         parser,
@@ -47,6 +53,22 @@ def register(sub: Any) -> None:
     )
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds >= 0: {text!r}")
+    return value
+
+
+def _store(args: argparse.Namespace) -> KeyStore:
+    if args.dir.exists() and not args.dir.is_dir():
+        raise CliError(f"--dir {args.dir} is a file: give the key directory")
+    return KeyStore(args.dir)
+
+
 def _fail(exc: KeyStoreError | OSError) -> CliError:
     if isinstance(exc, OSError):
         return CliError(describe_os_error(exc, "key directory"))
@@ -55,7 +77,7 @@ def _fail(exc: KeyStoreError | OSError) -> CliError:
 
 def _gen(args: argparse.Namespace) -> int:
     try:
-        signer = KeyStore(args.dir).generate(args.node, force=args.force)
+        signer = _store(args).generate(args.node, force=args.force)
     except (KeyStoreError, OSError) as exc:
         raise _fail(exc) from exc
     print(f"generated {signer.key_id} for node {args.node} in {args.dir}")
@@ -63,7 +85,7 @@ def _gen(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    store = KeyStore(args.dir)
+    store = _store(args)
     try:
         ident = store.identity()
         entries = store.keyring().entries()
@@ -96,7 +118,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _rotate(args: argparse.Namespace) -> int:
     try:
-        old, signer = KeyStore(args.dir).rotate(args.overlap)
+        old, signer = _store(args).rotate(args.overlap)
     except (KeyStoreError, OSError) as exc:
         raise _fail(exc) from exc
     print(f"rotated {old} -> {signer.key_id}; {old} verifies for {args.overlap:g} s more")
@@ -105,7 +127,7 @@ def _rotate(args: argparse.Namespace) -> int:
 
 def _revoke(args: argparse.Namespace) -> int:
     try:
-        KeyStore(args.dir).revoke(args.key_id)
+        _store(args).revoke(args.key_id)
     except (KeyStoreError, OSError) as exc:
         raise _fail(exc) from exc
     print(f"revoked {args.key_id}")

@@ -393,6 +393,9 @@ def dependents(rules: dict[str, Rule], removed: set[str]) -> dict[str, list[str]
 
 
 def _remove(args: argparse.Namespace) -> int:
+    path, _ = _store_path(args)
+    if not path.exists():
+        raise PatternsCliError(f"no store at {path}: nothing to remove (check --store or -c)")
     with _open_store(args, write=True) as store:
         present = store.items(args.namespace)
         missing = [rid for rid in args.ids if rid not in present]
