@@ -20,8 +20,9 @@ Stopping always works and leaves nothing behind:
   processes the demo does not spawn itself (the brokers, ``mosquitto_passwd``, grandchildren)
   and needs no ``preexec_fn`` in a process that runs threads.
 
-Exit codes: 0 after a clean stop (at its duration or on the first signal), 1 when the demo
-could not start, 2 for invalid options, 128 + the signal's number after a forced stop.
+Exit codes (:data:`cybernetic.cli.EXIT_CODES`): 0 after a clean stop (at its duration or on
+the first signal), 1 when the demo could not run, 2 for invalid options, 128 + the signal's
+number after a forced stop (130 for Ctrl-C, 143 for SIGTERM; 1 when the bound ran out).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from amcp.runtime.session import LinkLostError, SessionSpec, connect_once
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import stop_task
 from amcp.wire import topics
+from cybernetic.cli import FAILED, OK, USAGE, one_line
 from cybernetic.stack import CloudEvent, Stack, scrape
 from gateway.s1.responder import DeviceResponder
 from gateway.s1.simulated import temperature_handlers
@@ -142,7 +144,12 @@ class DemoOptions:
 
 
 class DemoError(Exception):
-    """The demo cannot go on; the message is the one line the user sees."""
+    """The demo cannot run or go on: the message is the one line the user sees, ``code``
+    the exit code (:data:`cybernetic.cli.EXIT_CODES`)."""
+
+    def __init__(self, message: str, code: int = FAILED) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # -- processes: the tag, the guardian and the sweep ----------------------------------------
@@ -539,12 +546,13 @@ class Monitor:
         return sum(d.published for d in self.devices)
 
     async def flow(self) -> Flow:
-        published = self.published()
         gw, cloud = await asyncio.gather(
             asyncio.to_thread(scrape, self.stack.gateway_metrics, 1.0),
             asyncio.to_thread(scrape, self.stack.cloud_metrics, 1.0),
         )
-        return Flow(published, gw, cloud)
+        # the devices' count is read after the daemons' counts, so that it is not behind them
+        # (a reading taken meanwhile would show the gateway storing more than was published)
+        return Flow(self.published(), gw, cloud)
 
     def start(self) -> None:
         self.clock = Clock()
@@ -573,7 +581,7 @@ class Monitor:
             more = flow.flagged - self._flagged
             self.out.stream(
                 f"{self.clock.stamp()} flag   the ingest policy flagged {more} more"
-                f" reading{'s' if more > 1 else ''} ({flow.flagged} so far; flagged readings"
+                f" reading{_s(more)} ({flow.flagged} so far; flagged readings"
                 " are stored and forwarded, marked for the operators)"
             )
             self._flagged = flow.flagged
@@ -604,6 +612,10 @@ class Monitor:
 
     def summary(self, flow: Flow, ran_s: float, opts: DemoOptions) -> str:
         return _summary(flow, self.events, ran_s, opts, self.devices)
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
 
 
 def _rate(n: int, seconds: float) -> str:
@@ -650,7 +662,7 @@ def _summary(
     in_flight = in_broker + in_outbox
     stored = flow.cloud_stored
     every = "as fast as acknowledged" if opts.interval == 0 else f"every {opts.interval:g} s"
-    each = f"{len(devices)} device{'s' if len(devices) > 1 else ''} publishing {every}"
+    each = f"{len(devices)} device{_s(len(devices))} publishing {every}"
     alerts = [e for e in events if _is_alert(e)]
 
     def row(label: str, n: int, rate: str, text: str) -> str:
@@ -684,10 +696,16 @@ def _summary(
             f" + {in_flight} in flight"
         )
     duplicates = _int(c, "cybernetic_cloud_duplicate_readings_total")
+    others = len(events) - len(alerts)
     lines += [
-        f"  the cloud dropped {duplicates} duplicates (batches sent again; stored only once)",
-        f"  {len(events)} events, {len(alerts)} of them pattern alerts ({EVENTS_LINE})",
-        f"  {flow.flagged} readings flagged by the ingest policy (stored and forwarded, marked)",
+        row("duplicates", duplicates, "", "dropped by the cloud: batches sent again, stored once"),
+        row("flagged", flow.flagged, "", "by the ingest policy: stored and forwarded, marked"),
+        row(
+            "events",
+            len(events),
+            "",
+            f"{len(alerts)} pattern alert{_s(len(alerts))}, {others} other ({EVENTS_LINE})",
+        ),
     ]
     lost = [d for d in devices if d.reconnects]
     if lost:
@@ -814,17 +832,12 @@ async def _stop_devices(devices: list[SimulatedDevice], tasks: list[asyncio.Task
     await asyncio.gather(*(stop_task(t, 1.0) for t in tasks))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 async def run_demo(opts: DemoOptions) -> int:
-    """The demo; its exit code (see the module doc)."""
+    """Run the demo: 0 after a clean stop. Raises :class:`DemoError` (after stopping
+    everything) for invalid options and failures; a forced stop exits the process."""
     problem = opts.problem()
     if problem is not None:
-        print(f"cybernetic demo: {problem}", file=sys.stderr)
-        return 2
+        raise DemoError(problem, USAGE)
     out = Output(quiet=opts.quiet)
     temporary = opts.state_dir is None
     state = opts.state_dir or Path(tempfile.mkdtemp(prefix="cybernetic-demo-"))
@@ -832,24 +845,25 @@ async def run_demo(opts: DemoOptions) -> int:
     stopper = Stopper(reaper, out)
     stopper.install()
     stack: Stack | None = None
-    code = 0
+    failure: DemoError | None = None
     try:
         stack = Stack(state, gateway_id="demo-gw", gateway=_gateway_overrides(), tls=True)
         await _run(stack, opts, stopper, out)
     except Exception as exc:  # every failure is one line, never a traceback
-        code = 1
         kept = f" (its state is kept in {state})" if temporary else ""
-        print(f"cybernetic demo: could not run: {_one_line(exc)}{kept}", file=sys.stderr)
+        failure = DemoError(f"the demo could not run: {one_line(str(exc)) or exc!r}{kept}")
     finally:
         stopper.begin(stopper.why or "duration")
         if stack is not None:
             try:
                 await asyncio.to_thread(stack.close)
             except Exception as exc:  # the reaper below kills what did not stop
-                print(f"cybernetic demo: while stopping: {_one_line(exc)}", file=sys.stderr)
-        keep = temporary and code != 0  # a failed run's logs stay for reading
+                failure = failure or DemoError(f"while stopping the demo: {one_line(str(exc))}")
+        keep = temporary and failure is not None  # a failed run's logs stay for reading
         if temporary and not keep:
             shutil.rmtree(state, ignore_errors=True)
         reaper.close(keep=keep)
         stopper.restore()
-    return code
+    if failure is not None:
+        raise failure
+    return OK

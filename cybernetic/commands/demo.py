@@ -7,7 +7,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from cybernetic.demo import DRAIN_S, MAX_DEVICES, STOP_GRACE_S, DemoOptions, run_demo
+from cybernetic.cli import CliError
+from cybernetic.demo import DRAIN_S, MAX_DEVICES, STOP_GRACE_S, DemoError, DemoOptions, run_demo
 
 EPILOG = f"""\
 While it runs it prints what flows, with rates, and the pattern alerts, policy flags and other
@@ -15,7 +16,7 @@ events as they happen; at the end a summary accounts for every published reading
 SIGTERM stops it cleanly (in-flight readings get {DRAIN_S:g} s to reach the cloud, the whole
 stop at most {STOP_GRACE_S:g} s); a second Ctrl-C or SIGTERM stops everything at once. No
 process outlives the demo, even if it is killed. Exit codes: 0 stopped cleanly, 1 could not
-run, 2 invalid options, 128+N forced stop by signal N."""
+run, 2 invalid options, 130 (Ctrl-C) or 143 (SIGTERM) stopped at once by a second signal."""
 
 
 def register(sub: Any) -> None:
@@ -48,4 +49,10 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     opts = DemoOptions(args.duration, args.devices, args.interval, args.state_dir, args.quiet)
-    return asyncio.run(run_demo(opts))
+    problem = opts.problem()
+    if problem is not None:  # before anything starts
+        raise CliError(problem)
+    try:
+        return asyncio.run(run_demo(opts))
+    except DemoError as exc:
+        raise CliError(str(exc), exc.code) from exc
