@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterable
-from typing import Any
 
-import aiomqtt
-
+from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import LinkLostError, SessionSpec
+from amcp.runtime.settings import BrokerLink
 from amcp.wire import topics
 
 
@@ -32,53 +33,42 @@ async def publish_readings(
 ) -> int:
     """Publish one reading per seq at QoS 1, ``window`` in flight, optionally paced to ``rate``/s.
 
-    Returns the number published (each acknowledged by the broker). Publishes go straight to
-    paho, without aiomqtt's future and task per message: a load generator that spends 90 us
-    a message (measured) would be the bottleneck it is meant to measure, and the time its
-    readings wait in its own queue would count as the gateway's latency.
+    Returns the number published (each acknowledged by the broker). Publishes take the
+    transport's fast path (:meth:`~amcp.runtime.mqtt.MqttConnection.publish_nowait`): a load
+    generator that spends 90 us a message would be the bottleneck it is meant to measure, and
+    the time its readings wait in its own queue would count as the gateway's latency. A lost
+    or refused connection raises :class:`~amcp.runtime.session.LinkLostError`.
     """
     sent = 0
     start = time.monotonic()
-    async with aiomqtt.Client(
-        host, port, username=device, password=password, max_inflight_messages=window
-    ) as client:
-        paho = getattr(client, "_client", None)
-        disconnected = getattr(client, "_disconnected", None)
-        if paho is None or not isinstance(disconnected, asyncio.Future):
-            raise RuntimeError("aiomqtt internals changed: _client / _disconnected missing")
-        acked = 0
-        room = asyncio.Event()
-        aiomqtt_on_publish = paho.on_publish
-
-        def on_publish(*args: Any) -> None:
-            nonlocal acked
-            acked += 1
-            room.set()
-            aiomqtt_on_publish(*args)
-
-        paho.on_publish = on_publish
+    login = BrokerLink(host=host, port=port, username=device, password=password)
+    conn = await MqttTransport(max_inflight_messages=window).connect(
+        login, SessionSpec(device), None
+    )
+    try:
 
         async def wait_acked(below: int) -> None:
-            while sent - acked > below:
-                room.clear()
-                waiter = asyncio.ensure_future(room.wait())
-                await asyncio.wait({waiter, disconnected}, return_when=asyncio.FIRST_COMPLETED)
-                if disconnected.done():
-                    waiter.cancel()
-                    raise aiomqtt.MqttError(f"{device}: disconnected with {sent - acked} unacked")
+            while True:
+                conn.acked_changed.clear()  # before looking: paho's callbacks run on this loop
+                if sent - conn.acked <= below:
+                    return
+                if conn.lost:
+                    raise LinkLostError(f"{device}: disconnected with {sent - conn.acked} unacked")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await conn.acked_changed.wait()
 
         topic = topics.device_telemetry(device)
         for seq in seqs:
             await wait_acked(window - 1)
-            info = paho.publish(
-                topic, reading_payload(seq, boot, temp=20.0 + seq % 10, load=seq % 100), qos=1
-            )
-            if info.rc != 0:
-                raise aiomqtt.MqttError(f"{device}: publish failed (paho rc {info.rc})")
+            payload = reading_payload(seq, boot, temp=20.0 + seq % 10, load=seq % 100)
+            conn.publish_nowait(topic, payload, qos=1)
             sent += 1
             if rate:
                 ahead = sent / rate - (time.monotonic() - start)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         await wait_acked(0)
+    finally:
+        await conn.close()
     return sent
