@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -97,6 +98,9 @@ def _send(args: argparse.Namespace) -> int:
         raise CliError("--args must be a JSON object, e.g. '{\"n\": 3}'")
     config = require_config(args.config, CloudConfig)
     _check_files(config, args)
+    # the router's own log lines ("cannot connect; retrying ...") are not this command's
+    # output: what went wrong is said once, by the error it ends with
+    logging.getLogger().addHandler(logging.NullHandler())
     return asyncio.run(_run(config, args, intent_args))
 
 
