@@ -211,6 +211,23 @@ def reading_keys(path: Path) -> list[tuple[str, str, int]]:
         return [] if db is None else db.execute("SELECT device, boot, seq FROM readings").fetchall()
 
 
+def last_stored_ms(path: Path) -> int:
+    """When the newest reading was stored (epoch ms), 0 before any."""
+    with _reading(path) as db:
+        if db is None:
+            return 0
+        return int(db.execute("SELECT coalesce(max(stored_ms), 0) FROM readings").fetchone()[0])
+
+
+def storage_delays_ms(path: Path, boot: str) -> list[int]:
+    """``stored_ms - ts_ms`` of every reading of ``boot``: device-to-cloud-store latency."""
+    with _reading(path) as db:
+        if db is None:
+            return []
+        rows = db.execute("SELECT stored_ms - ts_ms FROM readings WHERE boot = ?", (boot,))
+        return [int(d) for (d,) in rows]
+
+
 def recorded_readings(path: Path) -> Iterator[Reading]:
     """The readings of a store file, oldest first (``cybernetic patterns test`` replays them)."""
     with _reading(path) as db:

@@ -15,17 +15,16 @@ import argparse
 import asyncio
 import contextlib
 import json
-import sqlite3
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
 
 from amcp.runtime.logs import parse_timestamp
 from amcp.wire import topics
+from cloud.readings import last_stored_ms, storage_delays_ms
 from cybernetic.bench import progress
 from cybernetic.devices import publish_readings
 from cybernetic.stack import Stack, scrape
@@ -99,11 +98,6 @@ def _subscribed_at(stack: Stack) -> float:
     raise RuntimeError("gateway never logged its ingest subscription")
 
 
-def _query(stack: Stack, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(stack.cloud_db, timeout=30)) as db:
-        return db.execute(sql, args).fetchall()
-
-
 async def _publish(
     stack: Stack, devices: dict[str, str], n: int, boot: str, rate: float | None
 ) -> None:
@@ -147,7 +141,7 @@ async def _one_run(args: argparse.Namespace, state: Path) -> dict[str, float]:
         while stack.cloud_count() < n and time.monotonic() < deadline:
             rss = max(rss, _rss_mb(stack.gateway_proc.pid))
             await asyncio.sleep(0.1)
-        last_commit_ms = _query(stack, "SELECT max(stored_ms) FROM readings")[0][0] or 0
+        last_commit_ms = last_stored_ms(stack.cloud_db)
         gw = n / max(1e-6, last_commit_ms / 1000 - _subscribed_at(stack))
         progress(f"gateway through outbox and uplink into the cloud store: {gw:,.0f} msg/s")
         live_rate = gw / 2
@@ -156,10 +150,7 @@ async def _one_run(args: argparse.Namespace, state: Path) -> dict[str, float]:
         await _publish(stack, devices, live_n, "live", live_rate)
         stack.wait_cloud_count(n + live_n, 60)
         rss = max(rss, _rss_mb(stack.gateway_proc.pid))
-        lat = sorted(
-            r[0]
-            for r in _query(stack, "SELECT stored_ms - ts_ms FROM readings WHERE boot = 'live'")
-        )
+        lat = sorted(storage_delays_ms(stack.cloud_db, "live"))
         count = stack.cloud_count()
         dups = scrape(stack.cloud_metrics).get("cybernetic_cloud_duplicate_readings_total", 0.0)
         q = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [0.0] * 99
