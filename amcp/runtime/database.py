@@ -91,7 +91,16 @@ def is_database_failure(exc: BaseException) -> bool:
         return True  # closed under the caller by a supervisor reopening it: not the data
     if isinstance(exc, StorageFullError) or is_storage_full(exc):
         return False
+    if isinstance(exc, sqlite3.OperationalError) and _is_contention(exc):
+        return False  # another process held a lock past the busy timeout: the file is fine
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+def _is_contention(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "database is locked" in str(exc) or "database table is locked" in str(exc)
 
 
 Migration = str | Callable[[sqlite3.Connection], None]

@@ -22,6 +22,7 @@ from amcp.runtime.database import (
     DatabaseFailedError,
     Schema,
     SchemaTooNewError,
+    is_database_failure,
 )
 from amcp.runtime.storage import StorageFullError
 from amcp.store import LWWStore, Store
@@ -340,3 +341,25 @@ def test_the_enrolment_store_reopens_on_the_same_object(tmp_path: Path) -> None:
     assert not store.consume(token.token_id, "req-2", at_ms=2)  # used stays used
     store.close()
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_lock_held_by_another_process_is_not_a_failure_of_the_file(
+    tmp_path: Path,
+) -> None:
+    """A CLI holding a write lock past the busy timeout costs that write, not a reopen."""
+    path = tmp_path / "locked.db"
+    db = Database(path, name="locked", schema=SCHEMA)
+    await db.open()
+    await db.call(lambda c: c.execute("PRAGMA busy_timeout=50"))  # not the 10 s default
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the other process's write lock
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked") as caught:
+            await db.write(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+        assert not is_database_failure(caught.value)
+        assert not db.failed.is_set()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await db.write(lambda c: c.execute("INSERT INTO t VALUES (2)"))  # fine once released
+    await db.close()
