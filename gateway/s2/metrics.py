@@ -7,12 +7,12 @@ server's thread, so everything here reads atomically copied snapshots (``list(di
 never iterates a live dictionary in Python code.
 
 Per-key series would be unbounded (thousands of devices), so keys appear only in the
-``s2_rate_top_refused`` gauge, limited to the worst few offenders of the current window.
+``cybernetic_s2_rate_top_refused`` gauge, limited to the worst few offenders of the current window.
 
-Every bounded per-device table reports ``s2_state_entries`` and ``s2_state_capacity`` (label
-``table``), what it dropped to make room (``s2_state_evictions_total``) and what it did not
-take in because it was full (``s2_state_untracked_total``); the event budget reports the
-events it summarised instead of sending (``s2_events_suppressed_total`` by type).
+Every bounded per-device table reports ``cybernetic_s2_state_entries`` and ``cybernetic_s2_state_capacity`` (label
+``table``), what it dropped to make room (``cybernetic_s2_state_evictions_total``) and what it did not
+take in because it was full (``cybernetic_s2_state_untracked_total``); the event budget reports the
+events it summarised instead of sending (``cybernetic_s2_events_suppressed_total`` by type).
 """
 
 from __future__ import annotations
@@ -74,18 +74,18 @@ class S2Collector:
 
     def _state(self, *, describe_only: bool) -> list[Metric]:
         entries = GaugeMetricFamily(
-            "s2_state_entries", "Entries in each bounded per-device S2 table.", labels=["table"]
+            "cybernetic_s2_state_entries", "Entries in each bounded per-device S2 table.", labels=["table"]
         )
         capacity = GaugeMetricFamily(
-            "s2_state_capacity", "Most entries each per-device S2 table holds.", labels=["table"]
+            "cybernetic_s2_state_capacity", "Most entries each per-device S2 table holds.", labels=["table"]
         )
         evictions = CounterMetricFamily(
-            "s2_state_evictions",
+            "cybernetic_s2_state_evictions",
             "Entries dropped from a full per-device S2 table to make room.",
             labels=["table"],
         )
         untracked = CounterMetricFamily(
-            "s2_state_untracked",
+            "cybernetic_s2_state_untracked",
             "Offers or heartbeats a full per-device S2 table did not take in.",
             labels=["table"],
         )
@@ -121,14 +121,14 @@ class S2Collector:
 
     @staticmethod
     def _events(throttle: EventThrottle, *, describe_only: bool) -> list[Metric]:
-        sent = CounterMetricFamily("s2_events_sent", "Per-device S2 events sent one by one.")
+        sent = CounterMetricFamily("cybernetic_s2_events_sent", "Per-device S2 events sent one by one.")
         suppressed = CounterMetricFamily(
-            "s2_events_suppressed",
+            "cybernetic_s2_events_suppressed",
             "Per-device S2 events over the event budget, counted in a summary instead.",
             labels=["type"],
         )
         summaries = CounterMetricFamily(
-            "s2_event_summaries", "s2.events.suppressed summaries sent."
+            "cybernetic_s2_event_summaries", "s2.events.suppressed summaries sent."
         )
         families: list[Metric] = [sent, suppressed, summaries]
         if describe_only:
@@ -142,34 +142,34 @@ class S2Collector:
     @staticmethod
     def _rate(gate: RateGate, *, describe_only: bool) -> list[Metric]:
         decisions = CounterMetricFamily(
-            "s2_rate_decisions",
+            "cybernetic_s2_rate_decisions",
             "Rate-limit decisions by scope and result.",
             labels=["scope", "result"],
         )
         limit = GaugeMetricFamily(
-            "s2_rate_limit_per_second",
+            "cybernetic_s2_rate_limit_per_second",
             "Effective default rate per key (after load factor and fair share).",
             labels=["scope"],
         )
         limited = GaugeMetricFamily(
-            "s2_rate_limited_keys",
+            "cybernetic_s2_rate_limited_keys",
             "Keys refused at least once in the current window.",
             labels=["scope"],
         )
         top = GaugeMetricFamily(
-            "s2_rate_top_refused",
+            "cybernetic_s2_rate_top_refused",
             f"Refusals this window of the {TOP_KEYS} most refused keys per scope.",
             labels=["scope", "key"],
         )
         factor = GaugeMetricFamily(
-            "s2_rate_load_factor", "AIMD factor applied to every limit (1 = untightened)."
+            "cybernetic_s2_rate_load_factor", "AIMD factor applied to every limit (1 = untightened)."
         )
         fair = GaugeMetricFamily(
-            "s2_fair_share_cap_per_second",
+            "cybernetic_s2_fair_share_cap_per_second",
             "Per-device cap from max-min fair sharing of the budget (0 when not engaged).",
         )
         signals = GaugeMetricFamily(
-            "s2_load_signal", "Latest value of each load signal.", labels=["signal"]
+            "cybernetic_s2_load_signal", "Latest value of each load signal.", labels=["signal"]
         )
         families: list[Metric] = [decisions, limit, limited, top, factor, fair, signals]
         if describe_only:
@@ -192,12 +192,12 @@ class S2Collector:
 
     @staticmethod
     def _lease(leases: LeaseTable, *, describe_only: bool) -> list[Metric]:
-        active = GaugeMetricFamily("s2_leases_active", "Actuator leases held now.")
-        waiting = GaugeMetricFamily("s2_leases_waiting", "Commands queued behind a lease.")
-        granted = CounterMetricFamily("s2_lease_grants", "Leases granted.")
-        expired = CounterMetricFamily("s2_lease_expiries", "Leases that expired unreleased.")
+        active = GaugeMetricFamily("cybernetic_s2_leases_active", "Actuator leases held now.")
+        waiting = GaugeMetricFamily("cybernetic_s2_leases_waiting", "Commands queued behind a lease.")
+        granted = CounterMetricFamily("cybernetic_s2_lease_grants", "Leases granted.")
+        expired = CounterMetricFamily("cybernetic_s2_lease_expiries", "Leases that expired unreleased.")
         refused = CounterMetricFamily(
-            "s2_lease_refusals", "Lease requests refused, by reason.", labels=["reason"]
+            "cybernetic_s2_lease_refusals", "Lease requests refused, by reason.", labels=["reason"]
         )
         families: list[Metric] = [active, waiting, granted, expired, refused]
         if describe_only:
@@ -213,13 +213,13 @@ class S2Collector:
     @staticmethod
     def _zombie(zombies: ZombieDetector, *, describe_only: bool) -> list[Metric]:
         current = GaugeMetricFamily(
-            "s2_zombies", "Units currently declared zombies.", labels=["kind"]
+            "cybernetic_s2_zombies", "Units currently declared zombies.", labels=["kind"]
         )
-        declared = CounterMetricFamily("s2_zombies_declared", "Zombie declarations.")
+        declared = CounterMetricFamily("cybernetic_s2_zombies_declared", "Zombie declarations.")
         tracked = GaugeMetricFamily(
-            "s2_units_tracked", "Units with a heartbeat history (declared zombies excluded)."
+            "cybernetic_s2_units_tracked", "Units with a heartbeat history (declared zombies excluded)."
         )
-        phi = GaugeMetricFamily("s2_phi_max", "Highest phi-accrual suspicion of any unit.")
+        phi = GaugeMetricFamily("cybernetic_s2_phi_max", "Highest phi-accrual suspicion of any unit.")
         families: list[Metric] = [current, declared, tracked, phi]
         if describe_only:
             return families
@@ -232,9 +232,9 @@ class S2Collector:
 
     @staticmethod
     def _sensor(stuck: StuckDetector, *, describe_only: bool) -> list[Metric]:
-        frozen = GaugeMetricFamily("s2_sensors_stuck", "Metrics currently flagged as stuck.")
+        frozen = GaugeMetricFamily("cybernetic_s2_sensors_stuck", "Metrics currently flagged as stuck.")
         inconsistent = GaugeMetricFamily(
-            "s2_metrics_inconsistent", "Device relations currently flagged as inconsistent."
+            "cybernetic_s2_metrics_inconsistent", "Device relations currently flagged as inconsistent."
         )
         families: list[Metric] = [frozen, inconsistent]
         if describe_only:

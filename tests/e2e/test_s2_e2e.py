@@ -75,5 +75,5 @@ async def test_flood_is_limited_and_a_silent_device_becomes_a_zombie_event(tmp_p
         assert per_device["quiet"] == 30
         assert 20 <= per_device["flood"] < 200
         g = scrape(stack.gateway_metrics)
-        assert g["s2_zombies_declared_total"] >= 1
-        assert g["s2_rate_decisions_total"] > 0
+        assert g["cybernetic_s2_zombies_declared_total"] >= 1
+        assert g["cybernetic_s2_rate_decisions_total"] > 0

@@ -56,19 +56,19 @@ def test_collector_exports_limits_leases_zombies_sensors() -> None:
     registry = CollectorRegistry()
     registry.register(_parts(clock))
     samples = _samples(generate_latest(registry).decode())
-    assert samples[("s2_rate_decisions_total", (("result", "allowed"), ("scope", "device")))] == 3
-    assert samples[("s2_rate_decisions_total", (("result", "refused"), ("scope", "device")))] == 3
-    assert samples[("s2_rate_top_refused", (("key", "flood"), ("scope", "device")))] == 3
-    assert samples[("s2_rate_limited_keys", (("scope", "device"),))] == 1
-    assert samples[("s2_rate_limit_per_second", (("scope", "device"),))] == 1
-    assert samples[("s2_rate_load_factor", ())] == 1
-    assert samples[("s2_load_signal", (("signal", "cpu"),))] == 0.5
-    assert samples[("s2_leases_active", ())] == 1
-    assert samples[("s2_lease_refusals_total", (("reason", "held"),))] == 1
-    assert samples[("s2_zombies", (("kind", "unit"),))] == 1
-    assert samples[("s2_zombies_declared_total", ())] == 1
-    assert samples[("s2_phi_max", ())] > 8
-    assert samples[("s2_sensors_stuck", ())] == 1
+    assert samples[("cybernetic_s2_rate_decisions_total", (("result", "allowed"), ("scope", "device")))] == 3
+    assert samples[("cybernetic_s2_rate_decisions_total", (("result", "refused"), ("scope", "device")))] == 3
+    assert samples[("cybernetic_s2_rate_top_refused", (("key", "flood"), ("scope", "device")))] == 3
+    assert samples[("cybernetic_s2_rate_limited_keys", (("scope", "device"),))] == 1
+    assert samples[("cybernetic_s2_rate_limit_per_second", (("scope", "device"),))] == 1
+    assert samples[("cybernetic_s2_rate_load_factor", ())] == 1
+    assert samples[("cybernetic_s2_load_signal", (("signal", "cpu"),))] == 0.5
+    assert samples[("cybernetic_s2_leases_active", ())] == 1
+    assert samples[("cybernetic_s2_lease_refusals_total", (("reason", "held"),))] == 1
+    assert samples[("cybernetic_s2_zombies", (("kind", "unit"),))] == 1
+    assert samples[("cybernetic_s2_zombies_declared_total", ())] == 1
+    assert samples[("cybernetic_s2_phi_max", ())] > 8
+    assert samples[("cybernetic_s2_sensors_stuck", ())] == 1
 
 
 def test_describe_registers_names_so_clashes_are_caught() -> None:
@@ -89,5 +89,5 @@ def test_metrics_are_served_over_http() -> None:
         body = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text
     finally:
         server.close()
-    assert "s2_leases_active 1.0" in body
-    assert 's2_zombies{kind="unit"} 1.0' in body
+    assert "cybernetic_s2_leases_active 1.0" in body
+    assert 'cybernetic_s2_zombies{kind="unit"} 1.0' in body

@@ -434,10 +434,10 @@ def test_tables_and_the_budget_are_exported() -> None:
         for family in text_string_to_metric_families(generate_latest(registry).decode())
         for s in family.samples
     }
-    assert samples[("s2_state_capacity", (("table", "phi"),))] == 2
-    assert samples[("s2_state_evictions_total", (("table", "phi"),))] == 3
-    assert samples[("s2_state_entries", (("table", "zombies"),))] == 2
-    assert samples[("s2_state_evictions_total", (("table", "stuck"),))] == 1
-    assert samples[("s2_state_capacity", (("table", "rate_device"),))] == 5
-    assert samples[("s2_events_sent_total", ())] == 1
-    assert samples[("s2_events_suppressed_total", (("type", "s2.zombie"),))] == 1
+    assert samples[("cybernetic_s2_state_capacity", (("table", "phi"),))] == 2
+    assert samples[("cybernetic_s2_state_evictions_total", (("table", "phi"),))] == 3
+    assert samples[("cybernetic_s2_state_entries", (("table", "zombies"),))] == 2
+    assert samples[("cybernetic_s2_state_evictions_total", (("table", "stuck"),))] == 1
+    assert samples[("cybernetic_s2_state_capacity", (("table", "rate_device"),))] == 5
+    assert samples[("cybernetic_s2_events_sent_total", ())] == 1
+    assert samples[("cybernetic_s2_events_suppressed_total", (("type", "s2.zombie"),))] == 1
