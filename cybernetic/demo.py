@@ -256,7 +256,6 @@ class Stopper:
         self.reaper = reaper
         self.out = out
         self.signum = 0
-        self.why = ""
         self._loop = asyncio.get_running_loop()
         self._requested = asyncio.Event()
         self._watchdog: threading.Timer | None = None
@@ -280,23 +279,23 @@ class Stopper:
         if self.signum:
             self.force(signum, f"second {signal.Signals(signum).name}")
         self.signum = signum
-        self._loop.call_soon_threadsafe(self.begin, signal.Signals(signum).name)
+        self._loop.call_soon_threadsafe(self.begin)
 
-    def begin(self, why: str) -> None:
-        """Start the clean stop (once): the watchdog bounds it from now on."""
+    def begin(self) -> None:
+        """Start the clean stop (once: at the duration, a signal or a failure, whichever is
+        first); the watchdog bounds it from now on."""
         if self._watchdog is not None:
             return
-        self.why = why
         self._requested.set()
         self._watchdog = threading.Timer(
             STOP_GRACE_S, self.force, (0, f"the stop took longer than {STOP_GRACE_S:g} s")
         )
         self._watchdog.daemon = True
         self._watchdog.start()
-        if why != "duration":
+        if self.signum:
             self.out.stream(
-                f"{why}: stopping cleanly (within {STOP_GRACE_S:g} s);"
-                " press Ctrl-C again to stop at once"
+                f"{signal.Signals(self.signum).name}: stopping cleanly (within"
+                f" {STOP_GRACE_S:g} s); press Ctrl-C again to stop at once"
             )
 
     def force(self, signum: int, why: str) -> None:
@@ -472,6 +471,10 @@ def _is_alert(event: CloudEvent) -> bool:
     return "rule" in event.attrs
 
 
+def _fact(value: str | float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _describe(event: CloudEvent, at: str) -> str:
     if _is_alert(event):
         kind = event.attrs.get("kind", "rule")
@@ -483,7 +486,9 @@ def _describe(event: CloudEvent, at: str) -> str:
             f" {event.attrs['rule']}): {message}"
         )
     facts = ", ".join(
-        f"{k} {v}" for k, v in list(event.attrs.items())[:4] if isinstance(v, str | int | float)
+        f"{k} {_fact(v)}"
+        for k, v in list(event.attrs.items())[:4]
+        if isinstance(v, str | int | float)
     )
     line = f"{at} event  {event.name} from {event.source} ({event.severity})"
     return f"{line}: {facts}" if facts else line
@@ -579,10 +584,10 @@ class Monitor:
     def _show_flags(self, flow: Flow) -> None:
         if flow.flagged > self._flagged:
             more = flow.flagged - self._flagged
+            why = "" if self._flagged else "; flagged readings are stored and forwarded, marked"
             self.out.stream(
                 f"{self.clock.stamp()} flag   the ingest policy flagged {more} more"
-                f" reading{_s(more)} ({flow.flagged} so far; flagged readings"
-                " are stored and forwarded, marked for the operators)"
+                f" reading{_s(more)} ({flow.flagged} so far{why})"
             )
             self._flagged = flow.flagged
 
@@ -685,7 +690,12 @@ def _summary(
             f" way (after waiting up to {DRAIN_S:g} s for them)",
         ),
     ]
-    if in_broker < 0 or in_outbox < 0:
+    silent = [name for name, m in (("gateway", g), ("cloud", c)) if not m]
+    if silent:
+        who = " and the ".join(silent)
+        unknown = f"  the {who} did not answer at the end (its metrics): the rest of the account"
+        lines[3 if c else 2 :] = [f"{unknown} is unknown; see the log in the state folder"]
+    elif in_broker < 0 or in_outbox < 0:
         lines.append(
             f"  the counts do not add up ({published} published): a daemon restarted, or the"
             " state folder held readings of an earlier run"
@@ -704,8 +714,9 @@ def _summary(
             "events",
             len(events),
             "",
-            f"{len(alerts)} pattern alert{_s(len(alerts))}, {others} other ({EVENTS_LINE})",
+            f"{len(alerts)} pattern alert{_s(len(alerts))}, {others} other",
         ),
+        f"  {EVENTS_LINE}",
     ]
     lost = [d for d in devices if d.reconnects]
     if lost:
@@ -810,7 +821,7 @@ async def _run(stack: Stack, opts: DemoOptions, stopper: Stopper, out: Output) -
                 break
             await monitor.poll()
     finally:
-        stopper.begin(stopper.why or "duration")
+        stopper.begin()
         ran = monitor.clock.elapsed()
         await _stop_devices(devices, tasks)
     await monitor.drain(DRAIN_S)
@@ -853,7 +864,7 @@ async def run_demo(opts: DemoOptions) -> int:
         kept = f" (its state is kept in {state})" if temporary else ""
         failure = DemoError(f"the demo could not run: {one_line(str(exc)) or exc!r}{kept}")
     finally:
-        stopper.begin(stopper.why or "duration")
+        stopper.begin()
         if stack is not None:
             try:
                 await asyncio.to_thread(stack.close)

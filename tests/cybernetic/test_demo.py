@@ -192,6 +192,26 @@ def test_a_second_signal_ends_everything_at_once(tmp_path: Path, demos: list[Dem
     assert _wait_gone(children, 5.0) == {}
 
 
+def test_a_signal_during_start_up_stops_the_demo_and_what_it_started(
+    tmp_path: Path, demos: list[Demo]
+) -> None:
+    """The brokers are up, the daemons starting (a blocking step): the stop is still heard."""
+    demo = Demo([*SMALL, "--state-dir", str(tmp_path / "state")])
+    demos.append(demo)
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + 30
+    while not any(b"mosquitto" in _cmdline(pid) for pid in seen):
+        assert time.monotonic() < deadline, "no broker started"
+        seen |= _descendants(demo.proc.pid)
+        time.sleep(0.02)
+    demo.proc.send_signal(signal.SIGTERM)
+    code, out, err = demo.finish(STOP_BOUND_S)
+    assert code == 0, out + err
+    assert "demo stopped while starting" in out
+    assert "Traceback" not in err, err
+    assert _wait_gone(seen, 5.0) == {}
+
+
 def test_sigkill_of_the_demo_leaves_no_process_and_no_temporary_state(
     tmp_path: Path, demos: list[Demo]
 ) -> None:
@@ -286,7 +306,8 @@ def test_quiet_prints_only_the_summary_and_it_accounts_for_every_reading(
     # a healthy run loses nothing: once drained, everything published is in the cloud
     assert (published, refused, dropped, in_flight) == (stored, 0, 0, 0)
     assert re.search(r"published\s+\d+\s+[\d.]+/s", out.stdout)  # with its rate
-    assert re.search(r"events\s+\d+\s+\d+ pattern alerts?, \d+ other \(events: what", out.stdout)
+    assert re.search(r"events\s+\d+\s+\d+ pattern alerts?, \d+ other\n", out.stdout)
+    assert "  events: what the gateway itself reports to the cloud" in out.stdout
     assert "Traceback" not in out.stderr, out.stderr
 
 
