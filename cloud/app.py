@@ -9,7 +9,8 @@ Tree (docs/architecture.md, "Supervision")::
         ├── ingest      cloud broker → store → ack (or nack) to the gateway
         ├── sync        CRDT deltas with every gateway (amcp.sync)
         ├── s1          capability registry from announcements, intent router
-        └── enrolment   one-time-token enrolment (with a PKI directory)
+        ├── enrolment   one-time-token enrolment (with a PKI directory)
+        └── crl         re-signs the fleet CRL on schedule, expiry metrics (cloud.crl)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Superviso
 from amcp.store import Store
 from amcp.sync import CloudSync
 from cloud.config import CloudConfig
+from cloud.crl import crl_child_specs
 from cloud.enrolment import open_enrolment
 from cloud.ingest import CloudIngest
 from cloud.readings import ReadingStore
@@ -109,6 +111,7 @@ class Cloud:
                     if config.enrolment.pki_dir
                     else []
                 ),
+                *crl_child_specs(config.enrolment, self.registry),
             ],
             strategy=Strategy.ONE_FOR_ONE,
             intensity=5,

@@ -17,11 +17,14 @@ accepts for client and server certificates; node identities for envelopes stay E
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 import pwd
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -350,15 +353,34 @@ class FleetCA:
         self._save_issued(certs)
         self.write_crl()
 
-    def crl_pem(self) -> bytes:
+    def crl(self) -> x509.CertificateRevocationList | None:
+        """The CRL now on disk; None when it is missing, unreadable or not signed by this root."""
+        try:
+            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        public = self.certificate().public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(public):
+            return None
+        return crl
+
+    def crl_pem(
+        self,
+        *,
+        validity: dt.timedelta = CRL_VALIDITY,
+        keep: Iterable[x509.RevokedCertificate] = (),
+    ) -> bytes:
+        """The CRL of every revocation in ``issued.json``, valid for ``validity``; ``keep``
+        adds entries of another CRL whose serials ``issued.json`` does not list as revoked."""
         ca_key = self._key()
         now = _now()
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.certificate().subject)
             .last_update(now - _BACKDATE)
-            .next_update(now + CRL_VALIDITY)
+            .next_update(now + validity)
         )
+        listed: set[int] = set()
         for c in self.issued():
             if c.revoked_ms is None:
                 continue
@@ -369,10 +391,36 @@ class FleetCA:
                 .build()
             )
             builder = builder.add_revoked_certificate(revoked)
+            listed.add(c.serial)
+        for entry in keep:
+            if entry.serial_number not in listed:
+                builder = builder.add_revoked_certificate(entry)
+                listed.add(entry.serial_number)
         crl = builder.sign(ca_key, hashes.SHA256())
         return crl.public_bytes(serialization.Encoding.PEM)
 
-    def write_crl(self) -> Path:
-        """Re-sign the CRL (also needed every < 30 days even when nothing was revoked)."""
-        write_secret_file(self.crl_path, self.crl_pem(), owner=self.owner)
+    @contextlib.contextmanager
+    def _crl_lock(self) -> Iterator[None]:
+        """One CRL writer at a time, across processes (the daemon's renewal, ``pki revoke``):
+        a re-signing that read ``issued.json`` before a revocation cannot overwrite its CRL."""
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def write_crl(
+        self, *, validity: dt.timedelta = CRL_VALIDITY, keep_listed: bool = False
+    ) -> Path:
+        """Re-sign the CRL (also needed every < 30 days even when nothing was revoked).
+
+        ``keep_listed``: the new CRL also lists every serial the current one lists, so a
+        scheduled re-signing never un-revokes a certificate even if ``issued.json`` lost it.
+        The file is replaced atomically: a broker reloading it reads the old or the new one.
+        """
+        with self._crl_lock():
+            current = self.crl() if keep_listed else None
+            pem = self.crl_pem(validity=validity, keep=current if current is not None else ())
+            write_secret_file(self.crl_path, pem, owner=self.owner)
         return self.crl_path
