@@ -141,7 +141,7 @@ class CrlRenewer:
                 validity=dt.timedelta(seconds=self.settings.valid_s), keep_listed=True
             )
             new = self.ca.crl()
-        except (PkiError, OSError, KeyError) as exc:  # KeyError: the owner is not a user
+        except (PkiError, OSError, KeyError, ValueError) as exc:  # KeyError: no such owner
             error = str(exc) or type(exc).__name__
         if error:
             self.renewals.labels(result="failed").inc()
