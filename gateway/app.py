@@ -6,6 +6,7 @@ Tree (docs/architecture.md, "Supervision")::
     ├── outbox      opens the SQLite outbox; expires old rows; fails if its database fails
     ├── state       the CRDT store (amcp.store) shared by S1, rules and sync
     └── workers (one_for_one: each restarts alone)
+        ├── events      the one writer of gateway events (S2, rules, policy flags) → outbox
         ├── twins       each device's latest values → its reported twin (synced to the cloud)
         ├── s2          load signals → adaptive limits, zombies, leases; S2 events → outbox
         ├── rules       GoldRush patterns from config, files and the store; actions
@@ -38,7 +39,8 @@ from amcp.store import Store
 from amcp.sync import GatewaySync
 from gateway.config import GatewayConfig
 from gateway.enrol import EnrolPaths, RenewalPolicy, Renewer
-from gateway.hooks import IngestFilter
+from gateway.events import EventWriter
+from gateway.hooks import IngestFilter, IngestObserver
 from gateway.ingest import Ingest
 from gateway.metrics import GatewayMetrics, gateway_readiness
 from gateway.outbox import Outbox
@@ -93,6 +95,9 @@ class Gateway:
             zone=gw.zone,
             window_s=config.uplink.clock_window,
         )
+        # every gateway event (S2, rules, policy flags) reaches the outbox through this one
+        self.events = EventWriter(self.outbox.append_events)
+        self.metrics.watch_events(self.events.dropped, self.events.queued)
         # the gateway's CRDT state (capabilities, twins, patterns, limits), shared by S1, the
         # rules and sync so a row merged from the cloud notifies whoever uses it
         self.store = Store(state / STORE_FILE, site=gw.id)
@@ -114,7 +119,7 @@ class Gateway:
         self.rules = RulesService(
             config.rules,
             self.store,
-            self.outbox.append_events,
+            self.events.append,
             gateway=gw.id,
             local_broker=config.local_broker,
             invoke=self.s1.invoke,
@@ -142,8 +147,10 @@ class Gateway:
         self.policy = self._policy(config, config_path)
         # filters before the commit, observers after it on the stored readings (gateway.hooks)
         filters: list[IngestFilter] = [self.s2.stage]
+        observers: list[IngestObserver] = [self.rules.stage, self.twins.stage]
         if self.policy is not None:
             filters.append(self.policy)
+            observers.append(self.policy.observe)  # flags of stored readings become events
         self.ingest = Ingest(
             config.ingest,
             self.outbox,
@@ -151,7 +158,7 @@ class Gateway:
             broker=config.local_broker,
             client_id=f"{gw.id}-ingest",
             stages=[*filters, *(stages or [])],
-            observers=[self.rules.stage, self.twins.stage],
+            observers=observers,
             transport=transport,
             sessions=sessions,
         )
@@ -168,7 +175,7 @@ class Gateway:
         from wasm import PolicyStage  # noqa: PLC0415 - wasmtime loads only with a policy
 
         base = config_path.parent if config_path is not None else None
-        policy = PolicyStage.from_config(config.policy, base=base)
+        policy = PolicyStage.from_config(config.policy, base=base, report=self.events.submit)
         self.metrics.watch_policy(policy.counts)
         return policy
 
@@ -181,6 +188,7 @@ class Gateway:
         self.workers = Supervisor(
             "workers",
             [
+                ChildSpec("events", self.events.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("twins", self.twins.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("s2", self._run_s2, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("rules", self.rules.run, wait_ready=True, shutdown_timeout=5),
@@ -251,7 +259,7 @@ class Gateway:
         log.info("link keys renewed")
 
     async def _run_s2(self, ctx: ChildContext) -> None:
-        await self.s2.run(ctx, self.outbox.append_events)
+        await self.s2.run(ctx, self.events.submit)
 
     def status(self) -> str:
         s = self.outbox.snapshot()

@@ -11,8 +11,9 @@ Parts of the gateway, and later plugins, the field-device bridge and audit, hang
   redelivers after a gateway crash, already committed before it, is recognised and not
   observed again. GoldRush rules and the twin reporter are observers. An observer that
   raises is logged and counted; the readings are stored already and stay stored.
-- :data:`EventSink` takes gateway events (S2, rules) into the outbox with the readings; it is
-  ``Outbox.append_events``, the one way events reach the cloud.
+- :data:`EventSink` is the shape of ``Outbox.append_events``. Gateway events (S2, rules,
+  policy flags) reach it through one writer, :class:`gateway.events.EventWriter`, with one
+  retry rule (kept until the outbox takes them); producers hand it records with ``submit``.
 
 Filters and observers run on the event loop and must be fast (they see every reading).
 """

@@ -9,7 +9,7 @@ uplink gauges are read when Prometheus scrapes, from in-memory figures.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -94,6 +94,28 @@ class _StateCollector(Collector):
             "to the cloud's acknowledgement",
             lag,
         )
+
+
+class _EventsCollector(Collector):
+    def __init__(self, dropped: Mapping[str, int], queued: Callable[[], int]) -> None:
+        self._dropped = dropped
+        self._queued = queued
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily(
+            "cybernetic_events_queued",
+            "Gateway events (S2, rules, policy flags) waiting to be written to the outbox",
+            self._queued(),
+        )
+        dropped = CounterMetricFamily(
+            "cybernetic_events_dropped",
+            "Gateway events dropped before the outbox, by reason (queue_full: the queue was "
+            "full; unwritable: the event could not be encoded)",
+            labels=["reason"],
+        )
+        for reason in ("queue_full", "unwritable"):
+            dropped.add_metric([reason], float(self._dropped.get(reason, 0)))
+        yield dropped
 
 
 class _PolicyCollector(Collector):
@@ -213,6 +235,10 @@ class GatewayMetrics:
     def count_drop(self, kind: str, reason: str, n: int) -> None:
         """The outbox's ``on_drop``: readings and events are counted apart."""
         (self.dropped if kind == "reading" else self.dropped_events).labels(reason).inc(n)
+
+    def watch_events(self, dropped: Mapping[str, int], queued: Callable[[], int]) -> None:
+        """Export the event writer's queue and drops (gateway.events.EventWriter)."""
+        self.registry.register(_EventsCollector(dropped, queued))
 
     def watch_policy(self, counts: Any) -> None:
         """Export a policy stage's running totals (wasm.stage.StageCounts)."""

@@ -10,12 +10,12 @@ effect between two batches, never inside one).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from amcp.wire.telemetry import Reading
+from amcp.wire.telemetry import EventRecord, Reading
 from wasm.config import PolicyConfig
 from wasm.enforcement import enforce
 from wasm.errors import AgentFaultError
@@ -36,16 +36,35 @@ class StageCounts:
     faults: int = 0
 
 
-class PolicyStage:
-    """Enforces one policy agent on each ingest batch."""
+Report = Callable[[list[EventRecord]], object]
+"""Where ``policy.flagged`` events go (the gateway's event writer)."""
 
-    def __init__(self, agent: PolicyAgent, on_fault: Literal["keep", "drop"] = "keep") -> None:
+Identity = tuple[str, str, int]
+
+
+class PolicyStage:
+    """Enforces one policy agent on each ingest batch: a filter before the outbox commit
+    (:meth:`__call__`) and an observer after it (:meth:`observe`), which turns each *stored*
+    flagged reading into a ``policy.flagged`` event for the cloud (docs/policy-language.md)."""
+
+    def __init__(
+        self,
+        agent: PolicyAgent,
+        on_fault: Literal["keep", "drop"] = "keep",
+        *,
+        report: Report | None = None,
+    ) -> None:
         self.agent = agent
         self.on_fault = on_fault
         self.counts = StageCounts()
+        self.report = report
+        self._flagged: dict[Identity, tuple[str | None, str]] = {}
+        """This batch's flags, waiting for the commit (only stored readings are reported)."""
 
     @classmethod
-    def from_config(cls, config: PolicyConfig, base: Path | None = None) -> PolicyStage:
+    def from_config(
+        cls, config: PolicyConfig, base: Path | None = None, *, report: Report | None = None
+    ) -> PolicyStage:
         """Compile/load the configured policy (blocking: milliseconds; call before serving or
         in a worker thread). A relative ``file`` is taken relative to ``base``."""
         path = Path(config.file)
@@ -58,7 +77,7 @@ class PolicyStage:
             "policy loaded",
             extra={"policy": agent.manifest.policy, "version": agent.manifest.version},
         )
-        return cls(agent, config.on_fault)
+        return cls(agent, config.on_fault, report=report)
 
     def swap(self, agent: PolicyAgent) -> None:
         """Use ``agent`` from the next batch on (one reference assignment: atomic)."""
@@ -68,6 +87,7 @@ class PolicyStage:
         self.agent.set_zones(zones)
 
     def __call__(self, readings: list[Reading]) -> list[Reading]:
+        self._flagged.clear()  # a new batch: the last one's flags were observed or refused
         if not readings:
             return readings
         counts = self.counts
@@ -87,9 +107,40 @@ class PolicyStage:
         counts.allowed += len(result.kept) - len(result.flagged) - result.transformed
         for reading, decision in result.flagged:
             log.debug("reading flagged", extra=_extra(reading, decision.rule, decision.reason))
+            if self.report is not None:
+                identity = (reading.device, reading.boot, reading.seq)
+                self._flagged[identity] = (decision.rule, decision.reason)
         for reading, decision in result.denied:
             log.debug("reading denied", extra=_extra(reading, decision.rule, decision.reason))
         return result.kept
+
+    def observe(self, readings: list[Reading]) -> None:
+        """After the commit, on the stored readings: a ``policy.flagged`` event for each
+        flagged one."""
+        if not self._flagged or self.report is None:
+            return
+        manifest = self.agent.manifest
+        events = []
+        for reading in readings:
+            found = self._flagged.pop((reading.device, reading.boot, reading.seq), None)
+            if found is None:
+                continue
+            rule, reason = found
+            attrs: dict[str, object] = {
+                "policy": manifest.policy,
+                "version": manifest.version,
+                "rule": rule,
+                "reason": reason,
+                "boot": reading.boot,
+                "seq": reading.seq,
+                "values": dict(reading.values),
+            }
+            events.append(
+                EventRecord("policy.flagged", reading.ts_ms, reading.device, "warning", attrs)
+            )
+        self._flagged.clear()
+        if events:
+            self.report(events)
 
 
 def _extra(reading: Reading, rule: str | None, reason: str) -> dict[str, object]:

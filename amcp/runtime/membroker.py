@@ -70,6 +70,12 @@ class MemoryBroker:
     def start(self) -> None:
         self.up = True
 
+    def drop(self, client_id: str) -> None:
+        """Lose one client's connection (its network went away); the broker stays up."""
+        conn = self._live.get(client_id)
+        if conn is not None:
+            conn.lose("connection dropped")
+
     def pause(self) -> None:
         """Stop answering (connects, subscribes and publishes wait), like ``SIGSTOP``."""
         self._answering.clear()

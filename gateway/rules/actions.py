@@ -8,7 +8,8 @@ Matching runs on the ingest path and must never wait for an action, so the stage
   cloud is reachable, so an alert raised during a week offline still arrives. An algedonic
   signal is an event named ``algedonic`` with severity ``critical`` (the fields of
   :class:`~amcp.wire.messages.AlgedonicSignal` in ``attrs``); routing it to its own priority
-  topic on the cloud side is a later issue. A failing append is retried until it succeeds.
+  topic on the cloud side is a later issue. They reach the outbox through the gateway's event
+  writer (gateway.events), which keeps them until the outbox takes them.
 - **device commands** are published on the local broker as the JSON the S1 device protocol
   defines (``devices/{device}/commands/{id}``, :mod:`gateway.s1.devicewire`), QoS 1;
 - **capabilities** are callables registered by name (S1 provides them), sync or async.
@@ -182,23 +183,13 @@ class ActionRunner:
                 tg.create_task(self.session.run(_hold), name="rules-broker")
 
     async def _write_events(self) -> None:
-        s = self.settings
+        """Move the matching path's records to the event sink (the gateway's event writer,
+        gateway.events, which owns the one retry rule into the outbox)."""
         while True:
             batch = [await self.records.get()]
             while not self.records.empty() and len(batch) < 1000:
                 batch.append(self.records.get_nowait())
-            backoff = Backoff(s.retry_initial, s.retry_max)
-            while True:  # the outbox is the guarantee: keep the batch until it is stored
-                try:
-                    await self._append(batch)
-                    break
-                except Exception as exc:
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "rule events not stored, retrying",
-                        extra={"error": str(exc), "events": len(batch), "retry_in_s": delay},
-                    )
-                    await asyncio.sleep(delay)
+            await self._append(batch)
 
     async def _work(self) -> None:
         while True:

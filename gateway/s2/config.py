@@ -86,7 +86,8 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Keys per scope with limiter state at once, and devices whose demand fair share counts
     per window. Idle keys are pruned every window; when a flood of distinct keys fills the
     table anyway, the keys closest to being idle are dropped (they get a fresh burst) and
-    fair share estimates the rest (``cybernetic_s2_state_evictions_total``, ``cybernetic_s2_state_untracked_total``)."""
+    fair share estimates the rest (``cybernetic_s2_state_evictions_total``,
+    ``cybernetic_s2_state_untracked_total``)."""
 
 
 class PhiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -117,7 +118,8 @@ class PhiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Units with a heartbeat history at once. When full, a unit heard from only once is
     dropped to make room (oldest first); when every tracked unit has a learnt cadence, a new
     unit is not tracked until a slot frees (a zombie leaves the table when it is declared).
-    Both are counted in ``cybernetic_s2_state_evictions_total`` / ``cybernetic_s2_state_untracked_total``."""
+    Both are counted in ``cybernetic_s2_state_evictions_total`` /
+    ``cybernetic_s2_state_untracked_total``."""
     max_declared_per_check: Annotated[int, Meta(ge=1, le=1_000_000)] = 2_000
     """Zombies one check declares at most (about 8 µs each, plus the reassignment hook): when
     a whole fleet falls silent at once, the rest are declared by the next checks, so no tick

@@ -7,12 +7,14 @@ server's thread, so everything here reads atomically copied snapshots (``list(di
 never iterates a live dictionary in Python code.
 
 Per-key series would be unbounded (thousands of devices), so keys appear only in the
-``cybernetic_s2_rate_top_refused`` gauge, limited to the worst few offenders of the current window.
+``cybernetic_s2_rate_top_refused`` gauge, limited to the worst few offenders of the current
+window.
 
-Every bounded per-device table reports ``cybernetic_s2_state_entries`` and ``cybernetic_s2_state_capacity`` (label
-``table``), what it dropped to make room (``cybernetic_s2_state_evictions_total``) and what it did not
-take in because it was full (``cybernetic_s2_state_untracked_total``); the event budget reports the
-events it summarised instead of sending (``cybernetic_s2_events_suppressed_total`` by type).
+Every bounded per-device table reports ``cybernetic_s2_state_entries`` and
+``cybernetic_s2_state_capacity`` (label ``table``), what it dropped to make room
+(``cybernetic_s2_state_evictions_total``) and what it did not take in because it was full
+(``cybernetic_s2_state_untracked_total``); the event budget reports the events it summarised
+instead of sending (``cybernetic_s2_events_suppressed_total`` by type).
 """
 
 from __future__ import annotations
@@ -74,10 +76,14 @@ class S2Collector:
 
     def _state(self, *, describe_only: bool) -> list[Metric]:
         entries = GaugeMetricFamily(
-            "cybernetic_s2_state_entries", "Entries in each bounded per-device S2 table.", labels=["table"]
+            "cybernetic_s2_state_entries",
+            "Entries in each bounded per-device S2 table.",
+            labels=["table"],
         )
         capacity = GaugeMetricFamily(
-            "cybernetic_s2_state_capacity", "Most entries each per-device S2 table holds.", labels=["table"]
+            "cybernetic_s2_state_capacity",
+            "Most entries each per-device S2 table holds.",
+            labels=["table"],
         )
         evictions = CounterMetricFamily(
             "cybernetic_s2_state_evictions",
@@ -121,7 +127,9 @@ class S2Collector:
 
     @staticmethod
     def _events(throttle: EventThrottle, *, describe_only: bool) -> list[Metric]:
-        sent = CounterMetricFamily("cybernetic_s2_events_sent", "Per-device S2 events sent one by one.")
+        sent = CounterMetricFamily(
+            "cybernetic_s2_events_sent", "Per-device S2 events sent one by one."
+        )
         suppressed = CounterMetricFamily(
             "cybernetic_s2_events_suppressed",
             "Per-device S2 events over the event budget, counted in a summary instead.",
@@ -162,7 +170,8 @@ class S2Collector:
             labels=["scope", "key"],
         )
         factor = GaugeMetricFamily(
-            "cybernetic_s2_rate_load_factor", "AIMD factor applied to every limit (1 = untightened)."
+            "cybernetic_s2_rate_load_factor",
+            "AIMD factor applied to every limit (1 = untightened).",
         )
         fair = GaugeMetricFamily(
             "cybernetic_s2_fair_share_cap_per_second",
@@ -193,9 +202,13 @@ class S2Collector:
     @staticmethod
     def _lease(leases: LeaseTable, *, describe_only: bool) -> list[Metric]:
         active = GaugeMetricFamily("cybernetic_s2_leases_active", "Actuator leases held now.")
-        waiting = GaugeMetricFamily("cybernetic_s2_leases_waiting", "Commands queued behind a lease.")
+        waiting = GaugeMetricFamily(
+            "cybernetic_s2_leases_waiting", "Commands queued behind a lease."
+        )
         granted = CounterMetricFamily("cybernetic_s2_lease_grants", "Leases granted.")
-        expired = CounterMetricFamily("cybernetic_s2_lease_expiries", "Leases that expired unreleased.")
+        expired = CounterMetricFamily(
+            "cybernetic_s2_lease_expiries", "Leases that expired unreleased."
+        )
         refused = CounterMetricFamily(
             "cybernetic_s2_lease_refusals", "Lease requests refused, by reason.", labels=["reason"]
         )
@@ -217,9 +230,12 @@ class S2Collector:
         )
         declared = CounterMetricFamily("cybernetic_s2_zombies_declared", "Zombie declarations.")
         tracked = GaugeMetricFamily(
-            "cybernetic_s2_units_tracked", "Units with a heartbeat history (declared zombies excluded)."
+            "cybernetic_s2_units_tracked",
+            "Units with a heartbeat history (declared zombies excluded).",
         )
-        phi = GaugeMetricFamily("cybernetic_s2_phi_max", "Highest phi-accrual suspicion of any unit.")
+        phi = GaugeMetricFamily(
+            "cybernetic_s2_phi_max", "Highest phi-accrual suspicion of any unit."
+        )
         families: list[Metric] = [current, declared, tracked, phi]
         if describe_only:
             return families
@@ -232,9 +248,12 @@ class S2Collector:
 
     @staticmethod
     def _sensor(stuck: StuckDetector, *, describe_only: bool) -> list[Metric]:
-        frozen = GaugeMetricFamily("cybernetic_s2_sensors_stuck", "Metrics currently flagged as stuck.")
+        frozen = GaugeMetricFamily(
+            "cybernetic_s2_sensors_stuck", "Metrics currently flagged as stuck."
+        )
         inconsistent = GaugeMetricFamily(
-            "cybernetic_s2_metrics_inconsistent", "Device relations currently flagged as inconsistent."
+            "cybernetic_s2_metrics_inconsistent",
+            "Device relations currently flagged as inconsistent.",
         )
         families: list[Metric] = [frozen, inconsistent]
         if describe_only:

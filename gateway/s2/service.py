@@ -22,7 +22,6 @@ from typing import Protocol
 import msgspec
 from prometheus_client import CollectorRegistry
 
-from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire.telemetry import EventRecord, Reading
 from gateway.s2.admission import RateGate
@@ -163,38 +162,23 @@ class S2Service:
         )
         self._untracked_mark = untracked
 
-    async def _append(
-        self, append: Callable[[list[EventRecord]], object], batch: list[EventRecord]
-    ) -> list[EventRecord]:
-        """Hand a batch to the outbox; returns it back when the disk is full (kept to try
-        again at the next tick, at most the event queue's size; beyond it, counted drops)."""
-        try:
-            result = append(batch)
-            if asyncio.iscoroutine(result):
-                await result
-        except StorageFullError:
-            keep = self.events.maxsize
-            self.dropped_events += max(0, len(batch) - keep)
-            return batch[-keep:]
-        return []
-
-    async def run(self, ctx: ChildContext, append: Callable[[list[EventRecord]], object]) -> None:
-        """Tick every second and move S2 events into the outbox (``append`` is awaited)."""
+    async def run(self, ctx: ChildContext, submit: Callable[[list[EventRecord]], object]) -> None:
+        """Tick every second and hand S2 events to ``submit`` (the gateway's event writer,
+        gateway.events: it never blocks, and it owns the one retry rule into the outbox)."""
         ctx.ready()
         interval = self.config.limits.adaptive.interval_s
         next_tick = time.monotonic()
-        held: list[EventRecord] = []  # events a full disk kept out of the outbox
         while True:
             timeout = max(0.0, next_tick - time.monotonic())
             try:
                 first = await asyncio.wait_for(self.events.get(), timeout)
             except TimeoutError:
                 first = None
-            if first is not None or held:
-                batch = held + ([first] if first is not None else [])
+            if first is not None:
+                batch = [first]
                 while not self.events.empty() and len(batch) < 1000:
                     batch.append(self.events.get_nowait())
-                held = await self._append(append, batch)
+                submit(batch)
             if time.monotonic() >= next_tick:
                 self.tick()
                 next_tick = time.monotonic() + interval

@@ -11,13 +11,12 @@ systemd after a crash.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Builds
-from deb_support import Container, wait_for
+from deb_support import DEBS_MOUNT, Container, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -32,9 +31,9 @@ FETCH = (
 @pytest.fixture
 def device(rootfs: Path, debs: Builds, tmp_path: Path) -> Iterator[Container]:
     """A booted container with the package installed, as on a fresh device."""
-    with Container(rootfs, tmp_path / "container") as box:
-        shutil.copy(debs.old, box.root / "root/cybernetic-edge.deb")
-        install = box.sh("dpkg", "-i", "/root/cybernetic-edge.deb", check=False)
+    binds = {debs.folder: DEBS_MOUNT}
+    with Container(rootfs, tmp_path / "container", binds=binds) as box:
+        install = box.sh("dpkg", "-i", f"{DEBS_MOUNT}/{debs.old.name}", check=False)
         assert install.returncode == 0, (
             f"dpkg -i failed:\n{install.stdout}\n{install.stderr}\n{box.journal(UNIT)}"
         )

@@ -16,7 +16,7 @@ MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
 
 
 @pytest.mark.parametrize("script", MAINTAINER_SCRIPTS)
-def test_maintainer_script_is_clean_posix_sh(system_tools: None, script: str) -> None:
+def test_maintainer_script_is_clean_posix_sh(shellcheck: None, script: str) -> None:
     path = DEBIAN / script
     assert path.read_text().startswith("#!/bin/sh\n")
     proc = run("shellcheck", "--shell=sh", path, check=False)
@@ -24,12 +24,12 @@ def test_maintainer_script_is_clean_posix_sh(system_tools: None, script: str) ->
     run("dash", "-n", path)
 
 
-def test_build_script_is_clean(system_tools: None) -> None:
+def test_build_script_is_clean(shellcheck: None) -> None:
     proc = run("shellcheck", REPO / "packaging/deb/build.sh", check=False)
     assert proc.returncode == 0, proc.stdout
 
 
-def test_shellcheck_catches_an_unquoted_expansion(system_tools: None, tmp_path: Path) -> None:
+def test_shellcheck_catches_an_unquoted_expansion(shellcheck: None, tmp_path: Path) -> None:
     bad = tmp_path / "postinst"
     bad.write_text("#!/bin/sh\nset -e\nrm -rf $1/etc\n")
     assert run("shellcheck", "--shell=sh", bad, check=False).returncode != 0

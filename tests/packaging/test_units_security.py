@@ -24,12 +24,12 @@ def exposure(unit: Path) -> tuple[float, str]:
 
 
 @pytest.mark.parametrize("name", ["cybernetic-gateway.service", "cybernetic-cloud.service"])
-def test_exposure_at_most_2(system_tools: None, name: str) -> None:
+def test_exposure_at_most_2(systemd_analyze: None, name: str) -> None:
     score, report = exposure(UNITS / name)
     assert score <= 2.0, f"{name} exposure {score} > 2.0:\n{report}"
 
 
-def test_the_threshold_catches_a_weakened_unit(system_tools: None, tmp_path: Path) -> None:
+def test_the_threshold_catches_a_weakened_unit(systemd_analyze: None, tmp_path: Path) -> None:
     """The score moves when hardening goes, so the test above can fail."""
     text = (UNITS / "cybernetic-gateway.service").read_text()
     weak = "\n".join(

@@ -18,7 +18,7 @@ UNITS = ("cybernetic-gateway.service", "cybernetic-cloud.service")
 
 
 @pytest.fixture
-def root(system_tools: None, tmp_path: Path) -> Path:
+def root(systemd_analyze: None, tmp_path: Path) -> Path:
     root = tmp_path / "root"
     system = root / "usr/lib/systemd/system"
     shutil.copytree("/usr/lib/systemd/system", system, symlinks=True)

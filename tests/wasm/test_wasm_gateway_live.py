@@ -1,7 +1,8 @@
 """A policy file enforced by a running gateway on live telemetry (real brokers, real cloud).
 
-The gateway runs in this process so the test can hand it the policy stage (the gateway
-config has no ``policy`` section yet); brokers and the cloud daemon are real processes.
+The gateway runs in this process so the test can look at its policy stage's counts; brokers
+and the cloud daemon are real processes. Flagged readings are stored and reach the cloud as
+``policy.flagged`` events.
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import sqlite3
 import time
 from pathlib import Path
 
+import msgspec
+
 from amcp.runtime.config import load
 from cybernetic.devices import publish_readings
 from cybernetic.stack import Stack, scrape
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
 from tests.stopping import stop
-from wasm import PolicyConfig, PolicyStage
+from wasm import PolicyConfig
 
 POLICY = """policy "live-test" version 1
 rule too_hot when temp >= 28 then deny because "temperature at or above 28"
+rule warm when temp >= 27 then flag because "warm"
 rule as_fraction when load >= 90 then transform load = load / 100 because "load as a fraction"
 """
 
@@ -36,6 +40,19 @@ def _wait_cloud_serving(stack: Stack, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def _flag_events(stack: Stack, n: int, timeout: float = 60.0) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.closing(sqlite3.connect(stack.cloud_db, timeout=10)) as db:
+            rows = db.execute(
+                "SELECT source, attrs FROM events WHERE name = 'policy.flagged'"
+            ).fetchall()
+        if len(rows) >= n or time.monotonic() > deadline:
+            assert {source for source, _ in rows} <= {"dev-p"}
+            return [json.loads(attrs) for _, attrs in rows]
+        time.sleep(0.2)
+
+
 async def test_policy_enforced_on_live_telemetry(tmp_path: Path) -> None:
     (tmp_path / "live.policy").write_text(POLICY)
     stack = Stack(tmp_path / "stack")
@@ -45,8 +62,10 @@ async def test_policy_enforced_on_live_telemetry(tmp_path: Path) -> None:
         stack.start_cloud()
         await asyncio.to_thread(_wait_cloud_serving, stack)
         config = load(stack.gateway_config, GatewayConfig)
-        stage = PolicyStage.from_config(PolicyConfig(file="live.policy"), base=tmp_path)
-        gw = Gateway(config, stages=[stage])
+        policy = PolicyConfig(file=str(tmp_path / "live.policy"))
+        gw = Gateway(msgspec.structs.replace(config, policy=policy))
+        stage = gw.policy
+        assert stage is not None
         gateway = asyncio.create_task(gw.serve())
         # in-process the metrics server answers before ingest subscribes: ask the parts
         async with asyncio.timeout(60):
@@ -65,7 +84,16 @@ async def test_policy_enforced_on_live_telemetry(tmp_path: Path) -> None:
         assert loads[95] == 0.95  # transformed by the policy before the outbox
         assert loads[45] == 45  # untouched
         assert stage.counts.denied == 100 - len(kept)
-        assert stage.counts.transformed == sum(1 for s in kept if s % 100 >= 90)
+        flagged = [s for s in kept if 20 + s % 10 == 27]  # the first rule that matches wins
+        assert stage.counts.transformed == sum(
+            1 for s in kept if s % 100 >= 90 and s not in flagged
+        )
+        assert stage.counts.flagged == len(flagged)
+        events = await asyncio.to_thread(_flag_events, stack, len(flagged))
+        assert sorted(a["seq"] for a in events) == flagged
+        assert {(a["rule"], a["reason"], a["policy"]) for a in events} == {
+            ("warm", "warm", "live-test")
+        }
         await stop(gateway)
     finally:
         stack.close()

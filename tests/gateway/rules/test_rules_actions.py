@@ -175,16 +175,6 @@ async def test_an_algedonic_action_is_a_critical_event_with_the_signal_fields() 
     assert sig.attrs["reading"]["seq"] == 7
 
 
-async def test_events_are_kept_and_retried_until_the_outbox_takes_them() -> None:
-    sink = Sink(fail_first=3)
-    settings = RulesSettings(patterns={"p": PatternRule(when="true", actions=["alert"])}, **FAST)  # type: ignore[arg-type]
-    svc = RulesService(settings, None, sink, gateway="gw")
-    async with running(svc):
-        svc.stage([reading("d", s) for s in range(1, 4)])
-        await until(lambda: len(sink.named("rules.p")) == 3)
-    assert sink.calls >= 4
-
-
 async def test_a_full_queue_drops_new_actions_and_counts_them() -> None:
     settings = RulesSettings(queue_max=2)
     runner = ActionRunner(settings, Sink(), gateway="gw")

@@ -56,8 +56,9 @@ def test_collector_exports_limits_leases_zombies_sensors() -> None:
     registry = CollectorRegistry()
     registry.register(_parts(clock))
     samples = _samples(generate_latest(registry).decode())
-    assert samples[("cybernetic_s2_rate_decisions_total", (("result", "allowed"), ("scope", "device")))] == 3
-    assert samples[("cybernetic_s2_rate_decisions_total", (("result", "refused"), ("scope", "device")))] == 3
+    decisions = "cybernetic_s2_rate_decisions_total"
+    assert samples[(decisions, (("result", "allowed"), ("scope", "device")))] == 3
+    assert samples[(decisions, (("result", "refused"), ("scope", "device")))] == 3
     assert samples[("cybernetic_s2_rate_top_refused", (("key", "flood"), ("scope", "device")))] == 3
     assert samples[("cybernetic_s2_rate_limited_keys", (("scope", "device"),))] == 1
     assert samples[("cybernetic_s2_rate_limit_per_second", (("scope", "device"),))] == 1
