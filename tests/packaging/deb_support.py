@@ -386,7 +386,7 @@ def _entry(path: Path) -> str:
     st = path.lstat()
     kind = stat.filemode(st.st_mode)
     if stat.S_ISLNK(st.st_mode):
-        return f"{kind} {st.st_uid}:{st.st_gid} -> {os.readlink(path)}"
+        return f"{kind} {st.st_uid}:{st.st_gid} -> {path.readlink()}"
     if stat.S_ISDIR(st.st_mode):  # a folder's size and time follow its entries, listed apart
         return f"{kind} {st.st_uid}:{st.st_gid}"
     return f"{kind} {st.st_uid}:{st.st_gid} {st.st_size} bytes, mtime {st.st_mtime_ns}"
