@@ -28,6 +28,7 @@ number after a forced stop (130 for Ctrl-C, 143 for SIGTERM; 1 when the bound ra
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 import json
@@ -89,7 +90,7 @@ RECONNECT_S = 1.0
 TAG_VAR = "CYBERNETIC_DEMO_RUN"
 EVENTS_LINE = (
     "events: what the gateway itself reports to the cloud beside the readings"
-    " (pattern alerts, S2 detections, rule reloads)"
+    " (pattern alerts, policy flags, S2 detections, rule reloads)"
 )
 
 
@@ -466,9 +467,34 @@ def _labelled(m: dict[str, float], name: str, label: str) -> dict[str, int]:
     return {k[len(head) :]: int(v) for k, v in m.items() if k.startswith(head) and v}
 
 
-def _is_alert(event: CloudEvent) -> bool:
-    """A pattern alert: an event a GoldRush rule (pattern, window, situation) raised."""
-    return "rule" in event.attrs
+FLAG_EVENT = "policy.flagged"
+"""The event the gateway sends for each reading its ingest policy flagged."""
+
+
+def _kind(event: CloudEvent) -> str:
+    """``alert`` (raised by a GoldRush pattern, window or situation), ``flag`` (a reading
+    the ingest policy flagged) or ``event`` (anything else)."""
+    if event.name == FLAG_EVENT:
+        return "flag"
+    if event.name.startswith("rules.") and "rule" in event.attrs:
+        return "alert"
+    return "event"
+
+
+def _values(attrs: dict[str, object]) -> str:
+    values = attrs.get("values")
+    items = values.items() if isinstance(values, dict) else ()
+    return ", ".join(f"{k} {v}" for k, v in items)
+
+
+def _flag_line(event: CloudEvent, more: int, at: str) -> str:
+    a = event.attrs
+    also = f" (+{more} more)" if more else ""
+    return (
+        f"{at} flag   {event.source} {_values(a)}: {a.get('reason', '')}"
+        f" (policy {a.get('policy', '?')} v{a.get('version', '?')}, rule {a.get('rule', '?')})"
+        f"{also}"
+    )
 
 
 def _fact(value: str | float) -> str:
@@ -476,11 +502,9 @@ def _fact(value: str | float) -> str:
 
 
 def _describe(event: CloudEvent, at: str) -> str:
-    if _is_alert(event):
+    if _kind(event) == "alert":
         kind = event.attrs.get("kind", "rule")
-        message = event.attrs.get("message") or ", ".join(
-            f"{k} {v}" for k, v in dict(event.attrs.get("values") or {}).items()
-        )
+        message = event.attrs.get("message") or _values(event.attrs)
         return (
             f"{at} alert  {event.name} on {event.source} ({event.severity}, {kind}"
             f" {event.attrs['rule']}): {message}"
@@ -541,9 +565,9 @@ class Monitor:
         self.devices = devices
         self.out = out
         self.clock = Clock()
-        self.events: list[CloudEvent] = []
+        self.seen: collections.Counter[str] = collections.Counter()
+        """Events shown, by kind (:func:`_kind`)."""
         self._last_event = 0
-        self._flagged = 0
         self._last_account: tuple[float, int, int] = (0.0, 0, 0)
         self._next_account = ACCOUNT_EVERY_S
 
@@ -568,28 +592,28 @@ class Monitor:
         await self._show_events()
         now = self.clock.elapsed()
         if account or now >= self._next_account:
-            self._show_flags(flow)
             self.out.stream(self._account(flow, now))
             self._next_account = now + ACCOUNT_EVERY_S
         return flow
 
     async def _show_events(self) -> None:
-        new = await asyncio.to_thread(self.stack.cloud_events, self._last_event)
-        for event in new:
-            self._last_event = max(self._last_event, event.id)
-            self.events.append(event)
-            at = max(0.0, event.ts_ms / 1000 - self.clock.wall)
-            self.out.stream(_describe(event, self.clock.stamp(at)))
+        """Each new alert and event on a line; flags too, one line per device per poll (a
+        warm device has every reading flagged)."""
+        while new := await asyncio.to_thread(self.stack.cloud_events, self._last_event):
+            self._last_event = new[-1].id
+            flags: dict[str, list[CloudEvent]] = {}
+            for event in new:
+                kind = _kind(event)
+                self.seen[kind] += 1
+                if kind == "flag":
+                    flags.setdefault(event.source, []).append(event)
+                else:
+                    self.out.stream(_describe(event, self._at(event)))
+            for same in flags.values():
+                self.out.stream(_flag_line(same[-1], len(same) - 1, self._at(same[-1])))
 
-    def _show_flags(self, flow: Flow) -> None:
-        if flow.flagged > self._flagged:
-            more = flow.flagged - self._flagged
-            why = "" if self._flagged else "; flagged readings are stored and forwarded, marked"
-            self.out.stream(
-                f"{self.clock.stamp()} flag   the ingest policy flagged {more} more"
-                f" reading{_s(more)} ({flow.flagged} so far{why})"
-            )
-            self._flagged = flow.flagged
+    def _at(self, event: CloudEvent) -> str:
+        return self.clock.stamp(max(0.0, event.ts_ms / 1000 - self.clock.wall))
 
     def _account(self, flow: Flow, now: float) -> str:
         then, published, stored = self._last_account
@@ -616,7 +640,7 @@ class Monitor:
         return flow
 
     def summary(self, flow: Flow, ran_s: float, opts: DemoOptions) -> str:
-        return _summary(flow, self.events, ran_s, opts, self.devices)
+        return _summary(flow, self.seen, ran_s, opts, self.devices)
 
 
 def _s(n: int) -> str:
@@ -642,7 +666,7 @@ def _reasons(flow: Flow) -> dict[str, int]:
 
 def _summary(
     flow: Flow,
-    events: list[CloudEvent],
+    events: collections.Counter[str],
     ran_s: float,
     opts: DemoOptions,
     devices: list[SimulatedDevice],
@@ -668,7 +692,6 @@ def _summary(
     stored = flow.cloud_stored
     every = "as fast as acknowledged" if opts.interval == 0 else f"every {opts.interval:g} s"
     each = f"{len(devices)} device{_s(len(devices))} publishing {every}"
-    alerts = [e for e in events if _is_alert(e)]
 
     def row(label: str, n: int, rate: str, text: str) -> str:
         return f"  {label:<10}{n:>9} {rate:>9}  {text}"
@@ -706,15 +729,16 @@ def _summary(
             f" + {in_flight} in flight"
         )
     duplicates = _int(c, "cybernetic_cloud_duplicate_readings_total")
-    others = len(events) - len(alerts)
+    alerts, flags = events["alert"], events["flag"]
     lines += [
         row("duplicates", duplicates, "", "dropped by the cloud: batches sent again, stored once"),
         row("flagged", flow.flagged, "", "by the ingest policy: stored and forwarded, marked"),
         row(
             "events",
-            len(events),
+            events.total(),
             "",
-            f"{len(alerts)} pattern alert{_s(len(alerts))}, {others} other",
+            f"{alerts} pattern alert{_s(alerts)}, {flags} policy flag{_s(flags)},"
+            f" {events['event']} other",
         ),
         f"  {EVENTS_LINE}",
     ]

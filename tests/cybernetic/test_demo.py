@@ -306,7 +306,9 @@ def test_quiet_prints_only_the_summary_and_it_accounts_for_every_reading(
     # a healthy run loses nothing: once drained, everything published is in the cloud
     assert (published, refused, dropped, in_flight) == (stored, 0, 0, 0)
     assert re.search(r"published\s+\d+\s+[\d.]+/s", out.stdout)  # with its rate
-    assert re.search(r"events\s+\d+\s+\d+ pattern alerts?, \d+ other\n", out.stdout)
+    assert re.search(
+        r"events\s+\d+\s+\d+ pattern alerts?, \d+ policy flags?, \d+ other\n", out.stdout
+    )
     assert "  events: what the gateway itself reports to the cloud" in out.stdout
     assert "Traceback" not in out.stderr, out.stderr
 
@@ -334,3 +336,14 @@ def test_the_stream_shows_rates_alerts_and_events_as_they_happen(tmp_path: Path)
     assert "(warning, window humid-3-in-10s): humidity above 55 % three times" in humid[0]
     summary = text[text.index("demo stopped after") :]
     assert f" {len(alerts)} pattern alert" in summary
+    # flags: one line per device and poll, "(+N more)" for the others of that poll; every
+    # flagged reading (the gateway's count) reached the cloud as a policy.flagged event
+    flags = [line for line in text.splitlines() if " flag   sensor-0" in line]
+    shown = sum(
+        1 + int(m.group(1)) if (m := re.search(r"\(\+(\d+) more\)", f)) else 1 for f in flags
+    )
+    assert re.search(rf"flagged\s+{shown} ", summary), summary
+    assert f", {shown} policy flag" in summary
+    for line in flags:
+        assert re.search(r"flag   sensor-0\d temp [\d.]+, humidity [\d.]+: warmer than", line)
+        assert "(policy demo v1, rule warm)" in line
