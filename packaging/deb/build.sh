@@ -8,6 +8,17 @@
 # shebang and recorded path is /opt/cybernetic-edge and nothing needs rewriting. Root gets a
 # plain mount namespace; anyone else a user namespace mapped to root.
 #
+# A venv runs on the Python minor version it was made with (lib/python3.X, compiled
+# extensions for it), so the package depends on exactly that one, computed here from the
+# building interpreter (python-depends.sh): built on Debian 12 it says python3 (>= 3.11),
+# python3 (<< 3.12), built on Debian 13 python3 (>= 3.13), python3 (<< 3.14). Build on the
+# release you install on (docs/install.md, "1. Build the package").
+#
+# The package carries the program, not a development environment: no pip or setuptools, no
+# activate scripts, no console scripts of the dependencies; only bin/cybernetic and the
+# interpreter links. The documentation (docs/*.md) and examples/ go to
+# /usr/share/doc/cybernetic-edge, where the shipped configuration points.
+#
 # Environment, all optional:
 #   DEB_VERSION    package version (default: the version in pyproject.toml, in Debian syntax)
 #   READER_SCHEMA  newest state schema this build reads (default: STATE_SCHEMA from
@@ -37,8 +48,9 @@ die() { say "error: $*"; exit 1; }
 command -v dpkg-deb >/dev/null || die "dpkg-deb not found (apt-get install dpkg-dev)"
 command -v unshare >/dev/null || die "unshare not found (apt-get install util-linux)"
 [ -x "$TARGET_PYTHON" ] || die "$TARGET_PYTHON not found (apt-get install python3)"
-"$TARGET_PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null \
-    || die "$TARGET_PYTHON is not Python 3.11, the version the package depends on"
+PYTHON_DEPENDS=$(sh "$HERE/python-depends.sh" "$TARGET_PYTHON") \
+    || die "$TARGET_PYTHON cannot carry the package (see above)"
+PYTHON_MINOR=$("$TARGET_PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 "$TARGET_PYTHON" -c 'import ensurepip, venv' 2>/dev/null \
     || die "$TARGET_PYTHON cannot make virtual environments (apt-get install python3-venv)"
 [ -d /opt ] || die "/opt does not exist on this machine (the venv is built over it)"
@@ -107,6 +119,14 @@ else
     echo "$STAMP" > "$STAGE$PREFIX/.build-stamp"
 fi
 
+# Only the program's command and the interpreter links stay in bin/: the venv's activate
+# scripts (Activate.ps1 among them) and the dependencies' console scripts (httpx, idna, ...)
+# are for developers, and nothing the daemons run calls them.
+find "$STAGE$PREFIX/bin" -mindepth 1 -maxdepth 1 \
+    ! -name cybernetic ! -name python ! -name python3 ! -name "python$PYTHON_MINOR" \
+    -exec rm -f {} +
+[ -x "$STAGE$PREFIX/bin/cybernetic" ] || die "the venv has no bin/cybernetic"
+
 # The venv's interpreter is a symlink to /usr/bin/python3: it runs from the staging folder too.
 STAGED_PY=$STAGE$PREFIX/bin/python
 if [ -z "${READER_SCHEMA:-}" ]; then
@@ -171,12 +191,24 @@ Path(sys.argv[2]).write_text(
 )
 PY
 chmod 0644 "$STAGE/etc/cybernetic/mosquitto.conf"
+# Comments that cite the source tree's docs/NAME.md (the ACL, shared with the demo) name the
+# installed copy instead: there is no docs/ folder on a device.
+find "$STAGE/etc" -type f -exec sed -i -E \
+    's#(^|[^[:alnum:]_/.-])docs/([[:alnum:]_.-]+\.md)#\1/usr/share/doc/cybernetic-edge/\2#g' {} +
 
 install -d "$STAGE/usr/bin"
 ln -s "$PREFIX/bin/cybernetic" "$STAGE/usr/bin/cybernetic"
+# Debian's documentation folder for the package (its name, as policy wants): the docs the
+# configuration, the units and the maintainer scripts point to, uncompressed so that those
+# paths are the files; the examples as in the source tree (patterns/, policies/).
 DOC=$STAGE/usr/share/doc/cybernetic-edge
 install -D -m 0644 "$HERE/copyright" "$DOC/copyright"
-install -D -m 0644 "$REPO/docs/install.md" "$DOC/install.md"
+for doc in "$REPO"/docs/*.md; do
+    install -D -m 0644 "$doc" "$DOC/$(basename "$doc")"
+done
+(cd "$REPO/examples" && find . -type f ! -name '*.pyc' -print) | sort | while read -r example; do
+    install -D -m 0644 "$REPO/examples/$example" "$DOC/examples/${example#./}"
+done
 install -D -m 0644 "$REPO/systemd/examples/serial-devices.conf" "$DOC/examples/serial-devices.conf"
 
 install -d "$STAGE/DEBIAN"
@@ -184,7 +216,8 @@ install -d "$STAGE/DEBIAN"
 INSTALLED_SIZE=$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)
 substitute() {
     sed -e "s|@VERSION@|$DEB_VERSION|g" -e "s|@ARCH@|$ARCH|g" \
-        -e "s|@READER_SCHEMA@|$READER_SCHEMA|g" -e "s|@INSTALLED_SIZE@|$INSTALLED_SIZE|g" "$1"
+        -e "s|@READER_SCHEMA@|$READER_SCHEMA|g" -e "s|@INSTALLED_SIZE@|$INSTALLED_SIZE|g" \
+        -e "s|@PYTHON_DEPENDS@|$PYTHON_DEPENDS|g" -e "s|@PYTHON_MINOR@|$PYTHON_MINOR|g" "$1"
 }
 substitute "$HERE/debian/control.in" > "$STAGE/DEBIAN/control"
 for script in preinst postinst prerm postrm; do
@@ -193,6 +226,6 @@ for script in preinst postinst prerm postrm; do
 done
 
 DEB=$OUT_DIR/cybernetic-edge_${DEB_VERSION}_${ARCH}.deb
-say "packing $DEB (reader schema $READER_SCHEMA)"
+say "packing $DEB (reader schema $READER_SCHEMA, Python $PYTHON_MINOR)"
 dpkg-deb --root-owner-group "-Z${DEB_COMPRESSION:-gzip}" --build "$STAGE" "$DEB" >&2
 echo "$DEB"

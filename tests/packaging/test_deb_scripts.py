@@ -29,6 +29,14 @@ def test_build_script_is_clean(shellcheck: None) -> None:
     assert proc.returncode == 0, proc.stdout
 
 
+def test_python_depends_helper_is_clean_posix_sh(shellcheck: None) -> None:
+    path = REPO / "packaging/deb/python-depends.sh"
+    assert path.read_text().startswith("#!/bin/sh\n")
+    proc = run("shellcheck", "--shell=sh", path, check=False)
+    assert proc.returncode == 0, proc.stdout
+    run("dash", "-n", path)
+
+
 def test_shellcheck_catches_an_unquoted_expansion(shellcheck: None, tmp_path: Path) -> None:
     bad = tmp_path / "postinst"
     bad.write_text("#!/bin/sh\nset -e\nrm -rf $1/etc\n")
