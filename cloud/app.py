@@ -16,7 +16,9 @@ Tree (docs/architecture.md, "Supervision")::
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from prometheus_client import CollectorRegistry
@@ -27,7 +29,7 @@ from amcp.runtime.logs import set_level
 from amcp.runtime.metrics import MetricsServer, Readiness, condition, register_build_info
 from amcp.runtime.mqtt import MqttTransport
 from amcp.runtime.service import Service
-from amcp.runtime.session import SessionMetrics, Transport
+from amcp.runtime.session import Session, SessionMetrics, Transport
 from amcp.runtime.statemarker import write_marker
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor, holding
 from amcp.store import Store
@@ -38,6 +40,7 @@ from cloud.enrolment import open_enrolment
 from cloud.ingest import CloudIngest
 from cloud.readings import ReadingStore
 from cloud.s1 import CloudS1
+from cloud.status import report as status_report
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class Cloud:
         """``transport`` carries every MQTT session (the in-memory broker's in unit tests)."""
         self.config = config
         self.config_path = config_path
+        self.started = time.monotonic()
         self.transport = transport or MqttTransport()
         self.registry = CollectorRegistry()
         register_build_info(self.registry, "cloud")
@@ -153,6 +157,17 @@ class Cloud:
         finally:
             enrolment.store.close()  # each restart opens the register again
 
+    def sessions(self) -> list[Session]:
+        """The cloud's long-lived MQTT sessions (for ``cybernetic status``)."""
+        found = [self.ingest.session, self.s1.session]
+        if self.sync.session is not None:
+            found.append(self.sync.session)
+        return found
+
+    def report(self) -> dict[str, Any]:
+        """``/status``: see cloud.status."""
+        return status_report(self)
+
     async def reload(self) -> None:
         """SIGHUP: read the configuration again and apply what can change while running (the
         log level); what needs a restart is named in the log."""
@@ -181,7 +196,9 @@ class Cloud:
                     )
                 }
             )
-            server = MetricsServer(self.registry, self.config.metrics.listen, ready=ready)
+            server = MetricsServer(
+                self.registry, self.config.metrics.listen, ready=ready, status=self.report
+            )
             server.start()
         try:
             return await Service(self.supervisor, reload=self.reload).run()

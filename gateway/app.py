@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from amcp.link import GatewayLink, read_secret
 from amcp.runtime.config import load
@@ -32,7 +33,7 @@ from amcp.runtime.logs import set_level
 from amcp.runtime.metrics import MetricsServer
 from amcp.runtime.mqtt import MqttTransport
 from amcp.runtime.service import Service
-from amcp.runtime.session import SessionMetrics, Transport
+from amcp.runtime.session import Session, SessionMetrics, Transport
 from amcp.runtime.statemarker import write_marker
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor, holding
 from amcp.store import Store
@@ -48,6 +49,7 @@ from gateway.rules import RulesService
 from gateway.rules.settings import STORE_FILE
 from gateway.s1 import S1
 from gateway.s2.service import S2Service
+from gateway.status import report as status_report
 from gateway.twins import TwinReporter
 from gateway.uplink import Uplink
 
@@ -72,6 +74,7 @@ class Gateway:
     ) -> None:
         self.config = config
         self.config_path = config_path
+        self.started = time.monotonic()
         gw = config.gateway
         transport = transport or MqttTransport()
         self.metrics = GatewayMetrics()
@@ -261,6 +264,20 @@ class Gateway:
     async def _run_s2(self, ctx: ChildContext) -> None:
         await self.s2.run(ctx, self.events.submit)
 
+    def sessions(self) -> list[Session]:
+        """Every MQTT session of the gateway (for ``cybernetic status``)."""
+        found = [self.ingest.session, self.uplink.session, self.s1.executor.session]
+        found.append(self.s1.server.session)
+        if self.rules.runner.session is not None:
+            found.append(self.rules.runner.session)
+        if self.sync.session is not None:
+            found.append(self.sync.session)
+        return found
+
+    def report(self) -> dict[str, Any]:
+        """``/status``: see gateway.status."""
+        return status_report(self)
+
     def status(self) -> str:
         s = self.outbox.snapshot()
         ingest = "up" if self.ingest.connected else "down"
@@ -312,6 +329,7 @@ class Gateway:
                 self.metrics.registry,
                 self.config.metrics.listen,
                 ready=gateway_readiness(self.outbox.snapshot, self.ingest.session.is_connected),
+                status=self.report,
             )
             server.start()
         try:

@@ -47,7 +47,7 @@ ReadyFn = Callable[[], Mapping[str, CheckResult]]
 
 ANSWER_TIMEOUT_S = 2.0
 """How long the event loop gets to answer a probe before it counts as not answering."""
-PATHS = ("/metrics", "/healthz", "/readyz")
+PATHS = ("/metrics", "/healthz", "/readyz", "/status")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -157,6 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
                 status, headers, body = owner.liveness_response()
             elif url.path == "/readyz":
                 status, headers, body = owner.readiness_response()
+            elif url.path == "/status":
+                status, headers, body = owner.status_response()
             else:
                 status, headers, body = _json(
                     HTTPStatus.NOT_FOUND, {"error": "not found", "paths": list(PATHS)}
@@ -185,10 +187,12 @@ def _json(status: int, doc: Any) -> Response:
 
 
 class MetricsServer:
-    """Serves ``/metrics``, ``/healthz`` and ``/readyz`` for ``registry`` until :meth:`close`.
+    """Serves ``/metrics``, ``/healthz``, ``/readyz`` and ``/status`` for ``registry`` until
+    :meth:`close`.
 
     ``ready`` answers ``/readyz`` (a :class:`Readiness` or any callable returning check name →
-    (passes, detail)); without it the daemon is ready whenever it is live.
+    (passes, detail)); without it the daemon is ready whenever it is live. ``status()`` makes
+    the JSON document ``/status`` serves (with the checks added).
     """
 
     def __init__(
@@ -197,11 +201,13 @@ class MetricsServer:
         listen: str,
         *,
         ready: ReadyFn | None = None,
+        status: Callable[[], dict[str, Any]] | None = None,
         answer_timeout: float = ANSWER_TIMEOUT_S,
     ) -> None:
         self.registry = registry
         self.host, self.port = parse_listen(listen)
         self.ready = ready
+        self.status = status
         self.answer_timeout = answer_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: _Server | None = None
@@ -276,6 +282,21 @@ class MetricsServer:
             )
         passing = {name: detail for name, (_, detail) in results.items()}
         return _json(HTTPStatus.OK, {"status": "ready", "checks": passing})
+
+    def status_response(self) -> Response:
+        """``/status``: the daemon's own report (``cybernetic status`` reads it) with the
+        readiness checks, taken on the event loop like the probes."""
+        report = self.status
+        try:
+            doc = self._on_loop(report) if report is not None else {}
+            checks = self._on_loop(self.ready) if self.ready is not None else {}
+        except _NoAnswerError as exc:
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "not live", "error": str(exc)})
+        doc["ready"] = all(ok for ok, _ in checks.values())
+        doc["checks"] = {
+            name: {"ok": ok, "detail": detail} for name, (ok, detail) in checks.items()
+        }
+        return _json(HTTPStatus.OK, doc)
 
     def _on_loop(self, fn: Callable[[], T]) -> T:
         """``fn()`` on the daemon's event loop, waiting at most ``answer_timeout``."""

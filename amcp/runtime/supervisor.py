@@ -159,6 +159,20 @@ class ChildInfo:
     children: list[ChildInfo] = field(default_factory=list)
 
 
+def tree_json(children: list[ChildInfo]) -> list[dict[str, object]]:
+    """A supervision tree as JSON (``cybernetic status``): name, state, restarts, last error."""
+    return [
+        {
+            "name": c.name,
+            "state": str(c.state),
+            "restarts": c.restarts,
+            "last_error": c.last_error,
+            "children": tree_json(c.children),
+        }
+        for c in children
+    ]
+
+
 @dataclass
 class _Running:
     spec: ChildSpec

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -133,6 +134,7 @@ class SyncEngine:
         if self._send is None:
             return
         self.stats.frames_received += 1
+        self.stats.last_received_ms = int(time.time() * 1000)
         match frame:
             case Hello():
                 await self._on_hello(peer, frame)

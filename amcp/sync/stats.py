@@ -18,6 +18,8 @@ class SyncStats:
 
     frames_sent: int = 0
     frames_received: int = 0
+    last_received_ms: int = 0
+    """Wall-clock time of the last frame from a peer (``cybernetic status``: last sync)."""
     bytes_sent: int = 0
     bytes_received: int = 0
     deltas_sent: int = 0

@@ -31,7 +31,8 @@ def register(sub: Any) -> None:
     check.set_defaults(handler=_check)
 
 
-def _guess(path: Path) -> str | None:
+def guess_kind(path: Path) -> str | None:
+    """``gateway`` or ``cloud`` by the file's top-level table; None when it cannot tell."""
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
@@ -40,7 +41,7 @@ def _guess(path: Path) -> str | None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    kind = args.kind or _guess(args.file) or "gateway"
+    kind = args.kind or guess_kind(args.file) or "gateway"
     require_config(args.file, KINDS[kind])
     print(f"{args.file}: valid {kind} configuration")
     return 0
