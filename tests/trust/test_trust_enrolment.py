@@ -324,7 +324,7 @@ async def test_gateway_enrol_and_renew_from_the_command_line(
         assert f"enrolled {gw}" in out
         assert token not in out
         assert await asyncio.to_thread(main, argv) == 2  # the token is spent
-        assert "already used" in capsys.readouterr().out
+        assert "already used" in capsys.readouterr().err  # errors are one line on stderr
     assert read_secret(tmp_path / "gw" / "link.secret") == read_secret(cloud.links_dir / gw)
 
 
