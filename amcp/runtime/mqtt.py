@@ -207,14 +207,17 @@ class MqttConnection:
         self.client = client
         self._paho = paho
         self.acked = 0
-        """PUBACKs received for :meth:`publish_nowait` publishes (and any other)."""
+        """PUBACKs received (of :meth:`publish` and :meth:`publish_nowait` alike)."""
         self.acked_changed = asyncio.Event()
-        aiomqtt_on_publish = paho.on_publish
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+        """mid → the :meth:`publish` call waiting for its PUBACK."""
 
-        def on_publish(*args: Any) -> None:
+        def on_publish(_client: Any, _userdata: Any, mid: int, *_rest: Any) -> None:
             self.acked += 1
             self.acked_changed.set()
-            aiomqtt_on_publish(*args)
+            waiter = self._waiting.pop(mid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
         paho.on_publish = on_publish
 
@@ -234,7 +237,32 @@ class MqttConnection:
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> None:
-        await self._until_lost(self.client.publish(topic, payload, qos=qos, retain=retain))
+        """Publish on paho directly and wait for the PUBACK or the loss of the link, whichever
+        comes first (aiomqtt's publish would wait its whole timeout on a dead link, and
+        costs a task and a timer per message)."""
+        lost = self._lost_future()
+        if lost.done():
+            raise LinkLostError("disconnected")
+        info = self._paho.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != 0:
+            raise LinkLostError(f"publish refused by the client (paho rc {info.rc})")
+        if qos == 0 or info.is_published():  # a PUBACK can come before publish() returns
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[info.mid] = waiter
+        either: set[asyncio.Future[Any]] = {waiter, lost}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._waiting.pop(info.mid, None)
+        if not waiter.done():
+            raise LinkLostError("disconnected before the broker acknowledged a publish")
+
+    def _lost_future(self) -> asyncio.Future[None]:
+        future = getattr(self.client, "_disconnected", None)
+        if not isinstance(future, asyncio.Future):
+            raise ManualAckUnsupportedError("aiomqtt.Client._disconnected is missing")
+        return future
 
     async def subscribe(self, filters: Sequence[str], qos: int = 1) -> None:
         await self._until_lost(self.client.subscribe([(f, qos) for f in filters]))
@@ -270,9 +298,7 @@ class MqttConnection:
         self._paho.ack(mid, qos)
 
     async def wait_lost(self) -> None:
-        future = getattr(self.client, "_disconnected", None)
-        if not isinstance(future, asyncio.Future):
-            raise ManualAckUnsupportedError("aiomqtt.Client._disconnected is missing")
+        future = self._lost_future()
         try:
             await asyncio.shield(future)
         except aiomqtt.MqttError as exc:

@@ -177,7 +177,7 @@ async def test_every_other_path_is_404(
     for path in ("/", "/health", "/metrics/x", "/readyz/", "/favicon.ico"):
         r = await client.get(path)
         assert r.status_code == 404, path
-        assert r.json()["paths"] == ["/metrics", "/healthz", "/readyz"]
+        assert r.json()["paths"] == ["/metrics", "/healthz", "/readyz", "/status"]
         assert "cybernetic_test" not in r.text
     assert (await client.head("/healthz")).status_code == 200
     assert (await client.head("/nothing")).status_code == 404
@@ -291,3 +291,21 @@ def test_a_condition_check_names_its_state_both_ways() -> None:
     assert ready() == {"ingest": (True, "subscribed")}
     state["up"] = False
     assert ready() == {"ingest": (False, "not subscribed on the cloud broker")}
+
+
+async def test_status_is_the_daemons_report_with_its_checks() -> None:
+    readiness = Readiness({"ingest": condition(lambda: False, "up", "not subscribed")})
+    server = MetricsServer(
+        CollectorRegistry(), "127.0.0.1:0", ready=readiness, status=lambda: {"component": "t"}
+    )
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            doc = (await client.get("/status")).json()
+    finally:
+        server.close()
+    assert doc == {
+        "component": "t",
+        "ready": False,
+        "checks": {"ingest": {"ok": False, "detail": "not subscribed"}},
+    }
