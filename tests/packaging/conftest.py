@@ -124,9 +124,16 @@ def host_left_unchanged(tool_setup: ToolSetup) -> Iterator[None]:
     /etc/mosquitto, the units and drop-ins, /opt/cybernetic-edge, /var/lib/cybernetic
     (deb_support.host_snapshot). A change is reported as an error of the session's last test.
     """
-    before = host_snapshot()
+
+    def snapshot() -> dict[str, str]:
+        # build.sh, as root, makes /opt/cybernetic-edge for its mount while the venv is built
+        # and removes it after: never look while another worker or run is building
+        with file_lock("deb-build"):
+            return host_snapshot()
+
+    before = snapshot()
     yield
-    changes = snapshot_changes(before, host_snapshot())
+    changes = snapshot_changes(before, snapshot())
     if changes:
         pytest.fail(
             "the packaging tests changed this machine; they must change only containers:\n"
