@@ -10,6 +10,7 @@ Tree (docs/architecture.md, "Supervision")::
         ├── twins       each device's latest values → its reported twin (synced to the cloud)
         ├── s2          load signals → adaptive limits, zombies, leases; S2 events → outbox
         ├── rules       GoldRush patterns from config, files and the store; actions
+        ├── control     the CLI's socket for changing rules on the running gateway
         ├── uplink      outbox → cloud broker, deletes on the cloud's ack
         ├── sync        CRDT deltas both ways with the cloud (amcp.sync)
         ├── ingest      local broker → filters → outbox → observers, ack after commit
@@ -39,6 +40,7 @@ from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Superviso
 from amcp.store import Store
 from amcp.sync import GatewaySync
 from gateway.config import GatewayConfig
+from gateway.control import SOCKET_NAME, ControlServer
 from gateway.enrol import EnrolPaths, RenewalPolicy, Renewer
 from gateway.events import EventWriter
 from gateway.hooks import IngestFilter, IngestObserver
@@ -129,6 +131,8 @@ class Gateway:
             transport=transport,
         )
         self.twins = TwinReporter(self.store, gw.twin_interval)
+        # the command line changes rules through this, without a restart (gateway.control)
+        self.control = ControlServer(state / SOCKET_NAME, self.store, config.rules.namespace)
         self.uplink = Uplink(
             config.uplink,
             self.outbox,
@@ -195,6 +199,7 @@ class Gateway:
                 ChildSpec("twins", self.twins.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("s2", self._run_s2, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("rules", self.rules.run, wait_ready=True, shutdown_timeout=5),
+                ChildSpec("control", self.control.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("uplink", self.uplink.run, shutdown_timeout=5),
                 *(
                     [ChildSpec("sync", self.sync.run, shutdown_timeout=5)]

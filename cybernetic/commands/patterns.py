@@ -1,10 +1,12 @@
 """`cybernetic patterns add|list|remove|test`: a gateway's GoldRush rules, edited and tried.
 
 ``add``/``list``/``remove`` work on a CRDT store file: the gateway's (``-c gateway.toml``:
-``state_dir/store.sqlite3``) or any (``--store PATH``). The store has one writer process, so
-edit a gateway's store while the gateway is stopped (a running gateway takes rules from the
-cloud through sync, or from its patterns files, re-read when they change); the command
-refuses a store that looks open elsewhere unless ``--force``. A file that is not a CRDT
+``state_dir/store.sqlite3``) or any (``--store PATH``). With ``-c`` and the gateway running,
+``add`` and ``remove`` go through its control socket (gateway.control): the command checks
+the new rule set against the rules it reads, and the gateway writes the change in its own
+store and applies it at once (refused, with nothing written, if its rules changed meanwhile).
+A store no gateway serves is written directly; the command refuses one that looks open in
+another process unless ``--force``. A file that is not a CRDT
 store is refused and never written; ``list`` only reads (read-only). ``remove`` refuses to
 remove a rule that a window or a situation left in the store depends on (it names them).
 
@@ -36,9 +38,19 @@ from amcp.store import reads as store_reads
 from amcp.store import schema as store_schema
 from amcp.wire.telemetry import Reading
 from cloud.readings import recorded_readings as cloud_readings
-from cybernetic.cli import FAILED, CliError, describe_os_error, group_option, iso_ms, one_line
+from cybernetic.cli import (
+    FAILED,
+    UNREACHABLE,
+    CliError,
+    describe_os_error,
+    group_option,
+    iso_ms,
+    one_line,
+)
 from cybernetic.cli import require_config as load_config
 from gateway.config import GatewayConfig
+from gateway.control import SOCKET_NAME, RulesWrite, encode_rows, rules_digest
+from gateway.control import send as send_control
 from gateway.rules import (
     STORE_FILE,
     STORE_NAMESPACE,
@@ -280,16 +292,55 @@ def _open_store(args: argparse.Namespace, *, write: bool) -> Iterator[LWWStore]:
 
 def _read_rules(path: Path, namespace: str) -> dict[str, Rule]:
     """The rules of a store file, read through a read-only connection (nothing written)."""
+    return _decoded(_read_items(path, namespace))
+
+
+def _read_items(path: Path, namespace: str) -> dict[str, bytes]:
     if not path.exists():
         raise FileNotFoundError(path)
     if _store_site(path) is None:  # an empty file: no rules
         return {}
     try:
         with contextlib.closing(store_schema.connect(path, readonly=True)) as conn:
-            values = store_reads.items(conn, namespace)
+            return store_reads.items(conn, namespace)
     except (sqlite3.Error, StoreError) as exc:
         raise PatternsCliError(f"cannot read the store {path}: {one_line(str(exc))}") from exc
-    return _decoded(values)
+
+
+def _live_gateway(args: argparse.Namespace) -> tuple[Path, Path, str] | None:
+    """(control socket, store, rules namespace) of a running gateway named by ``-c``."""
+    config = getattr(args, "config", None)
+    if config is None:
+        return None
+    gateway = load_config(config, GatewayConfig)
+    state = Path(gateway.gateway.state_dir)
+    socket_path = state / SOCKET_NAME
+    if not socket_path.exists():
+        return None
+    if args.namespace != gateway.rules.namespace:
+        raise PatternsCliError(
+            f"the running gateway takes rules from namespace {gateway.rules.namespace!r}, "
+            f"not {args.namespace!r}: drop --namespace, or stop the gateway first"
+        )
+    return socket_path, state / STORE_FILE, gateway.rules.namespace
+
+
+def _write_live(socket_path: Path, rows: dict[str, bytes | None], read: dict[str, bytes]) -> bool:
+    """Send ``rows`` to the running gateway; False when none answers (a stale socket)."""
+    try:
+        answer = send_control(
+            socket_path, RulesWrite(rows=encode_rows(rows), expect=rules_digest(read))
+        )
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError as exc:
+        raise PatternsCliError(
+            f"the gateway's control socket {socket_path} did not answer: {describe_os_error(exc)}",
+            UNREACHABLE,
+        ) from exc
+    if not answer.ok:
+        raise PatternsCliError(f"the gateway refused the change ({answer.error}): {answer.detail}")
+    return True
 
 
 def _stored(store: LWWStore, namespace: str) -> dict[str, Rule]:
@@ -335,6 +386,15 @@ def _add(args: argparse.Namespace) -> int:
     if new.actions:
         # named actions live in the gateway's config; a store rule carries its actions inline
         rules = {rid: _inline(rule, new.actions) for rid, rule in rules.items()}
+    live = _live_gateway(args)
+    if live is not None:
+        socket_path, path, namespace = live
+        read = _read_items(path, namespace)
+        _check(_decoded(read) | rules, {})
+        if _write_live(socket_path, {rid: encode_rule(r) for rid, r in rules.items()}, read):
+            for rid, rule in rules.items():
+                print(f"added {rule.__struct_config__.tag} {rid} (the running gateway applied it)")
+            return 0
     with _open_store(args, write=True) as store:
         _check(_stored(store, args.namespace) | rules, {})
         store.write((args.namespace, rid, encode_rule(rule)) for rid, rule in rules.items())
@@ -396,27 +456,17 @@ def _remove(args: argparse.Namespace) -> int:
     path, _ = _store_path(args)
     if not path.exists():
         raise PatternsCliError(f"no store at {path}: nothing to remove (check --store or -c)")
-    with _open_store(args, write=True) as store:
-        present = store.items(args.namespace)
-        missing = [rid for rid in args.ids if rid not in present]
-        removed = {rid for rid in args.ids if rid in present}
-        stored = _decoded(present)
-        needed = dependents(stored, removed)
-        if needed:
-            uses = "; ".join(
-                f"{', '.join(map(repr, users))} {'uses' if len(users) == 1 else 'use'} {rid!r}"
-                for rid, users in sorted(needed.items())
-            )
-            raise PatternsCliError(
-                f"not removed: {uses}; remove those too (in the same command) or change them first"
-            )
-        before = _refusals(stored, {})
-        after = _refusals({k: v for k, v in stored.items() if k not in removed}, {})
-        broken = {rid: err for rid, err in after.items() if rid not in before}
-        if broken:
-            text = "; ".join(f"{rid!r}: {err}" for rid, err in broken.items())
-            raise PatternsCliError(f"not removed: the rules left would be refused ({text})")
-        store.write((args.namespace, rid, None) for rid in args.ids if rid in removed)
+    live = _live_gateway(args)
+    done = False
+    if live is not None:
+        socket_path, path, namespace = live
+        read = _read_items(path, namespace)
+        removed, missing = _removal(read, args.ids)
+        done = not removed or _write_live(socket_path, dict.fromkeys(removed), read)
+    if not done:
+        with _open_store(args, write=True) as store:
+            removed, missing = _removal(store.items(args.namespace), args.ids)
+            store.write((args.namespace, rid, None) for rid in args.ids if rid in removed)
     for rid in args.ids:
         print(f"{'not found' if rid in missing else 'removed'} {rid}")
     if missing:
@@ -425,6 +475,30 @@ def _remove(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return FAILED if missing else 0
+
+
+def _removal(present: dict[str, bytes], ids: list[str]) -> tuple[set[str], list[str]]:
+    """(ids to remove, ids not there), refusing a removal others depend on or that would
+    leave a rule set that does not build."""
+    missing = [rid for rid in ids if rid not in present]
+    removed = {rid for rid in ids if rid in present}
+    stored = _decoded(present)
+    needed = dependents(stored, removed)
+    if needed:
+        uses = "; ".join(
+            f"{', '.join(map(repr, users))} {'uses' if len(users) == 1 else 'use'} {rid!r}"
+            for rid, users in sorted(needed.items())
+        )
+        raise PatternsCliError(
+            f"not removed: {uses}; remove those too (in the same command) or change them first"
+        )
+    before = _refusals(stored, {})
+    after = _refusals({k: v for k, v in stored.items() if k not in removed}, {})
+    broken = {rid: err for rid, err in after.items() if rid not in before}
+    if broken:
+        text = "; ".join(f"{rid!r}: {err}" for rid, err in broken.items())
+        raise PatternsCliError(f"not removed: the rules left would be refused ({text})")
+    return removed, missing
 
 
 # -- replay -------------------------------------------------------------------------------
