@@ -46,6 +46,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (UNREACHABLE, "not reachable: a broker or a gateway did not answer in time"),
     (4, "intent send only: no gateway offers the capability"),
     (INTERRUPTED, "interrupted (Ctrl-C)"),
+    (143, "demo only: ended at once by a second SIGTERM"),
 )
 """The exit codes every command uses (docs/cli.md)."""
 DEBUG_ENV = "CYBERNETIC_DEBUG"
