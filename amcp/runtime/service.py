@@ -14,9 +14,12 @@ import enum
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
+from amcp import __version__
+from amcp.runtime.logs import log_shutdown, log_startup, setup_logging
 from amcp.runtime.sdnotify import Notifier, watchdog_interval
+from amcp.runtime.settings import LogSettings
 from amcp.runtime.supervisor import ChildContext, EscalationError, Supervisor
 
 log = logging.getLogger(__name__)
@@ -154,3 +157,32 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     except ImportError:  # only the import: an ImportError inside main must not run it twice
         return asyncio.run(main())
     return uvloop.run(main())
+
+
+class Daemon(Protocol):
+    async def serve(self) -> int: ...
+
+
+def run_daemon(
+    component: str,
+    node_id: str,
+    config_path: object,
+    log: LogSettings,
+    build: Callable[[], Daemon],
+) -> int:
+    """A daemon's whole life for ``cybernetic gateway|cloud run``: logging set up, the start-up
+    line, ``build()`` (a part that cannot start is one critical line and exit 1), the event
+    loop, the shutdown line with the exit code."""
+    setup_logging(log.level, fmt=log.format)
+    log_startup(component, __version__, node_id, config_path)
+    try:
+        daemon = build()
+    except (OSError, ValueError) as exc:
+        logging.getLogger(component).critical(
+            "%s cannot start", component, extra={"error": str(exc)}
+        )
+        log_shutdown(component, f"cannot start: {exc}", exit_code=1)
+        return 1
+    code = run_loop(daemon.serve)
+    log_shutdown(component, "stop requested" if code == 0 else "supervisor gave up", exit_code=code)
+    return code

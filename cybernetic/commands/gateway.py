@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from amcp import __version__
-from amcp.runtime.logs import log_shutdown, log_startup, setup_logging
-from amcp.runtime.service import run_loop
+from amcp.runtime.logs import setup_logging
+from amcp.runtime.service import run_daemon
 from amcp.runtime.settings import BrokerLink
 from amcp.wire.enrol import TokenFormatError
 from cybernetic.cli import (
@@ -51,17 +50,13 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     config = require_config(args.config, GatewayConfig)
-    setup_logging(config.log.level, fmt=config.log.format)
-    log_startup("gateway", __version__, config.gateway.id, args.config)
-    try:
-        gateway = Gateway(config, config_path=args.config)
-    except (OSError, ValueError) as exc:
-        log.critical("gateway cannot start", extra={"error": str(exc)})
-        log_shutdown("gateway", f"cannot start: {exc}", exit_code=1)
-        return 1
-    code = run_loop(gateway.serve)
-    log_shutdown("gateway", "stop requested" if code == 0 else "supervisor gave up", exit_code=code)
-    return code
+    return run_daemon(
+        "gateway",
+        config.gateway.id,
+        args.config,
+        config.log,
+        lambda: Gateway(config, config_path=args.config),
+    )
 
 
 def _host_port(text: str) -> tuple[str, int]:
