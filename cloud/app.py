@@ -175,14 +175,24 @@ class Cloud:
             return
         new = load(self.config_path, CloudConfig)
         set_level(new.log.level)
-        for section in ("cloud", "broker", "ingest", "links", "enrolment", "s1", "sync", "metrics"):
-            if getattr(new, section) != getattr(self.config, section):
-                log.warning(
-                    "configuration section changed: takes effect at the next restart",
-                    extra={"section": section},
-                )
-        self.config = msgspec.structs.replace(self.config, log=new.log)
-        log.info("configuration reloaded", extra={"path": str(self.config_path)})
+        later = [
+            section
+            for section in CloudConfig.__struct_fields__
+            if section != "log" and getattr(new, section) != getattr(self.config, section)
+        ]
+        if new.log.format != self.config.log.format:
+            later.append("log.format")
+        for name in later:
+            log.warning(
+                "configuration changed: takes effect at the next restart",
+                extra={"section": name},
+            )
+        level = msgspec.structs.replace(self.config.log, level=new.log.level)
+        self.config = msgspec.structs.replace(self.config, log=level)
+        log.info(
+            "configuration reloaded",
+            extra={"path": str(self.config_path), "needs_restart": later},
+        )
 
     async def serve(self) -> int:
         server = None

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from amcp.link import GatewayLink, read_secret
 from amcp.runtime.config import load
 from amcp.runtime.logs import set_level
@@ -305,15 +307,17 @@ class Gateway:
         self.s2.gate.apply(new.s2.limits)
         self.rules.reload()
         if self.policy is not None and new.policy is not None:
-            from wasm import PolicyAgent  # noqa: PLC0415 - loaded already with the policy
-
-            agent = await asyncio.to_thread(
-                PolicyAgent.load, new.policy.file, zones=new.policy.zones or None
-            )
-            self.policy.swap(agent)
+            base = self.config_path.parent
+            await asyncio.to_thread(self.policy.apply, new.policy, base)
         later += [s for s in self.RESTART_SECTIONS if getattr(new, s) != getattr(self.config, s)]
         if new.ingest.topic != self.config.ingest.topic:
             later.append("ingest.topic")
+        if new.ingest.dead_letter_max_rows != self.config.ingest.dead_letter_max_rows:
+            later.append("ingest.dead_letter_max_rows")
+        if new.rules != self.config.rules:  # the pattern files and the store were re-read
+            later.append("rules (the section's settings)")
+        if msgspec.structs.replace(new.s2, limits=self.config.s2.limits) != self.config.s2:
+            later.append("s2 (all but s2.limits)")
         if new.log.format != self.config.log.format:
             later.append("log.format")
         if (new.policy is None) != (self.policy is None):

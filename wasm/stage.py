@@ -67,17 +67,14 @@ class PolicyStage:
     ) -> PolicyStage:
         """Compile/load the configured policy (blocking: milliseconds; call before serving or
         in a worker thread). A relative ``file`` is taken relative to ``base``."""
-        path = Path(config.file)
-        if base is not None and not path.is_absolute():
-            path = base / path
-        agent = PolicyAgent.load(
-            path, zones=config.zones, limits=AgentLimits(memory_bytes=config.memory_bytes)
-        )
-        log.info(
-            "policy loaded",
-            extra={"policy": agent.manifest.policy, "version": agent.manifest.version},
-        )
-        return cls(agent, config.on_fault, report=report)
+        return cls(load_agent(config, base), config.on_fault, report=report)
+
+    def apply(self, config: PolicyConfig, base: Path | None = None) -> None:
+        """Reload (blocking, as :meth:`from_config`): the policy file compiled again with the
+        configured zones and memory, then swapped in; ``on_fault`` applies at once."""
+        agent = load_agent(config, base)
+        self.on_fault = config.on_fault
+        self.swap(agent)
 
     def swap(self, agent: PolicyAgent) -> None:
         """Use ``agent`` from the next batch on (one reference assignment: atomic)."""
@@ -141,6 +138,22 @@ class PolicyStage:
         self._flagged.clear()
         if events:
             self.report(events)
+
+
+def load_agent(config: PolicyConfig, base: Path | None = None) -> PolicyAgent:
+    """The agent of ``config``: its file (relative to ``base``, the configuration's folder)
+    compiled or loaded with its zones and memory limit."""
+    path = Path(config.file)
+    if base is not None and not path.is_absolute():
+        path = base / path
+    agent = PolicyAgent.load(
+        path, zones=config.zones, limits=AgentLimits(memory_bytes=config.memory_bytes)
+    )
+    log.info(
+        "policy loaded",
+        extra={"policy": agent.manifest.policy, "version": agent.manifest.version},
+    )
+    return agent
 
 
 def _extra(reading: Reading, rule: str | None, reason: str) -> dict[str, object]:

@@ -72,3 +72,35 @@ async def test_the_cloud_reloads_its_log_level_on_sighup(tmp_path: Path) -> None
         assert stack.cloud_proc.poll() is None
     finally:
         await asyncio.to_thread(stack.close)
+
+
+async def test_an_edited_policy_file_named_relative_to_the_config_applies_on_sighup(
+    tmp_path: Path,
+) -> None:
+    stack = Stack(tmp_path / "stack", gateway={"policy": {"file": "live.policy"}})
+    policy = stack.state / "live.policy"  # beside gateway.toml: a relative name means there
+    policy.write_text('policy "p" version 1\nrule hot when temp >= 100 then deny because "hot"\n')
+    try:
+        pw = stack.add_device("dev-p")
+        stack.start()
+        await asyncio.to_thread(stack.wait_gateway_ready)
+        host, port = stack.edge.host, stack.device_port
+        await publish_readings(host, port, "dev-p", pw, range(1, 11))
+        assert await asyncio.to_thread(stack.wait_cloud_count, 10, 30) == 10
+        policy.write_text('policy "p" version 2\nrule all when temp >= 0 then deny because "all"\n')
+        assert stack.gateway_proc is not None
+        stack.gateway_proc.send_signal(signal.SIGHUP)
+        await asyncio.to_thread(_wait_log, stack, "gateway", "configuration reloaded")
+        await publish_readings(host, port, "dev-p", pw, range(11, 21))
+        deadline = time.monotonic() + 15
+        denied = 0.0
+        while time.monotonic() < deadline and denied < 10:
+            m = await asyncio.to_thread(scrape, stack.gateway_metrics)
+            denied = m.get("cybernetic_policy_decisions_total:decision=denied", 0.0)
+            await asyncio.sleep(0.1)
+        assert denied == 10
+        assert stack.cloud_count() == 10  # nothing of the second batch went on
+        assert '"version": 2' in stack.log("gateway")
+        assert stack.gateway_proc.poll() is None
+    finally:
+        await asyncio.to_thread(stack.close)
