@@ -19,27 +19,33 @@ any store change. Only the rules' namespace can be written here.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import hashlib
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import msgspec
 
+from amcp.runtime.control import MAX_REQUEST, MAX_SOCKET_PATH, SOCKET_NAME, ControlSocket
+from amcp.runtime.control import request as _request
 from amcp.runtime.supervisor import ChildContext
 from amcp.store import LWWStore, Store
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "control.sock"
-MAX_REQUEST = 4 * 1024 * 1024
-"""Longest request line (a rule set of a few thousand rules)."""
-MAX_SOCKET_PATH = 107
-"""AF_UNIX path limit on Linux (108 bytes with the terminating NUL)."""
+__all__ = [
+    "MAX_REQUEST",
+    "MAX_SOCKET_PATH",
+    "SOCKET_NAME",
+    "Answer",
+    "ConflictError",
+    "ControlServer",
+    "RulesWrite",
+    "encode_rows",
+    "rules_digest",
+    "send",
+]
 
 
 class RulesWrite(msgspec.Struct, tag="rules.write", tag_field="op", forbid_unknown_fields=True):
@@ -85,43 +91,7 @@ class ControlServer:
         self.served = 0
 
     async def run(self, ctx: ChildContext) -> None:
-        if len(str(self.path).encode()) > MAX_SOCKET_PATH:
-            log.warning(
-                "control socket path too long for a Unix socket; rules change only by restart",
-                extra={"path": str(self.path)},
-            )
-            ctx.ready()
-            await asyncio.Event().wait()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # left by a gateway that was killed
-        old = os.umask(0o177)
-        try:
-            server = await asyncio.start_unix_server(
-                self._client, path=str(self.path), limit=MAX_REQUEST
-            )
-        finally:
-            os.umask(old)
-        self.path.chmod(0o600)
-        ctx.ready()
-        try:
-            async with server:
-                await server.serve_forever()
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while line := await reader.readline():
-                answer = await self._answer(line)
-                writer.write(_encoder.encode(answer) + b"\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError) as exc:
-            log.info("control client dropped", extra={"error": str(exc)})
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        await ControlSocket(self.path, self._answer, what="rules change").run(ctx)
 
     async def _answer(self, line: bytes) -> Answer:
         try:
@@ -164,19 +134,7 @@ class ControlServer:
 def send(path: Path, request: RulesWrite, timeout: float = 10.0) -> Answer:
     """One request to a running gateway (blocking; the CLI's side). Raises OSError when no
     gateway listens there (not running, or the socket is stale)."""
-    import socket  # noqa: PLC0415 - the client side only
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        sock.sendall(_encoder.encode(request) + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("the gateway closed the control socket without answering")
-            data += chunk
-    return msgspec.json.decode(data, type=Answer)
+    return _request(path, request, Answer, timeout)
 
 
 def encode_rows(rows: Mapping[str, bytes | None]) -> list[tuple[str, str | None]]:
