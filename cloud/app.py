@@ -9,6 +9,7 @@ Tree (docs/architecture.md, "Supervision")::
         ├── ingest      cloud broker → store → ack (or nack) to the gateway
         ├── sync        CRDT deltas with every gateway (amcp.sync)
         ├── s1          capability registry from announcements, intent router
+        ├── policy      the CLI's socket for writing signed policy bundles (cloud.policy_control)
         ├── enrolment   one-time-token enrolment (with a PKI directory)
         └── crl         re-signs the fleet CRL on schedule, expiry metrics (cloud.crl)
 """
@@ -38,6 +39,8 @@ from cloud.config import CloudConfig
 from cloud.crl import crl_child_specs
 from cloud.enrolment import open_enrolment
 from cloud.ingest import CloudIngest
+from cloud.policy_control import SOCKET_NAME as POLICY_SOCKET
+from cloud.policy_control import PolicyControl
 from cloud.readings import ReadingStore
 from cloud.s1 import CloudS1
 from cloud.status import report as status_report
@@ -98,6 +101,8 @@ class Cloud:
             cloud=config.cloud.id,
             transport=self.transport,
         )
+        # `cybernetic policy push|rollback` write signed bundles in the store through this
+        self.policy_control = PolicyControl(state / POLICY_SOCKET, self.state_store)
         # the durable resources under rest_for_one, the workers one_for_one beneath them: see
         # the tree in docs/architecture.md, section Supervision
         self.workers = Supervisor(
@@ -110,6 +115,7 @@ class Cloud:
                     else []
                 ),
                 *self.s1.child_specs(),
+                ChildSpec("policy", self.policy_control.run, wait_ready=True, shutdown_timeout=5),
                 *(
                     [ChildSpec("enrolment", self._run_enrolment, shutdown_timeout=5)]
                     if config.enrolment.pki_dir

@@ -49,6 +49,8 @@ from gateway.hooks import IngestFilter, IngestObserver
 from gateway.ingest import Ingest
 from gateway.metrics import GatewayMetrics, gateway_readiness
 from gateway.outbox import Outbox
+from gateway.policy_bundles import PolicyBundles
+from gateway.policy_bundles import build as policy_bundles
 from gateway.rules import RulesService
 from gateway.rules.settings import STORE_FILE
 from gateway.s1 import S1
@@ -154,6 +156,18 @@ class Gateway:
             transport=transport,
         )
         self.policy = self._policy(config, config_path)
+        # the cloud's signed policy bundles (gateway.policy_bundles), when enrolled: with no
+        # [policy] a pass-all stage is built, the filters being fixed from here on
+        self.bundles: PolicyBundles | None = policy_bundles(
+            config,
+            self.store,
+            self.policy,
+            report=self.events.submit,
+            registry=self.metrics.registry,
+        )
+        if self.bundles is not None and self.policy is None:
+            self.policy = self.bundles.stage
+            self.metrics.watch_policy(self.policy.counts)
         # filters before the commit, observers after it on the stored readings (gateway.hooks)
         filters: list[IngestFilter] = [self.s2.stage]
         observers: list[IngestObserver] = [self.rules.stage, self.twins.stage]
@@ -202,6 +216,11 @@ class Gateway:
                 ChildSpec("s2", self._run_s2, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("rules", self.rules.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("control", self.control.run, wait_ready=True, shutdown_timeout=5),
+                *(
+                    [ChildSpec("policy", self.bundles.run, wait_ready=True, shutdown_timeout=5)]
+                    if self.bundles is not None
+                    else []
+                ),
                 ChildSpec("uplink", self.uplink.run, shutdown_timeout=5),
                 *(
                     [ChildSpec("sync", self.sync.run, shutdown_timeout=5)]
@@ -306,7 +325,8 @@ class Gateway:
         later = [f"uplink.{f}" for f in self.uplink.apply(new.uplink)]
         self.s2.gate.apply(new.s2.limits)
         self.rules.reload()
-        if self.policy is not None and new.policy is not None:
+        bundled = self.bundles is not None and self.bundles.applied is not None
+        if self.policy is not None and new.policy is not None and not bundled:
             base = self.config_path.parent
             await asyncio.to_thread(self.policy.apply, new.policy, base)
         later += [s for s in self.RESTART_SECTIONS if getattr(new, s) != getattr(self.config, s)]
@@ -320,7 +340,9 @@ class Gateway:
             later.append("s2 (all but s2.limits)")
         if new.log.format != self.config.log.format:
             later.append("log.format")
-        if (new.policy is None) != (self.policy is None):
+        if (new.policy is None) != (self.config.policy is None) and (
+            new.policy is None or self.policy is None  # a bundle watcher's stage takes a file
+        ):
             later.append("policy")
         for name in later:
             log.warning(

@@ -123,12 +123,19 @@ class CapabilityAnnouncement(_Kind, frozen=True, tag="capability.announce"):
 
 
 class PolicyBundle(_Kind, frozen=True, tag="policy.bundle"):
-    """A versioned, expiring policy for the gateways (the WASM issue defines ``body``)."""
+    """A versioned, expiring policy for the gateways: ``body`` is the compiled wasm agent,
+    ``source`` the policy text it came from (either may be empty, not both). Signed and
+    distributed through the CRDT store by :mod:`amcp.bundles` (docs/policy-language.md,
+    "Bundles")."""
 
     name: str
     version: int
     expires_ms: int
     body: bytes = b""
+    zone: str = ""
+    """The zone whose gateways apply it; ``""``: every zone."""
+    source: str = ""
+    issued_ms: int = 0
 
 
 class Heartbeat(_Kind, frozen=True, tag="heartbeat"):
