@@ -9,6 +9,7 @@ Tree (docs/architecture.md, "Supervision")::
         ├── ingest      cloud broker → store → ack (or nack) to the gateway
         ├── sync        CRDT deltas with every gateway (amcp.sync)
         ├── s1          capability registry from announcements, intent router
+        ├── fleet       every gateway's heartbeats → the fleet table (alive, late, lost)
         ├── policy      the CLI's socket for writing signed policy bundles (cloud.policy_control)
         ├── enrolment   one-time-token enrolment (with a PKI directory)
         └── crl         re-signs the fleet CRL on schedule, expiry metrics (cloud.crl)
@@ -38,6 +39,7 @@ from amcp.sync import CloudSync
 from cloud.config import CloudConfig
 from cloud.crl import crl_child_specs
 from cloud.enrolment import open_enrolment
+from cloud.fleet import Fleet
 from cloud.ingest import CloudIngest
 from cloud.policy_control import SOCKET_NAME as POLICY_SOCKET
 from cloud.policy_control import PolicyControl
@@ -103,6 +105,15 @@ class Cloud:
         )
         # `cybernetic policy push|rollback` write signed bundles in the store through this
         self.policy_control = PolicyControl(state / POLICY_SOCKET, self.state_store)
+        self.fleet = Fleet(
+            config.fleet,
+            self.links,
+            self.registry,
+            broker=config.broker,
+            topic_prefix=config.ingest.topic_prefix,
+            transport=self.transport,
+            sessions=sessions,
+        )
         # the durable resources under rest_for_one, the workers one_for_one beneath them: see
         # the tree in docs/architecture.md, section Supervision
         self.workers = Supervisor(
@@ -115,6 +126,7 @@ class Cloud:
                     else []
                 ),
                 *self.s1.child_specs(),
+                ChildSpec("fleet", self.fleet.run, shutdown_timeout=5),
                 ChildSpec("policy", self.policy_control.run, wait_ready=True, shutdown_timeout=5),
                 *(
                     [ChildSpec("enrolment", self._run_enrolment, shutdown_timeout=5)]
@@ -165,7 +177,7 @@ class Cloud:
 
     def sessions(self) -> list[Session]:
         """The cloud's long-lived MQTT sessions (for ``cybernetic status``)."""
-        found = [self.ingest.session, self.s1.session]
+        found = [self.ingest.session, self.s1.session, self.fleet.session]
         if self.sync.session is not None:
             found.append(self.sync.session)
         return found

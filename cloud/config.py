@@ -59,6 +59,33 @@ class EnrolmentSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     crl: CrlSettings = msgspec.field(default_factory=CrlSettings)
 
 
+class FleetSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[fleet]``: the fleet table of gateway heartbeats (cloud.fleet, docs/operations.md)."""
+
+    late_phi: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 3.0
+    """Phi-accrual suspicion at which a gateway is marked late (3: a one in 1,000 chance that
+    a live gateway's heartbeat is this late; about one missed heartbeat)."""
+    lost_phi: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 8.0
+    """Suspicion at which a gateway is marked lost (also needs ``min_lost_s`` of silence)."""
+    min_lost_s: Annotated[float, msgspec.Meta(ge=0)] = 15.0
+    """A gateway is never marked lost before this much silence, whatever phi says: with a
+    regular 5 s cadence phi alone reaches 8 after about 8 s (one heartbeat lost on a WAN link
+    and a late next one); the floor makes lost mean about three missed heartbeats."""
+    check_interval: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    """How often states are re-judged: a state changes at most this long after its bound."""
+    max_gateways: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    """Gateways the table holds; heartbeats of more are counted (untracked), not kept."""
+    metrics_max_gateways: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 100
+    """Gateways that get their own ``cybernetic_fleet_last_seen_age_seconds{gateway}`` series
+    (the first heard from; 0: none), so a large fleet cannot explode the label set."""
+    session: str = "cloud-fleet"
+    """MQTT client id of the fleet table's session (clean: old heartbeats are worthless)."""
+
+    def __post_init__(self) -> None:
+        if self.late_phi >= self.lost_phi:
+            raise ValueError("fleet.late_phi must be below fleet.lost_phi")
+
+
 class CloudConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cloud: CloudSection = msgspec.field(default_factory=CloudSection)
     broker: BrokerLink = msgspec.field(default_factory=lambda: BrokerLink(username="cloud"))
@@ -67,6 +94,7 @@ class CloudConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enrolment: EnrolmentSettings = msgspec.field(default_factory=EnrolmentSettings)
     s1: CloudS1Settings = msgspec.field(default_factory=CloudS1Settings)
     sync: SyncSettings = msgspec.field(default_factory=SyncSettings)
+    fleet: FleetSettings = msgspec.field(default_factory=FleetSettings)
     metrics: MetricsSettings = msgspec.field(
         default_factory=lambda: MetricsSettings(listen="127.0.0.1:9465")
     )

@@ -39,5 +39,6 @@ def report(cloud: Cloud) -> dict[str, Any]:
             ),
             "peers": len(cloud.sync.engine.sessions),
         },
+        "fleet": cloud.fleet.report(),
         "supervisor": tree_json(cloud.supervisor.tree()),
     }

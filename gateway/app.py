@@ -12,6 +12,7 @@ Tree (docs/architecture.md, "Supervision")::
         ├── rules       GoldRush patterns from config, files and the store; actions
         ├── control     the CLI's socket for changing rules on the running gateway
         ├── uplink      outbox → cloud broker, deletes on the cloud's ack
+        ├── heartbeat   a signed heartbeat to the cloud's fleet table every few seconds
         ├── sync        CRDT deltas both ways with the cloud (amcp.sync)
         ├── ingest      local broker → filters → outbox → observers, ack after commit
         ├── s1          capabilities, intent dispatch, child units (gateway.s1)
@@ -45,6 +46,7 @@ from gateway.config import GatewayConfig
 from gateway.control import SOCKET_NAME, ControlServer
 from gateway.enrol import EnrolPaths, RenewalPolicy, Renewer
 from gateway.events import EventWriter
+from gateway.heartbeat import HeartbeatSender
 from gateway.hooks import IngestFilter, IngestObserver
 from gateway.ingest import Ingest
 from gateway.metrics import GatewayMetrics, gateway_readiness
@@ -190,6 +192,16 @@ class Gateway:
         self.metrics.watch(
             self.outbox.snapshot, self.uplink.status, self.ingest.session.is_connected
         )
+        # last: it reports on every part (gateway.status), like /status
+        self.heartbeat = HeartbeatSender(
+            config.uplink,
+            self.link,
+            self.report,
+            gateway=gw.id,
+            registry=self.metrics.registry,
+            transport=transport,
+            sessions=sessions,
+        )
         self.supervisor = self._tree()
 
     def _policy(self, config: GatewayConfig, config_path: Path | None) -> PolicyStage | None:
@@ -222,6 +234,7 @@ class Gateway:
                     else []
                 ),
                 ChildSpec("uplink", self.uplink.run, shutdown_timeout=5),
+                ChildSpec("heartbeat", self.heartbeat.run, shutdown_timeout=5),
                 *(
                     [ChildSpec("sync", self.sync.run, shutdown_timeout=5)]
                     if config.sync.enabled
@@ -293,6 +306,7 @@ class Gateway:
     def sessions(self) -> list[Session]:
         """Every MQTT session of the gateway (for ``cybernetic status``)."""
         found = [self.ingest.session, self.uplink.session, self.s1.executor.session]
+        found.append(self.heartbeat.session)
         found.append(self.s1.server.session)
         if self.rules.runner.session is not None:
             found.append(self.rules.runner.session)

@@ -64,6 +64,8 @@ class UplinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     renew_check_every: Seconds = 600.0
     clock_window: Seconds = 90.0
     """Envelopes from the cloud stamped further than this from our clock are refused."""
+    heartbeat_interval: Annotated[float, msgspec.Meta(ge=0.05, le=3600)] = 5.0
+    """Seconds between two signed heartbeats to the cloud's fleet table (gateway.heartbeat)."""
 
     def __post_init__(self) -> None:
         if not self.link_secret_file:

@@ -139,12 +139,36 @@ class PolicyBundle(_Kind, frozen=True, tag="policy.bundle"):
 
 
 class Heartbeat(_Kind, frozen=True, tag="heartbeat"):
-    """Liveness for failure detectors (phi-accrual); ``seq`` lets them see gaps."""
+    """Liveness for failure detectors (phi-accrual); ``seq`` lets them see gaps.
+
+    A gateway sends one every ``[uplink] heartbeat_interval`` seconds (``gateway.heartbeat``)
+    with what its status report says; the cloud's fleet table keeps the last (``cloud.fleet``).
+    ``seq`` counts from 0 in each ``boot`` (a new id per process start).
+    """
 
     node: str
     seq: int
     ts_ms: int
     uptime_s: float = 0.0
+    version: str = ""
+    boot: str = ""
+    interval_s: float = 0.0
+    """The sender's cadence: a receiver's detector knows it from the first heartbeat."""
+    outbox_rows: int = 0
+    outbox_bytes: int = 0
+    outbox_oldest_age_s: float | None = None
+    """Age of the oldest row waiting in the outbox (None: empty)."""
+    ingest_rate: float = 0.0
+    """Readings stored per second since the previous heartbeat."""
+    ingest_paused: bool = False
+    uplink_connected: bool = False
+    uplink_lag_s: float = 0.0
+    links: dict[str, bool] = {}
+    """Each MQTT session of the sender, connected or not."""
+    policy: str = ""
+    policy_version: int | None = None
+    patterns_generation: int = 0
+    patterns_rules: int = 0
 
 
 class SyncFrame(_Kind, frozen=True, tag="sync.frame"):

@@ -10,6 +10,7 @@ message on these travels in a signed envelope, docs/wire.md)::
     {prefix}/{gateway}/intents            cloud → gateway   Intent, Command (cancel)
     {prefix}/{gateway}/intents/updates    gateway → cloud   IntentUpdate
     {prefix}/{gateway}/capabilities       gateway → cloud   CapabilityAnnouncement (retained)
+    {prefix}/{gateway}/heartbeat          gateway → cloud   Heartbeat (QoS 0, the fleet table)
     cybernetic/enrol/{gateway}/request    gateway → cloud   enrolment frames (docs/trust.md)
     cybernetic/enrol/{gateway}/response   cloud → gateway
 
@@ -62,6 +63,15 @@ def intent_updates(prefix: str, gateway: str) -> str:
 
 def capabilities(prefix: str, gateway: str) -> str:
     return f"{prefix}/{gateway}/capabilities"
+
+
+def heartbeat(prefix: str, gateway: str) -> str:
+    return f"{prefix}/{gateway}/heartbeat"
+
+
+def heartbeat_filter(prefix: str) -> str:
+    """Every gateway's heartbeats (the cloud's fleet table subscription)."""
+    return f"{prefix}/+/heartbeat"
 
 
 def enrol_request(gateway: str, prefix: str = ENROL_PREFIX) -> str:
