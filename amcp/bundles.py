@@ -117,7 +117,7 @@ def decode(data: bytes) -> tuple[SignedBundle, PolicyBundle]:
     try:
         row = _row_decoder.decode(data)
         bundle = _body_decoder.decode(row.body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise BundleRefusedError("malformed", f"not a signed policy bundle: {exc}") from None
     check(bundle)
     return row, bundle
@@ -131,7 +131,7 @@ def verify(data: bytes, keyring: Keyring, now_ms: int, *, expiry: bool = True) -
         raise BundleRefusedError("malformed", f"{len(data)} bytes, more than {MAX_ROW_BYTES}")
     try:
         row = _row_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise BundleRefusedError("malformed", f"not a signed policy bundle: {exc}") from None
     found = keyring.get(row.key_id)
     if found is None:
@@ -146,7 +146,7 @@ def verify(data: bytes, keyring: Keyring, now_ms: int, *, expiry: bool = True) -
         raise BundleRefusedError("bad_signature", f"signature by {row.key_id} does not verify")
     try:
         bundle = _body_decoder.decode(row.body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise BundleRefusedError("malformed", f"signed body does not decode: {exc}") from None
     check(bundle)
     if expiry:
