@@ -78,7 +78,8 @@ class CloudIngest:
             broker,
             SessionSpec(
                 settings.session,
-                (topics.telemetry_filter(self.prefix),),
+                # the urgent lane (algedonic signals, alerts) is stored as it comes, like a batch
+                (topics.telemetry_filter(self.prefix), topics.urgent_filter(self.prefix)),
                 clean_session=False,
                 manual_ack=True,
             ),
@@ -162,7 +163,11 @@ class CloudIngest:
                     link.ack(mid, qos)
 
     def _open(self, topic: str, payload: bytes) -> _Opened | _Nack | None:
-        gateway = topics.gateway_of(self.prefix, topic, "telemetry") or ""
+        gateway = (
+            topics.gateway_of(self.prefix, topic, "telemetry")
+            or topics.gateway_of(self.prefix, topic, "urgent")
+            or ""
+        )
         try:
             opened = self.links.open(gateway, payload, topic)
         except EnvelopeError as exc:

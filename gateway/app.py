@@ -4,6 +4,7 @@ Tree (docs/architecture.md, "Supervision")::
 
     gateway (rest_for_one: the durable resources, then the workers that use them)
     ├── outbox      opens the SQLite outbox; expires old rows; fails if its database fails
+    ├── urgent      the urgent lane (algedonic signals, alerts), sent ahead of the outbox
     ├── state       the CRDT store (amcp.store) shared by S1, rules and sync
     └── workers (one_for_one: each restarts alone)
         ├── events      the one writer of gateway events (S2, rules, policy flags) → outbox
@@ -60,6 +61,7 @@ from gateway.s2.service import S2Service
 from gateway.status import report as status_report
 from gateway.twins import TwinReporter
 from gateway.uplink import Uplink
+from gateway.urgent import UrgentLane
 
 if TYPE_CHECKING:
     from wasm import PolicyStage
@@ -107,7 +109,9 @@ class Gateway:
             window_s=config.uplink.clock_window,
         )
         # every gateway event (S2, rules, policy flags) reaches the outbox through this one
-        self.events = EventWriter(self.outbox.append_events)
+        # algedonic signals and alerts, sent ahead of any backlog (gateway.urgent)
+        self.urgent = UrgentLane(state / "urgent.sqlite3")
+        self.events = EventWriter(self.outbox.append_events, urgent=self.urgent)
         self.metrics.watch_events(self.events.dropped, self.events.queued)
         # the gateway's CRDT state (capabilities, twins, patterns, limits), shared by S1, the
         # rules and sync so a row merged from the cloud notifies whoever uses it
@@ -145,6 +149,7 @@ class Gateway:
             self.metrics,
             self.link,
             gateway=gw.id,
+            urgent=self.urgent,
             transport=transport,
             sessions=sessions,
         )
@@ -252,6 +257,12 @@ class Gateway:
             "gateway",
             [
                 ChildSpec("outbox", self._run_outbox, wait_ready=True, shutdown_timeout=10),
+                ChildSpec(
+                    "urgent",
+                    holding(self.urgent.open, self.urgent.close, self.urgent.held),
+                    wait_ready=True,
+                    shutdown_timeout=10,
+                ),
                 ChildSpec(
                     "state",
                     holding(self.store.open, self.store.close, self.store.held),

@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
+
+import msgspec
 
 from amcp.runtime.session import Backoff
 from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire.telemetry import EventRecord
 from gateway.hooks import EventSink
+from gateway.outbox import encode_row
+from gateway.urgent import UrgentLane
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +41,17 @@ RETRY_S = (0.25, 5.0)
 
 
 class EventWriter:
-    def __init__(self, sink: EventSink, *, queue_max: int = 10_000) -> None:
+    def __init__(
+        self, sink: EventSink, *, urgent: UrgentLane | None = None, queue_max: int = 10_000
+    ) -> None:
+        """``urgent``: where records marked urgent go (algedonic signals, alerts), ahead of the
+        outbox's queue; without it they go to ``sink`` with the rest."""
         self.sink = sink
+        self.urgent = urgent
         self.queue_max = queue_max
         self.queue: deque[EventRecord] = deque()
+        self.urgent_queue: deque[EventRecord] = deque()
+        """Urgent records, written to the urgent lane before anything in :attr:`queue`."""
         self.dropped: Counter[str] = Counter()
         """Records dropped, by reason (``queue_full``, ``unwritable``)."""
         self.written = 0
@@ -50,18 +62,19 @@ class EventWriter:
         """Queue ``records`` for the outbox; returns how many were taken (the rest dropped)."""
         taken = 0
         for record in records:
-            if len(self.queue) >= self.queue_max:
+            queue = self.urgent_queue if record.urgent and self.urgent else self.queue
+            if len(queue) >= self.queue_max:
                 self.dropped["queue_full"] += 1
                 continue
-            self.queue.append(record)
+            queue.append(record)
             taken += 1
         if taken:
             self._wake.set()
         return taken
 
     def queued(self) -> int:
-        """Records waiting for the outbox."""
-        return len(self.queue)
+        """Records waiting for the outbox (or the urgent lane)."""
+        return len(self.queue) + len(self.urgent_queue)
 
     async def append(self, records: Sequence[EventRecord]) -> int:
         """:meth:`submit` in the shape of an :data:`EventSink` (for producers written to one)."""
@@ -71,13 +84,19 @@ class EventWriter:
         ctx.ready()
         backoff = Backoff(*RETRY_S)
         while True:
-            if not self.queue:
+            queue = self.urgent_queue or self.queue  # urgent first
+            if not queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = [self.queue[i] for i in range(min(BATCH_MAX, len(self.queue)))]
+            batch = [queue[i] for i in range(min(BATCH_MAX, len(queue)))]
             try:
-                await self._write(batch)
+                if queue is self.urgent_queue and self.urgent is not None:
+                    await self._write_urgent(self.urgent, batch)
+                else:
+                    await self._write(batch)
+                if self.urgent is not None and self.urgent.over:
+                    await self._move_overflow(self.urgent)
             except Exception as exc:  # the outbox cannot take it now: keep it, try again
                 delay = backoff.next_delay()
                 if not self._failing:
@@ -89,7 +108,7 @@ class EventWriter:
                 await asyncio.sleep(delay)
                 continue
             for _ in batch:
-                self.queue.popleft()
+                queue.popleft()
             if self._failing:
                 self._failing = False
                 log.warning("events written to the outbox again", extra={"events": len(batch)})
@@ -112,3 +131,25 @@ class EventWriter:
                         extra={"event": record.name, "source": record.source, "error": str(exc)},
                     )
         self.written += len(batch)
+
+    async def _write_urgent(self, lane: UrgentLane, records: list[EventRecord]) -> None:
+        bodies = []
+        for record in records:
+            try:
+                bodies.append(encode_row(record))
+            except (TypeError, ValueError, OverflowError) as exc:
+                self.dropped["unwritable"] += 1
+                log.error(  # noqa: TRY400 - the record is the problem, not the code path
+                    "event cannot be stored; dropped",
+                    extra={"event": record.name, "source": record.source, "error": str(exc)},
+                )
+        await lane.append(bodies, int(time.time() * 1000))
+        self.written += len(records)
+
+    async def _move_overflow(self, lane: UrgentLane) -> None:
+        """A storm of alerts: the oldest beyond the lane's bound wait in the ordinary queue
+        (written there before they leave the lane: moved, never lost)."""
+        ids, bodies = await lane.overflow()
+        if ids:
+            await self.sink([msgspec.msgpack.decode(b, type=EventRecord) for b in bodies])
+            await lane.forget(ids)

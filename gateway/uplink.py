@@ -32,6 +32,7 @@ from amcp.wire.telemetry import BatchAck, BatchNack
 from gateway.config import UplinkSettings
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Batch, Outbox
+from gateway.urgent import UrgentLane
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,15 @@ class Uplink:
         link: GatewayLink,
         *,
         gateway: str,
+        urgent: UrgentLane | None = None,
         transport: Transport | None = None,
         sessions: SessionMetrics | None = None,
     ) -> None:
+        """``urgent``: the urgent lane, sent before any outbox batch (gateway.urgent)."""
         self.settings = settings
+        self.urgent = urgent
+        self._urgent_sent: dict[str, float] = {}
+        """Urgent batch id → when it was last sent."""
         self.outbox = outbox
         self.metrics = metrics
         self.gateway = gateway
@@ -133,6 +139,8 @@ class Uplink:
 
     async def _session(self, client: Link) -> None:
         self._inflight.clear()
+        self._urgent_sent.clear()
+        await self._send_urgent(client, again=True)  # ahead of everything, resends included
         for batch in await self.outbox.open_batches():
             await self._send(client, batch)
         async with asyncio.TaskGroup() as tg:
@@ -156,10 +164,31 @@ class Uplink:
         await asyncio.gather(*publishes)
         self.metrics.batches_sent.inc(len(publishes))
 
+    async def _send_urgent(self, client: Link, *, again: bool = False) -> None:
+        """Send the urgent lane's rows not in flight (and, with ``again``, those in flight)."""
+        lane = self.urgent
+        if lane is None:
+            return
+        topic = topics.urgent(self.settings.topic_prefix, self.gateway)
+        batches = lane.open_batches() if again else []
+        while (batch := await lane.next_batch()) is not None:
+            batches.append(batch)
+        for batch in batches:
+            wire = _WireBatch(
+                batch.batch_id, self.gateway, [], [msgspec.Raw(b) for b in batch.events]
+            )
+            self._urgent_sent[batch.batch_id] = time.monotonic()
+            await client.publish(topic, self.link.seal(wire, topic), qos=1)  # type: ignore[arg-type]
+        if batches:
+            self.metrics.batches_sent.inc(len(batches))
+
     async def _send_loop(self, client: Link) -> None:
         s = self.settings
         outbox = self.outbox
         while True:
+            if self.urgent is not None and self.urgent.appended.is_set():
+                self.urgent.appended.clear()
+                await self._send_urgent(client)
             room = s.window - len(self._inflight)
             if room <= 0:
                 self._slot.clear()
@@ -181,12 +210,21 @@ class Uplink:
             outbox.appended.clear()
             batches = await outbox.next_batches(s.batch_max, room)
             if not batches:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(outbox.appended.wait(), IDLE_RECHECK_S)
+                await self._idle()
                 if s.batch_interval:  # let a batch fill up a little when traffic is light
                     await asyncio.sleep(s.batch_interval)
                 continue
             await self._send_all(client, batches)
+
+    async def _idle(self) -> None:
+        """Wait for rows in the outbox or the urgent lane, at most :data:`IDLE_RECHECK_S`."""
+        events = [self.outbox.appended] + ([self.urgent.appended] if self.urgent else [])
+        waits = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waits, timeout=IDLE_RECHECK_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _receive_acks(self, client: Link) -> None:
         async for message in client.messages():
@@ -212,6 +250,10 @@ class Uplink:
                 log.warning("outbox disk full; acknowledged rows kept", extra={"error": str(exc)})
 
     async def _on_ack(self, ack: BatchAck) -> None:
+        if self.urgent is not None and self.urgent.owns(ack.batch_id):
+            self._urgent_sent.pop(ack.batch_id, None)
+            self.metrics.acked.inc(await self.urgent.ack(ack.batch_id))
+            return
         n = await self.outbox.ack(ack.batch_id, ack.refused, ack.refused_events)
         entry = self._inflight.pop(ack.batch_id, None)
         if n:
@@ -228,6 +270,17 @@ class Uplink:
         self._slot.set()
 
     async def _on_nack(self, client: Link, nack: BatchNack) -> None:
+        if self.urgent is not None and self.urgent.owns(nack.batch_id):
+            if nack.retry:  # sent again with the next urgent round, fresh
+                self._urgent_sent[nack.batch_id] = 0.0
+                return
+            log.error(  # never storable: nothing else could take it either
+                "the cloud can never store an urgent batch; dropped",
+                extra={"batch_id": nack.batch_id, "reason": nack.reason},
+            )
+            self._urgent_sent.pop(nack.batch_id, None)
+            await self.urgent.ack(nack.batch_id)
+            return
         entry = self._inflight.get(nack.batch_id)
         if entry is None:
             return  # not ours any more (acknowledged, or a replayed old nack)
@@ -254,6 +307,8 @@ class Uplink:
         while True:
             await asyncio.sleep(timeout / 4)
             now = time.monotonic()
+            if any(now - sent > timeout for sent in self._urgent_sent.values()):
+                await self._send_urgent(client, again=True)
             for entry in list(self._inflight.values()):
                 if now - entry.sent_at > timeout:
                     log.info(

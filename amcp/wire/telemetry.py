@@ -44,6 +44,9 @@ class EventRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     """The device, unit or subsystem it is about."""
     severity: str = "info"
     attrs: dict[str, Any] = msgspec.field(default_factory=dict)
+    urgent: bool = False
+    """An algedonic signal or an alert: the gateway sends it on its urgent lane, ahead of any
+    telemetry backlog (gateway.urgent)."""
 
 
 class TelemetryBatch(msgspec.Struct, frozen=True, tag="telemetry.batch", omit_defaults=True):

@@ -41,6 +41,15 @@ def telemetry_filter(prefix: str) -> str:
     return f"{prefix}/+/telemetry"
 
 
+def urgent(prefix: str, gateway: str) -> str:
+    """Algedonic signals and alerts, sent ahead of the telemetry backlog (gateway.urgent)."""
+    return f"{prefix}/{gateway}/urgent"
+
+
+def urgent_filter(prefix: str) -> str:
+    return f"{prefix}/+/urgent"
+
+
 def ack(prefix: str, gateway: str) -> str:
     return f"{prefix}/{gateway}/ack"
 

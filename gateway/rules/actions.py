@@ -50,6 +50,9 @@ from gateway.s1.devicewire import ENCODER, DeviceCommand
 
 log = logging.getLogger(__name__)
 
+ALERT_SEVERITIES = frozenset({"warning", "error", "critical"})
+"""A rule event of these severities is an alert: sent ahead of the telemetry backlog."""
+
 Capability = Callable[[Mapping[str, Any], Mapping[str, Any]], object]
 """Called as ``capability(args, event)``; may return an awaitable, which is awaited."""
 
@@ -104,10 +107,12 @@ def event_record(
             "origin": f"rules/{gateway}/{rule_id}",
             "reason": spec.reason or f"rule {rule_id} fired for {source}",
         }
-        return EventRecord("algedonic", _now_ms(), source, "critical", attrs)
+        return EventRecord("algedonic", _now_ms(), source, "critical", attrs, urgent=True)
     if spec.message:
         attrs["message"] = spec.message
-    return EventRecord(spec.name or f"rules.{rule_id}", _now_ms(), source, spec.severity, attrs)
+    name = spec.name or f"rules.{rule_id}"
+    alert = spec.severity in ALERT_SEVERITIES  # an alert goes on the urgent lane
+    return EventRecord(name, _now_ms(), source, spec.severity, attrs, urgent=alert)
 
 
 class ActionRunner:
