@@ -4,6 +4,7 @@ Gateway ↔ cloud (``prefix`` is the link's topic prefix, ``cybernetic/gw`` by d
 message on these travels in a signed envelope, docs/wire.md)::
 
     {prefix}/{gateway}/telemetry          gateway → cloud   TelemetryBatch
+    {prefix}/{gateway}/urgent             gateway → cloud   TelemetryBatch of urgent events only
     {prefix}/{gateway}/ack                cloud → gateway   BatchAck, BatchNack
     {prefix}/{gateway}/sync/up            gateway → cloud   SyncFrame
     {prefix}/{gateway}/sync/down          cloud → gateway   SyncFrame
