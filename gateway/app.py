@@ -10,6 +10,7 @@ Tree (docs/architecture.md, "Supervision")::
         ├── events      the one writer of gateway events (S2, rules, policy flags) → outbox
         ├── twins       each device's latest values → its reported twin (synced to the cloud)
         ├── s2          load signals → adaptive limits, zombies, leases; S2 events → outbox
+        ├── limits      the store's limits rows (from the cloud) → the S2 rate gate, live
         ├── rules       GoldRush patterns from config, files and the store; actions
         ├── control     the CLI's socket for changing rules on the running gateway
         ├── uplink      outbox → cloud broker, deletes on the cloud's ack
@@ -57,6 +58,7 @@ from gateway.policy_bundles import build as policy_bundles
 from gateway.rules import RulesService
 from gateway.rules.settings import STORE_FILE
 from gateway.s1 import S1
+from gateway.s2.limit_rows import LimitRows, LimitRowsCollector
 from gateway.s2.service import S2Service
 from gateway.status import report as status_report
 from gateway.twins import TwinReporter
@@ -131,6 +133,16 @@ class Gateway:
         )
         self.s2 = S2Service(config.s2, reassign=self.s1.reassign)
         self.s2.register(self.metrics.registry)
+        # the cloud's limits rows on top of [s2.limits], live (gateway.s2.limit_rows)
+        self.limits = LimitRows(
+            self.s2.gate,
+            config.s2.limits,
+            self.store,
+            gateway=gw.id,
+            zone=gw.zone,
+            report=self.events.submit,
+        )
+        self.metrics.registry.register(LimitRowsCollector(self.limits))
         self.rules = RulesService(
             config.rules,
             self.store,
@@ -231,6 +243,7 @@ class Gateway:
                 ChildSpec("events", self.events.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("twins", self.twins.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("s2", self._run_s2, wait_ready=True, shutdown_timeout=5),
+                ChildSpec("limits", self.limits.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("rules", self.rules.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("control", self.control.run, wait_ready=True, shutdown_timeout=5),
                 *(
@@ -348,7 +361,7 @@ class Gateway:
         set_level(new.log.level)
         self.ingest.apply(new.ingest)
         later = [f"uplink.{f}" for f in self.uplink.apply(new.uplink)]
-        self.s2.gate.apply(new.s2.limits)
+        self.limits.apply_config(new.s2.limits)  # the store's limits rows stay on top
         self.rules.reload()
         bundled = self.bundles is not None and self.bundles.applied is not None
         if self.policy is not None and new.policy is not None and not bundled:
