@@ -11,6 +11,7 @@ Tree (docs/architecture.md, "Supervision")::
         ├── s1          capability registry from announcements, intent router
         ├── fleet       every gateway's heartbeats → the fleet table (alive, late, lost)
         ├── policy      the CLI's socket for writing signed policy bundles (cloud.policy_control)
+        ├── control     the CLI's socket for fleet authoring: limits, desired twins, zones
         ├── enrolment   one-time-token enrolment (with a PKI directory)
         └── crl         re-signs the fleet CRL on schedule, expiry metrics (cloud.crl)
 """
@@ -36,7 +37,10 @@ from amcp.runtime.statemarker import write_marker
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor, holding
 from amcp.store import Store
 from amcp.sync import CloudSync
+from cloud.authoring import Authoring
 from cloud.config import CloudConfig
+from cloud.control import SOCKET_NAME as CONTROL_SOCKET
+from cloud.control import CloudControl
 from cloud.crl import crl_child_specs
 from cloud.enrolment import open_enrolment
 from cloud.fleet import Fleet
@@ -105,6 +109,9 @@ class Cloud:
         )
         # `cybernetic policy push|rollback` write signed bundles in the store through this
         self.policy_control = PolicyControl(state / POLICY_SOCKET, self.state_store)
+        # `cybernetic fleet` sets limits, desired twins and zones through this (cloud.control)
+        self.authoring = Authoring(self.state_store, known_gateways=self._known_gateways)
+        self.control = CloudControl(state / CONTROL_SOCKET, self.authoring)
         self.fleet = Fleet(
             config.fleet,
             self.links,
@@ -128,6 +135,7 @@ class Cloud:
                 *self.s1.child_specs(),
                 ChildSpec("fleet", self.fleet.run, shutdown_timeout=5),
                 ChildSpec("policy", self.policy_control.run, wait_ready=True, shutdown_timeout=5),
+                ChildSpec("control", self.control.run, wait_ready=True, shutdown_timeout=5),
                 *(
                     [ChildSpec("enrolment", self._run_enrolment, shutdown_timeout=5)]
                     if config.enrolment.pki_dir
@@ -161,6 +169,15 @@ class Cloud:
             period=30,
         )
         self.supervisor.add_subtree(self.workers)
+
+    def _known_gateways(self) -> list[str]:
+        """Gateways with a link secret: the fleet as the cloud knows it besides its sync peers
+        (``applied on N of M`` counts a gateway that never connected as not applied)."""
+        try:
+            entries = list(Path(self.config.links.secrets_dir).iterdir())
+        except OSError:
+            return []
+        return sorted(p.name for p in entries if p.is_file() and not p.name.startswith("."))
 
     async def _run_enrolment(self, ctx: ChildContext) -> None:
         """Answer gateways enrolling with one-time tokens (docs/trust.md)."""

@@ -1,0 +1,250 @@
+"""Fleet authoring: limits, desired twin values and zone membership, written in the cloud's
+CRDT store for sync to carry down, and what each gateway has acknowledged of them.
+
+Everything here is a typed call on :class:`Authoring` (the command line reaches it through
+the cloud's control socket, ``cloud.control``; the API issue will expose the same calls).
+Each value is checked before anything is written (:class:`~amcp.fleet.RowError` names the
+bad field), and each write returns a :class:`Written` receipt: the row and the version of
+the cloud's store that holds it. :meth:`Authoring.applied` turns a receipt into "applied on
+47 of 50": the gateways the row is for, and which of them acknowledged a version at least as
+new through sync (``peers.acked``, moved only after the gateway committed our rows).
+
+Rows and targeting (formats in :mod:`amcp.fleet`; docs/s2.md, "Limits from the cloud"):
+
+- ``limits`` ``<target>/<scope>/<name>``: sync sends every row to every gateway; a gateway
+  applies the rows whose target includes it (``all``, ``zone/<its zone>``, ``gw/<its id>``).
+- ``zones`` ``<gateway>``: that gateway's zone. Zone targets count as members the gateways
+  with a ``zones`` row naming the zone (a zone set only in a gateway's own configuration is
+  not known here).
+- ``twin.desired`` ``<device>/<field>`` (``amcp.store.twins``): a device's desired fields are
+  keyed by the device and reach every gateway; the target given says whose acknowledgement
+  counts (the gateway, or the zone, serving the device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from amcp.fleet import (
+    LIMITS,
+    ZONES,
+    LimitValue,
+    RowError,
+    Target,
+    check_name,
+    decode_limit,
+    decode_zone,
+    desired_key,
+    encode_desired,
+    encode_limit,
+    encode_zone,
+    limit_key,
+    limit_value,
+    parse_limit_key,
+)
+from amcp.store import LWWStore, Store
+from amcp.store.twins import DESIRED
+
+__all__ = ["DESIRED", "Applied", "Authoring", "Mark", "RowError", "Target", "Written"]
+
+
+class Written(msgspec.Struct, frozen=True):
+    """A row written (``removed``: a delete) at ``version`` of the cloud's store, for
+    ``target``'s gateways. ``existed`` is False for a delete of a row that was not there."""
+
+    namespace: str
+    key: str
+    target: str
+    version: int
+    removed: bool = False
+    existed: bool = True
+
+
+class Applied(msgspec.Struct, frozen=True):
+    """Which gateways a written row is for, and which have acknowledged it."""
+
+    namespace: str
+    key: str
+    version: int
+    gateways: list[str]
+    acknowledged: list[str]
+    pending: list[str]
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+    def summary(self) -> str:
+        return f"applied on {len(self.acknowledged)} of {len(self.gateways)}"
+
+
+class Mark(msgspec.Struct, frozen=True):
+    """One gateway's sync marks as the cloud keeps them."""
+
+    gateway: str
+    acked: int
+    """The newest of the cloud's versions the gateway committed."""
+    received: int
+    """The newest of the gateway's versions the cloud committed."""
+    last_seen_ms: int
+    zone: str | None
+    """Its zone from the ``zones`` rows (None: no row)."""
+
+
+def _limit_target(target: Target | str) -> Target:
+    return target if isinstance(target, Target) else Target.parse(target)
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    scope, sep, name = key.partition("/")
+    if not sep:
+        raise RowError("key", f"{key!r}: give <scope>/<name>, e.g. device/flood")
+    return scope, name
+
+
+class Authoring:
+    def __init__(
+        self, store: Store, *, known_gateways: Callable[[], Iterable[str]] = tuple
+    ) -> None:
+        """``store`` is the cloud's CRDT store (open while calls are made); ``known_gateways``
+        lists the gateways the cloud knows besides its sync peers (its link secrets)."""
+        self.store = store
+        self.known_gateways = known_gateways
+
+    # -- writes -----------------------------------------------------------------------------
+    async def _write(
+        self, namespace: str, key: str, value: bytes | None, target: Target
+    ) -> Written:
+        def write(core: LWWStore) -> Written:
+            existed = core.get(namespace, key) is not None
+            if value is None and not existed:
+                return Written(
+                    namespace, key, str(target), core.version, removed=True, existed=False
+                )
+            core.write([(namespace, key, value)])
+            return Written(
+                namespace, key, str(target), core.version, removed=value is None, existed=existed
+            )
+
+        return await self.store.call(write)
+
+    async def set_limit(
+        self, target: Target | str, key: str, value: LimitValue | Mapping[str, Any]
+    ) -> Written:
+        """``key`` is ``<scope>/<name>`` (``device/flood``, ``capability/valve.open``,
+        ``principal/alice``); ``value`` a :class:`LimitValue` or ``{"rate": .., "burst": ..}``."""
+        where = _limit_target(target)
+        parsed = limit_key(where, *_split_key(key))
+        if not isinstance(value, LimitValue):
+            extra = set(value) - {"rate", "burst"}
+            if extra:
+                raise RowError(min(extra), "not a limit field (rate, burst)")
+            if "rate" not in value:
+                raise RowError("rate", "required")
+            value = limit_value(value["rate"], value.get("burst", 1))
+        return await self._write(LIMITS, parsed.key, encode_limit(value), where)
+
+    async def remove_limit(self, target: Target | str, key: str) -> Written:
+        where = _limit_target(target)
+        parsed = limit_key(where, *_split_key(key))
+        return await self._write(LIMITS, parsed.key, None, where)
+
+    async def set_desired(
+        self, target: Target | str, device: str, field: str, value: Any
+    ) -> Written:
+        row = desired_key(device, field)
+        return await self._write(DESIRED, row, encode_desired(value), _limit_target(target))
+
+    async def remove_desired(self, target: Target | str, device: str, field: str) -> Written:
+        return await self._write(DESIRED, desired_key(device, field), None, _limit_target(target))
+
+    async def set_zone(self, gateway: str, zone: str) -> Written:
+        check_name("gateway", gateway)
+        return await self._write(ZONES, gateway, encode_zone(zone), Target.gateway(gateway))
+
+    async def remove_zone(self, gateway: str) -> Written:
+        check_name("gateway", gateway)
+        return await self._write(ZONES, gateway, None, Target.gateway(gateway))
+
+    # -- reads ------------------------------------------------------------------------------
+    async def limits(self, target: Target | str | None = None) -> dict[str, LimitValue]:
+        """The ``limits`` rows (of one target, or all), by key; rows that do not decode
+        (written by something other than this module) are left out."""
+        prefix = "" if target is None else _limit_target(target).prefix
+        out: dict[str, LimitValue] = {}
+        for key, raw in (await self.store.items(LIMITS, prefix)).items():
+            try:
+                parse_limit_key(key)
+                out[key] = decode_limit(raw)
+            except RowError:
+                continue
+        return out
+
+    async def zones(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for gateway, raw in (await self.store.items(ZONES)).items():
+            try:
+                out[gateway] = decode_zone(raw).zone
+            except RowError:
+                continue
+        return out
+
+    async def gateways(self, target: Target | str) -> list[str]:
+        """The gateways a target names, as far as the cloud knows them."""
+        where = _limit_target(target)
+        if where.kind == "gateway":
+            return [where.name]
+        if where.kind == "zone":
+            return sorted(g for g, z in (await self.zones()).items() if z == where.name)
+        peers = await self.store.call(lambda core: [p.peer for p in core.peers()])
+        return sorted({*peers, *self.known_gateways()})
+
+    async def marks(self) -> list[Mark]:
+        zones = await self.zones()
+        peers = await self.store.call(lambda core: core.peers())
+        found = {p.peer: p for p in peers}
+        out = [Mark(p.peer, p.acked, p.received, p.last_seen_ms, zones.get(p.peer)) for p in peers]
+        out += [
+            Mark(g, 0, 0, 0, zones.get(g)) for g in sorted(set(self.known_gateways()) - set(found))
+        ]
+        return sorted(out, key=lambda m: m.gateway)
+
+    async def version(self) -> int:
+        return await self.store.version()
+
+    async def applied(self, change: Written) -> Applied:
+        """Which of the change's gateways acknowledged a version at least as new as it."""
+        gateways = await self.gateways(change.target)
+        acked = {m.gateway: m.acked for m in await self.marks()}
+        done = [g for g in gateways if acked.get(g, 0) >= change.version]
+        pending = [g for g in gateways if acked.get(g, 0) < change.version]
+        return Applied(change.namespace, change.key, change.version, gateways, done, pending)
+
+    async def receipt(
+        self, namespace: str, key: str, target: Target | str | None = None
+    ) -> Written:
+        """The receipt of a row already in the store (its current version), for
+        :meth:`applied`; ``target`` defaults to the one in a ``limits`` key, the gateway of a
+        ``zones`` key, else the whole fleet. Raises KeyError when the store has no such row."""
+
+        def version(core: LWWStore) -> tuple[int, bool] | None:
+            row = core.connection.execute(
+                "SELECT version, value IS NULL FROM map WHERE ns=? AND key=?", (namespace, key)
+            ).fetchone()
+            return None if row is None else (int(row[0]), bool(row[1]))
+
+        found = await self.store.call(version)
+        if found is None:
+            raise KeyError(f"{namespace} {key}")
+        if target is not None:
+            where = _limit_target(target)
+        elif namespace == LIMITS:
+            where = parse_limit_key(key).target
+        elif namespace == ZONES:
+            where = Target.gateway(key)
+        else:
+            where = Target.all()
+        return Written(namespace, key, str(where), found[0], removed=found[1])
