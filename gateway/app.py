@@ -18,6 +18,7 @@ Tree (docs/architecture.md, "Supervision")::
         ├── sync        CRDT deltas both ways with the cloud (amcp.sync)
         ├── ingest      local broker → filters → outbox → observers, ack after commit
         ├── s1          capabilities, intent dispatch, child units (gateway.s1)
+        ├── desired     twin.desired → device commands through S1 until the report matches
         └── renewer     certificate and link-key renewal (when enrolled)
 
 The outbox starts first and stops last, so nothing is written to a closed database.
@@ -46,6 +47,7 @@ from amcp.store import Store
 from amcp.sync import GatewaySync
 from gateway.config import GatewayConfig
 from gateway.control import SOCKET_NAME, ControlServer
+from gateway.desired import DesiredTwins
 from gateway.enrol import EnrolPaths, RenewalPolicy, Renewer
 from gateway.events import EventWriter
 from gateway.heartbeat import HeartbeatSender
@@ -58,8 +60,9 @@ from gateway.policy_bundles import build as policy_bundles
 from gateway.rules import RulesService
 from gateway.rules.settings import STORE_FILE
 from gateway.s1 import S1
+from gateway.s2.events import S2Event
 from gateway.s2.limit_rows import LimitRows, LimitRowsCollector
-from gateway.s2.service import S2Service
+from gateway.s2.service import S2Service, coordination, to_record
 from gateway.status import report as status_report
 from gateway.twins import TwinReporter
 from gateway.uplink import Uplink
@@ -119,7 +122,11 @@ class Gateway:
         # rules and sync so a row merged from the cloud notifies whoever uses it
         self.store = Store(state / STORE_FILE, site=gw.id)
 
-        # the workers, each after what it calls
+        # the workers, each after what it calls. S2's rate gate and lease table come first:
+        # S1 admits every intent with the gate (principal, capability) and takes the lease of
+        # every device command (intents, rule actions, desired twins) in the table; S2, built
+        # after S1 (it moves a zombie's work through S1.reassign), ticks and sweeps them
+        gate, leases = coordination(config.s2, self._s2_event)
         self.s1 = S1(
             config.s1,
             self.store,
@@ -130,8 +137,10 @@ class Gateway:
             state_dir=state,
             transport=transport,
             on_intent_final=self.metrics.observe_intent,
+            gate=gate,
+            leases=leases,
         )
-        self.s2 = S2Service(config.s2, reassign=self.s1.reassign)
+        self.s2 = S2Service(config.s2, reassign=self.s1.reassign, gate=gate, leases=leases)
         self.s2.register(self.metrics.registry)
         # the cloud's limits rows on top of [s2.limits], live (gateway.s2.limit_rows)
         self.limits = LimitRows(
@@ -148,11 +157,19 @@ class Gateway:
             self.store,
             self.events.append,
             gateway=gw.id,
-            local_broker=config.local_broker,
+            local_broker=None,  # device commands go through S1 (below): the lease, the answer
             invoke=self.s1.invoke,
             transport=transport,
         )
+        self.rules.runner.command = self.s1.command
         self.twins = TwinReporter(self.store, gw.twin_interval)
+        # twin.desired rows become device commands through S1 until the report matches
+        self.desired = DesiredTwins(
+            self.store,
+            self.s1.command,
+            self.events.submit,
+            confirm_s=max(5.0, 3 * gw.twin_interval),
+        )
         # the command line changes rules through this, without a restart (gateway.control)
         self.control = ControlServer(state / SOCKET_NAME, self.store, config.rules.namespace)
         self.uplink = Uplink(
@@ -260,6 +277,11 @@ class Gateway:
                 ),
                 ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
                 *self.s1.child_specs(),
+                *(
+                    [ChildSpec("desired", self.desired.run, wait_ready=True, shutdown_timeout=5)]
+                    if config.s1.enabled
+                    else []
+                ),
             ],
             strategy=Strategy.ONE_FOR_ONE,
             intensity=5,
@@ -323,6 +345,10 @@ class Gateway:
         up a renewed certificate by itself at the next connection)."""
         self.link.rekey(read_secret(EnrolPaths(Path(self.config.uplink.enrol_dir)).link_secret))
         log.info("link keys renewed")
+
+    def _s2_event(self, event: S2Event) -> None:
+        """The events of S2's gate and lease table (built before S2): to the event writer."""
+        self.events.submit([to_record(event)])
 
     async def _run_s2(self, ctx: ChildContext) -> None:
         await self.s2.run(ctx, self.events.submit)

@@ -67,6 +67,11 @@ class Intent(_Kind, frozen=True, tag="intent"):
     capability: str | None = None
     args: dict[str, Any] = {}
     timeout_ms: int | None = None
+    principal: str = ""
+    """Who asked: ``user:<name>`` or ``service:<name>``; ``""`` (an older sender) is treated
+    as ``anonymous``. S1 applies the principal's quota (S2's ``user`` scope) to it."""
+    zone: str = ""
+    """The zone the intent comes from; S1 refuses it for a capability of another zone."""
 
 
 IntentState = Literal["accepted", "running", "result", "done", "failed"]

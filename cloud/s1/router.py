@@ -1,11 +1,12 @@
 """The cloud's intent router: an intent to the gateway that owns its capability, updates back.
 
 :meth:`IntentRouter.send` picks the owner from the registry (cheapest announced), seals the
-:class:`~amcp.wire.messages.Intent` for that gateway's link with the intent id as correlation id,
-and yields the gateway's :class:`~amcp.wire.messages.IntentUpdate`\\ s as they arrive until
-``done`` or ``failed``. The gateway enforces the time limit and answers ``failed/timeout``
-itself; the router waits ``grace`` seconds longer and then answers for a gateway that went
-silent. Leaving the iteration early cancels the intent on the gateway.
+:class:`~amcp.wire.messages.Intent` (with who asked, ``principal``, and their ``zone``: the
+gateway applies that principal's quota) for that gateway's link with the intent id as
+correlation id, and yields the gateway's :class:`~amcp.wire.messages.IntentUpdate`\\ s as
+they arrive until ``done`` or ``failed``. The gateway enforces the time limit and answers
+``failed/timeout`` itself; the router waits ``grace`` seconds longer and then answers for a
+gateway that went silent. Leaving the iteration early cancels the intent on the gateway.
 """
 
 from __future__ import annotations
@@ -95,12 +96,23 @@ class IntentRouter:
         *,
         text: str = "",
         gateway: str | None = None,
+        principal: str = "",
+        zone: str = "",
     ) -> AsyncIterator[IntentUpdate]:
-        """The intent's updates, ending with ``done`` or ``failed``."""
+        """The intent's updates, ending with ``done`` or ``failed``. ``principal`` is who
+        asks (``user:<name>`` or ``service:<name>``), ``zone`` the zone they ask from."""
 
         async def updates() -> AsyncGenerator[IntentUpdate, None]:
             async with contextlib.aclosing(
-                self.stream(capability, args, timeout, text=text, gateway=gateway)
+                self.stream(
+                    capability,
+                    args,
+                    timeout,
+                    text=text,
+                    gateway=gateway,
+                    principal=principal,
+                    zone=zone,
+                )
             ) as stream:
                 async for routed in stream:
                     yield routed.update
@@ -115,6 +127,8 @@ class IntentRouter:
         *,
         text: str = "",
         gateway: str | None = None,
+        principal: str = "",
+        zone: str = "",
     ) -> AsyncGenerator[Routed, None]:
         """Like :meth:`send`, with each update's gateway and correlation id."""
         limit = timeout or self.settings.default_timeout
@@ -130,7 +144,15 @@ class IntentRouter:
         self._streams[intent_id] = (target, queue)
         finished = False
         try:
-            intent = Intent(intent_id, text, capability, args, timeout_ms=int(limit * 1000))
+            intent = Intent(
+                intent_id,
+                text,
+                capability,
+                args,
+                timeout_ms=int(limit * 1000),
+                principal=principal,
+                zone=zone,
+            )
             topic = topics.intents(self.settings.topic_prefix, target)
             data = self.links.seal(target, intent, topic, Context(correlation_id=intent_id))
             await client.publish(topic, data, qos=1)

@@ -4,7 +4,9 @@ It runs the cloud's S1 router in this process with the cloud's configuration (br
 link secrets): it learns which gateway owns the capability from the retained announcements,
 seals the intent for that gateway's link and prints every update until ``done`` (exit 0) or
 ``failed`` (exit 1; 3 when it timed out or the broker cannot be reached; 4 when no gateway
-offers the capability). Before connecting it checks the files the configuration names (the
+offers the capability). The intent says who asks (``--as user:NAME`` or ``service:NAME``,
+default ``user:`` and the login name): the gateway applies that principal's quota. Before
+connecting it checks the files the configuration names (the
 broker's password file and TLS files, the link secrets), so a missing one is named as such.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -52,6 +55,16 @@ def register(sub: Any) -> None:
         help="seconds to wait for the capability to be known (default 5)",
     )
     send.add_argument("--text", default="", help="the user's words, kept with the intent")
+    send.add_argument(
+        "--as",
+        dest="principal",
+        type=_principal,
+        default=None,
+        metavar="PRINCIPAL",
+        help="who asks: user:NAME or service:NAME (a bare NAME is user:NAME; default "
+        "user:<login name>); the gateway applies its quota",
+    )
+    send.add_argument("--zone", default="", help="the zone the intent comes from")
     send.add_argument("--json", action="store_true", help="one JSON object per update")
     send.set_defaults(handler=_send)
     group_option(
@@ -75,6 +88,27 @@ def _positive(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
     return value
+
+
+PRINCIPAL_KINDS = ("user", "service")
+
+
+def _principal(text: str) -> str:
+    kind, sep, name = text.partition(":")
+    if not sep:
+        kind, name = "user", text
+    if kind not in PRINCIPAL_KINDS or not name or any(c.isspace() for c in name):
+        raise argparse.ArgumentTypeError(
+            f"not a principal: {text!r} (give user:NAME or service:NAME)"
+        )
+    return f"{kind}:{name}"
+
+
+def _default_principal() -> str:
+    try:
+        return f"user:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        return "user:anonymous"
 
 
 def _format(update: IntentUpdate) -> str:
@@ -186,7 +220,13 @@ def _unreachable(config: CloudConfig, runner: asyncio.Task[None]) -> CliError:
 async def _stream(cloud: CloudS1, args: argparse.Namespace, intent_args: dict[str, Any]) -> int:
     last: IntentUpdate | None = None
     async for routed in cloud.router.stream(
-        args.capability, intent_args, args.timeout, text=args.text, gateway=args.gateway
+        args.capability,
+        intent_args,
+        args.timeout,
+        text=args.text,
+        gateway=args.gateway,
+        principal=args.principal or _default_principal(),
+        zone=args.zone,
     ):
         update = last = routed.update
         if args.json:

@@ -10,8 +10,11 @@ Matching runs on the ingest path and must never wait for an action, so the stage
   :class:`~amcp.wire.messages.AlgedonicSignal` in ``attrs``); routing it to its own priority
   topic on the cloud side is a later issue. They reach the outbox through the gateway's event
   writer (gateway.events), which keeps them until the outbox takes them.
-- **device commands** are published on the local broker as the JSON the S1 device protocol
-  defines (``devices/{device}/commands/{id}``, :mod:`gateway.s1.devicewire`), QoS 1;
+- **device commands** go through S1 (``command``, the daemon's ``S1.command``): they take the
+  device's S2 lease like every other command (queued behind an intent driving the device,
+  FIFO) and succeed when the device answers ``done``. A runner without ``command`` (tests,
+  tools) publishes on the local broker itself as the JSON the S1 device protocol defines
+  (``devices/{device}/commands/{id}``, :mod:`gateway.s1.devicewire`), QoS 1, without a lease;
 - **capabilities** are callables registered by name (S1 provides them), sync or async.
 
 Commands and capabilities are retried with exponential backoff and jitter
@@ -30,7 +33,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from amcp.runtime.mqtt import MqttTransport
 from amcp.runtime.session import Backoff, Link, Session, SessionSpec, Transport
@@ -60,6 +63,22 @@ Invoke = Callable[[str, dict[str, Any], str], Awaitable[Any]]
 """``invoke(capability, args, correlation)``: S1 carrying out one of the gateway's own
 capabilities (on a device). An exception with a true ``permanent`` attribute is not retried."""
 AppendEvents = Callable[[list[EventRecord]], Awaitable[object]]
+
+
+class SendCommand(Protocol):
+    """S1 sending one device command under the device's lease (``S1.command``); returns the
+    ``done`` data, raises when the device failed, said nothing or the lease was refused."""
+
+    def __call__(
+        self,
+        device: str,
+        action: str,
+        args: dict[str, Any],
+        *,
+        holder: str,
+        correlation: str | None = None,
+        timeout: float | None = None,
+    ) -> Awaitable[Any]: ...
 
 
 class PermanentActionError(Exception):
@@ -126,6 +145,7 @@ class ActionRunner:
         capabilities: Mapping[str, Capability] | None = None,
         invoke: Invoke | None = None,
         transport: Transport | None = None,
+        command: SendCommand | None = None,
     ) -> None:
         self.settings = settings
         self.gateway = gateway
@@ -144,6 +164,8 @@ class ActionRunner:
         self.capabilities: dict[str, Capability] = dict(capabilities or {})
         self.invoke = invoke
         """Where a capability no callable is registered for goes (S1's ``invoke``)."""
+        self.command = command
+        """Where device commands go (S1's ``command``: the lease, the device's answer)."""
         self.records: asyncio.Queue[EventRecord] = asyncio.Queue(maxsize=settings.queue_max)
         self.jobs: asyncio.Queue[Job] = asyncio.Queue(maxsize=settings.queue_max)
         self.counts: Counter[tuple[str, str]] = Counter()
@@ -243,6 +265,17 @@ class ActionRunner:
         device = spec.device or job.event.get("device")
         if not isinstance(device, str) or not device:
             raise PermanentActionError("command action has no device (none set, none in event)")
+        if self.command is not None:
+            timeout = spec.timeout_ms / 1000 if spec.timeout_ms else None
+            await self.command(
+                device,
+                spec.action,
+                dict(spec.args),
+                holder=f"rule:{job.rule_id}",
+                correlation=f"rule:{job.rule_id}",
+                timeout=timeout,
+            )
+            return
         if self.session is None:
             raise PermanentActionError("no local broker configured for device commands")
         client = self.session.link

@@ -2,7 +2,10 @@
 
 The integrator's entry point is :class:`S1`: build it with the ``[s1]`` settings, the CRDT
 store (or a path for S1 to open one), the gateway↔cloud link and both broker connections, then
-add :meth:`S1.child_specs` to the gateway's supervisor. Its own tree (rest_for_one)::
+add :meth:`S1.child_specs` to the gateway's supervisor. S2's rate gate and lease table come in
+as constructor arguments (built before S1): every intent is admitted for its principal and
+capability, and every device command (:meth:`S1.command`: intents, rule actions, desired
+twins) takes the device's lease. Its own tree (rest_for_one)::
 
     s1
     ├── s1-store     only when S1 was given a path: opens (and closes) its own store
@@ -18,6 +21,7 @@ docs/s1.md has the design, topics and configuration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -62,6 +66,8 @@ from gateway.s1.settings import (
 )
 from gateway.s1.treefile import read_tree, write_tree
 from gateway.s1.units import Unit, UnitTree
+from gateway.s2.admission import RateGate
+from gateway.s2.leases import LeaseRefusedError, LeaseTable
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,7 @@ __all__ = [
     "DeviceTimeoutError",
     "Dispatcher",
     "Done",
+    "LeaseRefusedError",
     "LinkServer",
     "MemoryQuotaError",
     "Partial",
@@ -136,7 +143,11 @@ class S1:
         clock: Clock | None = None,
         transport: Transport | None = None,
         on_intent_final: Callable[[float, IntentUpdate], None] | None = None,
+        gate: RateGate | None = None,
+        leases: LeaseTable | None = None,
     ) -> None:
+        """``gate`` and ``leases`` are S2's (docs/s2.md, "Wiring"); without a lease table S1
+        keeps its own, so device commands are serialized per device in every setup."""
         self.settings = settings
         self.gateway = gateway
         self.clock: Clock = clock or SystemClock()
@@ -153,9 +164,17 @@ class S1:
             breaker=settings.breaker,
             clock=self.clock,
         )
-        self.executor = CommandExecutor(local_broker, f"{gateway}-s1-devices", transport=transport)
+        self.executor = CommandExecutor(
+            local_broker, f"{gateway}-s1-devices", transport=transport, leases=leases
+        )
+        self.leases = self.executor.leases
         self.dispatcher = Dispatcher(
-            self.registry, self.executor, self.units, settings, on_final=on_intent_final
+            self.registry,
+            self.executor,
+            self.units,
+            settings,
+            on_final=on_intent_final,
+            gate=gate,
         )
         self.server = LinkServer(
             gateway,
@@ -220,12 +239,22 @@ class S1:
             return False
         return True
 
-    async def invoke(self, capability: str, args: dict[str, Any], correlation: str) -> Any:
+    async def invoke(
+        self,
+        capability: str,
+        args: dict[str, Any],
+        correlation: str,
+        *,
+        principal: str = "service:rules",
+    ) -> Any:
         """Carry out a capability for the gateway itself (a rule's action) with everything an
-        intent from the cloud gets: schema check, unit quotas, timeouts, the device protocol.
-        Returns the final answer's data; raises :class:`CapabilityFailedError` otherwise.
-        Its signature is the rules' ``Invoke``: the daemon hands it to the action runner."""
-        intent = Intent(f"local-{uuid.uuid4().hex[:12]}", "", capability, dict(args))
+        intent from the cloud gets: schema check, principal and unit quotas, the lease,
+        timeouts, the device protocol. Returns the final answer's data; raises
+        :class:`CapabilityFailedError` otherwise. Its signature is the rules' ``Invoke``: the
+        daemon hands it to the action runner."""
+        intent = Intent(
+            f"local-{uuid.uuid4().hex[:12]}", "", capability, dict(args), principal=principal
+        )
 
         async def nobody(_update: IntentUpdate) -> None:
             return None
@@ -234,6 +263,35 @@ class S1:
         if final.state != "done":
             raise CapabilityFailedError(capability, final.code or "error", final.error or "")
         return final.data
+
+    async def command(
+        self,
+        device: str,
+        action: str,
+        args: dict[str, Any],
+        *,
+        holder: str,
+        correlation: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the device's silence limit
+    ) -> Any:
+        """One device command for the gateway itself (a rule's command action, a desired
+        twin): the device's lease as ``holder`` (queued behind earlier commands, FIFO), the
+        device protocol, ``timeout`` (default ``command_timeout``) for a silent device.
+        Returns the ``done`` reply's data; raises :class:`LeaseRefusedError`,
+        :class:`CommandError` (the device failed or said nothing) or ``NotConnectedError``."""
+        replies = self.executor.execute(
+            device,
+            action,
+            args,
+            idle_timeout=timeout or self.settings.command_timeout,
+            correlation=correlation,
+            holder=holder,
+        )
+        async with contextlib.aclosing(replies) as stream:
+            async for reply in stream:
+                if reply.state == "done":
+                    return reply.data
+        raise DeviceFailedError(device, "?", action, "replies ended without done")
 
     def reassign(self, unit: str, kind: str, *, healthy: Callable[[str], bool]) -> bool:
         """S2's zombie hook: every capability the zombie device ``unit`` carries out moves to

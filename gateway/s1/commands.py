@@ -6,6 +6,14 @@ topic names the sender, and the broker's ACL makes the topic trustworthy). Each 
 buffers its undelivered replies; those bytes count against the unit that runs it, so a device
 that floods replies faster than the cloud takes them trips the unit's memory quota instead of
 growing the gateway without bound.
+
+Every command takes the S2 lease on its device first (:meth:`gateway.s2.leases.LeaseTable.take`):
+a second command to a busy device waits in the device's FIFO queue, or fails with
+:class:`~gateway.s2.leases.LeaseRefusedError` when the queue is full or the wait too long. The
+lease is checked (fencing token) right before the command is published, renewed while the
+device is working and released when it answers ``done``/``failed``, times out or is cancelled
+(docs/s2.md, "Actuator leases"). This is the one place device commands are sent from: intents,
+rule actions and desired twins all come here.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
@@ -34,6 +43,7 @@ from gateway.s1.devicewire import (
 )
 from gateway.s1.errors import DeviceFailedError, DeviceTimeoutError, MemoryQuotaError
 from gateway.s1.units import Unit
+from gateway.s2.leases import Lease, LeaseRefusedError, LeaseTable, RefusalReason, Refused
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,8 @@ class _Open:
         default_factory=asyncio.Queue
     )
     buffered: int = 0
+    renewed: float = 0.0
+    """When the command's lease was last taken or renewed (event loop time)."""
 
 
 class NotConnectedError(ConnectionError):
@@ -56,9 +68,17 @@ class CommandExecutor:
     """Runs device commands over one local-broker connection (a supervised child)."""
 
     def __init__(
-        self, broker: BrokerLink, client_id: str, *, transport: Transport | None = None
+        self,
+        broker: BrokerLink,
+        client_id: str,
+        *,
+        transport: Transport | None = None,
+        leases: LeaseTable | None = None,
     ) -> None:
+        """``leases``: S2's lease table (the daemon's); without one the executor keeps its own,
+        so commands are serialized per device in every setup."""
         self.broker = broker
+        self.leases = leases if leases is not None else LeaseTable(time.monotonic)
         self.client_id = client_id
         self.session = Session(
             transport or MqttTransport(),
@@ -143,10 +163,14 @@ class CommandExecutor:
         idle_timeout: float,
         correlation: str | None = None,
         unit: Unit | None = None,
+        holder: str = "s1",
+        actuator: str | None = None,
     ) -> AsyncGenerator[DeviceReply, None]:
-        """Send one command and yield the device's replies up to and including ``done``.
+        """Take the device's lease (as ``holder``), send one command and yield the device's
+        replies up to and including ``done``.
 
-        Raises :class:`DeviceTimeoutError` when the device sends nothing for ``idle_timeout``
+        Raises :class:`~gateway.s2.leases.LeaseRefusedError` when the lease is refused,
+        :class:`DeviceTimeoutError` when the device sends nothing for ``idle_timeout``
         seconds, :class:`DeviceFailedError` on a ``failed`` reply. Leaving the iteration early
         (cancellation, the consumer stopped) sends the device a cancel for this command.
         """
@@ -157,16 +181,16 @@ class CommandExecutor:
             correlation=correlation,
             timeout_ms=int(idle_timeout * 1000),
         )
+        lease = await self.leases.take(device, holder, command.id, actuator=actuator)
         entry = self._open[command.id] = _Open(device, unit)
+        entry.renewed = asyncio.get_running_loop().time()
         finished = False
         try:
+            if not self.leases.valid(device, lease.token):  # fencing: expired while queued
+                raise LeaseRefusedError(_lost(lease))
             await self._publish(device, command)
             while True:
-                try:
-                    async with asyncio.timeout(idle_timeout):
-                        item = await entry.queue.get()
-                except TimeoutError:
-                    raise DeviceTimeoutError(device, command.id, action, idle_timeout) from None
+                item, lease = await self._next(entry, lease, idle_timeout, action, command.id)
                 if isinstance(item, MemoryQuotaError):
                     raise item
                 reply, size = item
@@ -181,8 +205,38 @@ class CommandExecutor:
                 if finished:
                     return
         finally:
+            self.leases.release(lease)
             del self._open[command.id]
             if unit is not None:
                 unit.release(entry.buffered)
             if not finished and self._tg is not None:
                 self._tg.create_task(self._cancel(device, command))
+
+    async def _next(
+        self, entry: _Open, lease: Lease, idle_timeout: float, action: str, command_id: str
+    ) -> tuple[tuple[DeviceReply, int] | MemoryQuotaError, Lease]:
+        """The next reply within ``idle_timeout``, renewing the lease while the device works
+        (every third of its time to live), so a long command keeps it and a dead gateway task
+        does not: its lease simply expires."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + idle_timeout
+        step = self.leases.ttl_s / 3
+        while True:
+            if loop.time() - entry.renewed >= step:
+                renewed = self.leases.renew(lease)
+                if isinstance(renewed, Refused):
+                    raise LeaseRefusedError(renewed)
+                lease, entry.renewed = renewed.lease, loop.time()
+            wait = min(deadline - loop.time(), entry.renewed + step - loop.time())
+            try:
+                async with asyncio.timeout(max(0.0, wait)):
+                    return await entry.queue.get(), lease
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    raise DeviceTimeoutError(
+                        entry.device, command_id, action, idle_timeout
+                    ) from None
+
+
+def _lost(lease: Lease) -> Refused:
+    return Refused(RefusalReason.NOT_HOLDER, lease.device, lease.actuator, lease.command_id)

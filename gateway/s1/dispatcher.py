@@ -1,8 +1,10 @@
 """S1's dispatcher: an intent's lifecycle from ``accepted`` to ``done`` or ``failed``.
 
 An intent names a capability; the dispatcher finds it in the registry, checks the args against
-its input schema, admits it through its unit's rate quota, and carries it out as a device
-command, turning the device's replies into :class:`~amcp.wire.messages.IntentUpdate`\\ s::
+its input schema and the intent's zone against the capability's, admits it through S2's rate
+gate (the principal's quota and the capability's: ``RateGate.admit``) and its unit's rate
+quota, and carries it out as a device command under the device's S2 lease, turning the
+device's replies into :class:`~amcp.wire.messages.IntentUpdate`\\ s::
 
     accepted → running → (running+progress | result)* → done
                        ↘ failed (timeout, cancelled, unknown_capability, bad_args, device, ...)
@@ -37,10 +39,19 @@ from gateway.s1.errors import (
 from gateway.s1.registry import CapabilityRecord, CapabilityRegistry
 from gateway.s1.settings import S1Settings
 from gateway.s1.units import Unit, UnitTree
+from gateway.s2.admission import Denied, RateGate, Scope
+from gateway.s2.leases import LeaseRefusedError
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[IntentUpdate], Awaitable[None]]
+
+ANONYMOUS = "anonymous"
+"""The principal of an intent that names none (a peer older than principals)."""
+
+
+def principal_of(intent: Intent) -> str:
+    return intent.principal or ANONYMOUS
 
 
 class _Updates:
@@ -81,7 +92,7 @@ def _code_of(exc: Exception) -> FailureCode:
         return "timeout"
     if isinstance(exc, DeviceFailedError):
         return "device"
-    if isinstance(exc, QuotaExceededError):
+    if isinstance(exc, QuotaExceededError | LeaseRefusedError):
         return "refused"
     return "error"
 
@@ -95,9 +106,13 @@ class Dispatcher:
         settings: S1Settings,
         *,
         on_final: Callable[[float, IntentUpdate], None] | None = None,
+        gate: RateGate | None = None,
     ) -> None:
-        """``on_final(seconds, update)`` hears of every intent's final answer (a metric)."""
+        """``on_final(seconds, update)`` hears of every intent's final answer (a metric);
+        ``gate`` is S2's rate gate: each intent is admitted for its principal (the ``user``
+        scope) and its capability; without one only the unit quotas apply."""
         self.registry = registry
+        self.gate = gate
         self.executor = executor
         self.units = units
         self.settings = settings
@@ -169,7 +184,7 @@ class Dispatcher:
                 f"intent {intent.intent_id} ({record.spec.name}) timed out after {timeout:g} s"
             )
             return await self._fail(updates, "timeout", message)
-        except (S1Error, NotConnectedError) as exc:
+        except (S1Error, NotConnectedError, LeaseRefusedError) as exc:
             return await self._fail(updates, _code_of(exc), str(exc))
         self.completed += 1
         return await updates.send("done", data=answer)
@@ -180,6 +195,15 @@ class Dispatcher:
         if record is None:
             raise _RefusedError("unknown_capability", f"no capability {name!r} on this gateway")
         self._validate(record, intent.args)
+        zone = record.spec.zone
+        if intent.zone and zone and intent.zone != zone:
+            raise _RefusedError(
+                "refused", f"intent from zone {intent.zone!r}: {name!r} serves zone {zone!r}"
+            )
+        if self.gate is not None:
+            decision = self.gate.admit(user=principal_of(intent), capability=name)
+            if isinstance(decision, Denied):
+                raise _RefusedError("refused", _denied(decision, intent))
         try:
             unit = self.units.find(record.unit)
             unit.admit()
@@ -219,6 +243,7 @@ class Dispatcher:
             idle_timeout=self.settings.command_timeout,
             correlation=correlation or intent.intent_id,
             unit=unit,
+            holder=f"intent:{intent.intent_id}",
         )
         async with contextlib.aclosing(replies) as stream:
             async for reply in stream:
@@ -236,3 +261,12 @@ class Dispatcher:
             "intent failed", extra={"intent": updates.intent_id, "code": code, "error": message}
         )
         return await updates.send("failed", error=message, code=code)
+
+
+def _denied(decision: Denied, intent: Intent) -> str:
+    """Which limit refused the intent, e.g. ``principal 'user:ana' is over its quota``."""
+    what = "principal" if decision.scope is Scope.USER else str(decision.scope)
+    return (
+        f"intent {intent.intent_id}: {what} {decision.key!r} is over its quota "
+        f"(S2 {decision.scope} limit); retry in {decision.retry_after_s:.2g} s"
+    )

@@ -9,10 +9,14 @@ so a holder whose lease already expired cannot act late.
 
 Conflicts: a whole-device lease (``actuator=None``) conflicts with every lease on that
 device; two actuator leases conflict only when they name the same actuator.
+
+The command path (S1's executor, docs/s2.md "Actuator leases") awaits :meth:`LeaseTable.take`:
+granted at once, or queued and granted in FIFO order, or :class:`LeaseRefusedError`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections import deque
@@ -65,6 +69,29 @@ class Refused(msgspec.Struct, frozen=True):
 
 
 Outcome = Granted | Queued | Refused
+
+
+class LeaseRefusedError(Exception):
+    """:meth:`LeaseTable.take` could not get the lease; ``refused`` says why."""
+
+    def __init__(self, refused: Refused) -> None:
+        self.refused = refused
+        target = f"device {refused.device!r}" + (
+            f" (actuator {refused.actuator!r})" if refused.actuator is not None else ""
+        )
+        held = f" held by {refused.held_by!r}" if refused.held_by else ""
+        match refused.reason:
+            case RefusalReason.QUEUE_FULL:
+                why = f"the lease on {target} is{held} and its wait queue is full"
+            case RefusalReason.WAIT_TIMEOUT:
+                why = f"waited too long for the lease on {target}{held}"
+            case RefusalReason.HELD:
+                why = f"the lease on {target} is{held}"
+            case _:
+                why = f"the lease on {target} is no longer held by this command"
+        super().__init__(f"{why} ({refused.reason})")
+
+
 Notify = Callable[[str, Granted | Refused], None]
 """Called with (command_id, outcome) when a queued command is finally granted or refused."""
 
@@ -109,6 +136,7 @@ class LeaseTable:
         self._held: dict[str, list[Lease]] = {}
         self._queues: dict[str, deque[_Waiter]] = {}
         self._next_token = 1
+        self._waits: dict[str, asyncio.Future[Granted | Refused]] = {}
         self.granted = 0
         self.expired = 0
         self.refused: dict[RefusalReason, int] = dict.fromkeys(RefusalReason, 0)
@@ -166,6 +194,71 @@ class LeaseTable:
         deadline = now + (ttl if wait_s is None else wait_s)
         queue.append(_Waiter(holder, command_id, actuator, ttl, deadline))
         return Queued(position=len(queue), blocked_by=blocker)
+
+    @property
+    def ttl_s(self) -> float:
+        return self._ttl
+
+    async def take(
+        self,
+        device: str,
+        holder: str,
+        command_id: str,
+        *,
+        actuator: str | None = None,
+        ttl_s: float | None = None,
+        wait_s: float | None = None,
+        poll_s: float = 0.5,
+    ) -> Lease:
+        """:meth:`acquire` with ``wait=True`` for the command path: returns the lease when it
+        is granted (at once, or in FIFO order behind the commands queued first) or raises
+        :class:`LeaseRefusedError` (``QUEUE_FULL``, ``WAIT_TIMEOUT``).
+
+        While queued it checks the device every ``poll_s`` seconds, so a holder that died
+        without releasing frees it when its lease expires even before the next
+        :meth:`sweep`. A cancelled caller leaves the queue (and gives back a lease granted at
+        that moment)."""
+        outcome = self.acquire(
+            device,
+            holder,
+            command_id,
+            actuator=actuator,
+            ttl_s=ttl_s,
+            wait=True,
+            wait_s=wait_s,
+        )
+        if isinstance(outcome, Granted):
+            return outcome.lease
+        if isinstance(outcome, Refused):
+            raise LeaseRefusedError(outcome)
+        future: asyncio.Future[Granted | Refused] = asyncio.get_running_loop().create_future()
+        self._waits[command_id] = future
+        try:
+            while not future.done():
+                await asyncio.wait({future}, timeout=poll_s)
+                if not future.done():
+                    self._expire_device(device, self._clock())
+        except BaseException:
+            self._waits.pop(command_id, None)
+            self.withdraw(device, command_id)
+            granted = future.result() if future.done() else None
+            if isinstance(granted, Granted):
+                self.release(granted.lease)
+            raise
+        result = future.result()
+        if isinstance(result, Refused):
+            raise LeaseRefusedError(result)
+        return result.lease
+
+    def withdraw(self, device: str, command_id: str) -> bool:
+        """Take a queued command out of the queue (its caller gave up); True if it was there."""
+        queue = self._queues.get(device)
+        waiter = next((w for w in queue or () if w.command_id == command_id), None)
+        if queue is None or waiter is None:
+            return False
+        queue.remove(waiter)
+        self._drain(device, self._clock())  # commands it held back may go now
+        return True
 
     def release(self, lease: Lease) -> Refused | None:
         """Give the lease back (the command finished); the next waiter is granted at once."""
@@ -257,6 +350,18 @@ class LeaseTable:
         first = next(w for w in queue if _conflicts(w.actuator, actuator))
         return Lease(device, first.actuator, first.holder, first.command_id, 0, now + first.ttl_s)
 
+    def _deliver(self, command_id: str, outcome: Granted | Refused) -> None:
+        """A queued command's outcome: to its :meth:`take` if it awaits one, else ``notify``."""
+        future = self._waits.pop(command_id, None)
+        if future is None:
+            self._notify(command_id, outcome)
+        elif not future.done():
+            future.set_result(outcome)
+        elif isinstance(outcome, Granted):  # its caller is gone: nobody will act on it
+            held = self._held.get(outcome.lease.device, [])
+            if outcome.lease in held:
+                held.remove(outcome.lease)  # (inside _drain: later waiters see it free)
+
     def _expire_device(self, device: str, now: float) -> None:
         held = self._held.get(device)
         if held:
@@ -280,7 +385,7 @@ class LeaseTable:
         if queue:
             for waiter in [w for w in queue if w.deadline <= now]:
                 queue.remove(waiter)
-                self._notify(
+                self._deliver(
                     waiter.command_id,
                     self._refuse(
                         RefusalReason.WAIT_TIMEOUT,
@@ -299,7 +404,7 @@ class LeaseTable:
                     continue
                 queue.remove(waiter)
                 lease = self._grant(device, waiter, now)
-                self._notify(waiter.command_id, Granted(lease))
+                self._deliver(waiter.command_id, Granted(lease))
             if not queue:
                 del self._queues[device]
         if device in self._held and not self._held[device]:

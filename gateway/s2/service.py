@@ -26,7 +26,7 @@ from amcp.runtime.supervisor import ChildContext
 from amcp.wire.telemetry import EventRecord, Reading
 from gateway.s2.admission import RateGate
 from gateway.s2.config import S2Config
-from gateway.s2.events import S2Event, UnitKind
+from gateway.s2.events import EventSink, S2Event, UnitKind
 from gateway.s2.leases import LeaseTable
 from gateway.s2.metrics import S2Collector
 from gateway.s2.stuck import StuckDetector
@@ -51,6 +51,19 @@ def to_record(event: S2Event) -> EventRecord:
     return EventRecord(name, int(attrs.pop("ts_ms")), source, _SEVERITY.get(name, "info"), attrs)
 
 
+def coordination(
+    config: S2Config,
+    emit: EventSink,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[RateGate, LeaseTable]:
+    """S2's rate gate and lease table on their own, for a daemon that builds them before S1
+    (S1 admits intents and takes leases with them; S2, built after S1, ticks and sweeps them).
+    ``emit`` gets their events (``LimitsChanged``, ``LeaseExpired``)."""
+    gate = RateGate(config.limits, clock, emit=emit)
+    leases = LeaseTable(clock, ttl_s=config.lease_ttl_s, max_queue=config.lease_queue, emit=emit)
+    return gate, leases
+
+
 class MoveWork(Protocol):
     """Where a zombie's work goes: S1's ``reassign`` (its standby devices), told which
     devices S2 holds healthy."""
@@ -69,15 +82,21 @@ class S2Service:
         load: dict[str, LoadSignal] | None = None,
         clock: Callable[[], float] = time.monotonic,
         reassign: MoveWork | None = None,
+        gate: RateGate | None = None,
+        leases: LeaseTable | None = None,
     ) -> None:
         """``load`` names the signals the adaptive limits may watch (``outbox_depth``,
-        ``ingest_backlog``; ``cpu`` is S2's own); more are added with :meth:`watch`."""
+        ``ingest_backlog``; ``cpu`` is S2's own); more are added with :meth:`watch`.
+
+        ``gate`` and ``leases``: the rate gate and lease table when they were built before
+        S2 (the daemon builds them first and hands them to S1 too, which admits intents and
+        takes leases with them; :func:`coordination`); S2 ticks, sweeps and reports them."""
         self.config = config
         self._load: dict[str, LoadSignal] = dict(load or {})
         self._move = reassign
         self.events: asyncio.Queue[EventRecord] = asyncio.Queue(maxsize=10_000)
         self.dropped_events = 0
-        self.gate = RateGate(config.limits, clock, emit=self._emit)
+        self.gate = gate if gate is not None else RateGate(config.limits, clock, emit=self._emit)
         self.throttle = EventThrottle(config.events, clock, self._emit)
         self.zombies = ZombieDetector(
             config.phi,
@@ -87,8 +106,12 @@ class S2Service:
         )
         self.stuck = StuckDetector(config.stuck, clock, throttle=self.throttle)
         self._untracked_mark = 0
-        self.leases = LeaseTable(
-            clock, ttl_s=config.lease_ttl_s, max_queue=config.lease_queue, emit=self._emit
+        self.leases = (
+            leases
+            if leases is not None
+            else LeaseTable(
+                clock, ttl_s=config.lease_ttl_s, max_queue=config.lease_queue, emit=self._emit
+            )
         )
         self._cpu_mark = (time.monotonic(), time.process_time())
 
