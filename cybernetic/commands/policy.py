@@ -231,19 +231,24 @@ def _compile(path: Path) -> tuple[bytes, str, str]:
     return wasm, source, agent.manifest.policy
 
 
-def _newest(rows: Rows) -> tuple[int, str]:
-    """The highest version in the namespace (current and history) and its key."""
+def _newest(rows: Rows, keyring: Keyring | None) -> tuple[int, str]:
+    """The highest version in the namespace (current and history) and its key, among the
+    bundles signed by the cloud's key (a forged row's version counts for nothing)."""
     best = (0, "")
+    now = now_ms()
     for ns in (NAMESPACE, HISTORY_NAMESPACE):
         for key, data in rows[ns].items():
             with contextlib.suppress(BundleRefusedError):
-                _, bundle = bundles.decode(data)
+                if keyring is None:
+                    bundle = bundles.decode(data)[1]
+                else:
+                    bundle = bundles.verify(data, keyring, now, expiry=False)
                 best = max(best, (bundle.version, key))
     return best
 
 
 def _sign_and_write(cloud: _Cloud, bundle: PolicyBundle, read: Rows, live: bool, verb: str) -> int:
-    newest, where = _newest(read)
+    newest, where = _newest(read, cloud.keyring())
     if bundle.version <= newest:
         raise CliError(
             f"version {bundle.version} is not above {newest} (the newest bundle, {where}): "
@@ -291,10 +296,15 @@ def _rollback(args: argparse.Namespace) -> int:
     cloud = _Cloud(args)
     read, live = cloud.read()
     old = None
+    keyring = cloud.keyring()
     for ns in (HISTORY_NAMESPACE, NAMESPACE):
         for data in read[ns].values():
-            with contextlib.suppress(BundleRefusedError):
-                _, bundle = bundles.decode(data)
+            with contextlib.suppress(BundleRefusedError):  # only what the cloud's key signed
+                bundle = (
+                    bundles.decode(data)[1]
+                    if keyring is None
+                    else bundles.verify(data, keyring, now_ms(), expiry=False)
+                )
                 if bundle.name == args.name and bundle.version == args.to:
                     old = bundle
     if old is None:
@@ -303,7 +313,7 @@ def _rollback(args: argparse.Namespace) -> int:
             "(see: cybernetic policy list --history)"
         )
     now = now_ms()
-    version = args.version or _newest(read)[0] + 1
+    version = args.version or _newest(read, cloud.keyring())[0] + 1
     bundle = msgspec.structs.replace(
         old,
         version=version,
