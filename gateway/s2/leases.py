@@ -235,7 +235,11 @@ class LeaseTable:
         self._waits[command_id] = future
         try:
             while not future.done():
-                await asyncio.wait({future}, timeout=poll_s)
+                # wake when a held lease expires (the wait queue is served before its own
+                # timeouts then), at the latest after poll_s
+                held = [x.expires_at for x in self._held.get(device, [])]
+                due = min(held, default=float("inf")) - self._clock() + 0.001
+                await asyncio.wait({future}, timeout=max(0.001, min(poll_s, due)))
                 if not future.done():
                     self._expire_device(device, self._clock())
         except BaseException:
