@@ -98,9 +98,15 @@ class Target(msgspec.Struct, frozen=True):
     @classmethod
     def parse(cls, text: str) -> Target:
         """``all``, ``zone/<zone>`` or ``gw/<gateway>``."""
-        target, rest = split_target(text + "/")
+        wrong = RowError("target", f"{text!r} is not all, zone/<zone> or gw/<gateway>")
+        try:
+            target, rest = split_target(text + "/")
+        except RowError as exc:
+            if exc.field != "target":
+                raise  # a bad zone or gateway name: named as such
+            raise wrong from None
         if rest:
-            raise RowError("target", f"{text!r} is not all, zone/<zone> or gw/<gateway>")
+            raise wrong
         return target
 
 
