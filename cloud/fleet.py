@@ -361,13 +361,9 @@ class Fleet:
         """The subscription and the periodic judgement, until stopped; either failing is the
         child's failure. States are judged only while the session is connected: a cloud that
         cannot hear the fleet does not declare it lost."""
-        resumed = False
 
         def connected() -> None:
-            nonlocal resumed
-            if resumed:
-                self.table.resume()
-            resumed = True
+            self.table.resume()  # what was not heard while disconnected says nothing
             ctx.ready()
 
         tasks = {

@@ -155,6 +155,23 @@ async def test_heartbeats_fill_the_table_and_a_silent_gateway_goes_late_then_los
         assert t.registry.get_sample_value("cybernetic_fleet_gateways", {"state": "alive"}) == 1
 
 
+async def test_the_cloud_losing_its_own_link_declares_no_one_lost(tmp_path: Path) -> None:
+    async with cloud(tmp_path) as t:
+        hb = sender(t.secret, t.broker, t.links_dir)
+        async with running(hb.run, "heartbeat"):
+            await until(lambda: t.row() is not None and t.row().heartbeats >= 3)
+            t.broker.kill()  # the cloud hears no one, for longer than min_lost_s
+            await until(lambda: not t.fleet.connected)
+            await asyncio.sleep(FAST.min_lost_s * 2)
+            assert t.row().state == "alive"
+            t.broker.start()
+            await until(lambda: t.fleet.connected and hb.connected)
+            seen = t.row().heartbeats
+            await until(lambda: t.row().heartbeats >= seen + 3)
+            assert t.row().state == "alive"
+        assert t.fleet.table.changes["lost"] == 0
+
+
 async def test_forged_unknown_and_garbage_heartbeats_are_refused_and_counted(
     tmp_path: Path,
 ) -> None:
