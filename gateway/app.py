@@ -157,11 +157,10 @@ class Gateway:
             self.store,
             self.events.append,
             gateway=gw.id,
-            local_broker=None,  # device commands go through S1 (below): the lease, the answer
             invoke=self.s1.invoke,
+            command=self.s1.command,  # device commands through S1: the lease, the answer
             transport=transport,
         )
-        self.rules.runner.command = self.s1.command
         self.twins = TwinReporter(self.store, gw.twin_interval)
         # twin.desired rows become device commands through S1 until the report matches
         self.desired = DesiredTwins(

@@ -33,7 +33,7 @@ from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
 from amcp.store import Change, Store, StoreError
 from amcp.wire.telemetry import EventRecord, Reading
-from gateway.rules.actions import ActionRunner, AppendEvents, Capability, Invoke
+from gateway.rules.actions import ActionRunner, AppendEvents, Capability, Invoke, SendCommand
 from gateway.rules.manager import BuildRefusedError, PatternManager, Refusal, Sourced
 from gateway.rules.model import ActionSpec, RuleFile, RuleFileError, decode_rule, load_rule_file
 from gateway.rules.settings import RulesSettings
@@ -60,6 +60,7 @@ class RulesService:
         local_broker: BrokerLink | None = None,
         capabilities: Mapping[str, Capability] | None = None,
         invoke: Invoke | None = None,
+        command: SendCommand | None = None,
         wall: Callable[[], float] = time.time,
         transport: Transport | None = None,
     ) -> None:
@@ -79,6 +80,7 @@ class RulesService:
             capabilities=capabilities,
             invoke=invoke,
             transport=transport,
+            command=command,
         )
         self.fired: Counter[str] = Counter()
         """Rule id → times it fired, kept across swaps."""
