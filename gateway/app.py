@@ -13,6 +13,7 @@ Tree (docs/architecture.md, "Supervision")::
         ├── limits      the store's limits rows (from the cloud) → the S2 rate gate, live
         ├── rules       GoldRush patterns from config, files and the store; actions
         ├── control     the CLI's socket for changing rules on the running gateway
+        ├── policy      the cloud's signed policy bundles → the ingest policy (when enrolled)
         ├── uplink      outbox → cloud broker, deletes on the cloud's ack
         ├── heartbeat   a signed heartbeat to the cloud's fleet table every few seconds
         ├── sync        CRDT deltas both ways with the cloud (amcp.sync)
