@@ -58,6 +58,7 @@ def report(gw: Gateway) -> dict[str, Any]:
         },
         "policy": policy,
         "patterns": {"generation": rules["generation"], "rules": rules["rules"]},
+        "limits": gw.limits.snapshot(),
         "events": {"queued": gw.events.queued(), "dropped": dict(gw.events.dropped)},
         "supervisor": tree_json(gw.supervisor.tree()),
     }

@@ -139,6 +139,19 @@ def summary(r: dict[str, Any]) -> list[str]:
     if "patterns" in r:
         p = r["patterns"]
         lines.append(f"  patterns: {p['rules']} rules (generation {p['generation']})")
+    if "limits" in r:
+        lim = r["limits"]
+        lines.append(
+            f"  limits from the cloud: {len(lim['in_force'])} in force "
+            f"({lim['refused']} rows refused)"
+        )
+    if "fleet" in r:
+        counts = r["fleet"].get("counts", {})
+        lines.append(
+            "  fleet: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+            if counts
+            else "  fleet: no gateway heard from yet"
+        )
     trouble = _restarts(r.get("supervisor", []))
     lines.append("  parts: " + ("; ".join(trouble) if trouble else "all running, no restarts"))
     return lines

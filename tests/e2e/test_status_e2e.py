@@ -46,6 +46,7 @@ async def test_status_of_a_running_gateway_and_cloud(tmp_path: Path) -> None:
         assert "ingest up" in text
         assert "uplink up" in text
         assert "parts: all running, no restarts" in text
+        assert "limits from the cloud: 0 in force" in text
 
         doc = json.loads((await asyncio.to_thread(status, stack.gateway_config, "--json")).stdout)
         assert doc["component"] == "gateway"
@@ -58,6 +59,8 @@ async def test_status_of_a_running_gateway_and_cloud(tmp_path: Path) -> None:
         assert cloud["component"] == "cloud"
         assert cloud["ingest"]["stored_readings"] == 50
         assert cloud["ready"] is True
+        shown_cloud = await asyncio.to_thread(status, stack.cloud_config)
+        assert "fleet: " in shown_cloud.stdout
 
         stack.cloud_broker.stop()  # the cloud link goes: the gateway still takes telemetry
         await asyncio.sleep(1.0)
