@@ -5,6 +5,8 @@ and gateway daemons as real processes) plus simulated devices publishing telemet
 own credentials. While it runs it prints what is flowing with its rates, and the pattern
 alerts, policy flags and other events as they happen; at the end a summary accounts for every
 published reading (stored in the cloud, refused with its reason, dropped, or still in flight).
+Partway through (:data:`LIMIT_AT_S`) it sets a per-device limit from the cloud, the way
+``cybernetic fleet limit set`` does, and shows it taking effect on the gateway.
 
 Stopping always works and leaves nothing behind:
 
@@ -48,11 +50,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Protocol
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 from amcp.runtime.mqtt import MqttTransport
 from amcp.runtime.session import LinkLostError, SessionSpec, connect_once
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import stop_task
 from amcp.wire import topics
+from cloud.control import SOCKET_NAME, Answer, AppliedQuery, LimitSet, Request, send
 from cybernetic.cli import FAILED, OK, USAGE, one_line
 from cybernetic.stack import CloudEvent, Stack, scrape
 from gateway.s1.responder import DeviceResponder
@@ -87,6 +93,14 @@ STOP_GRACE_S = 25.0
 """Bound on a whole clean stop (devices, drain, summary, daemons, brokers); then a forced one."""
 START_TIMEOUT_S = 30.0
 RECONNECT_S = 1.0
+LIMIT_AT_S = 6.0
+"""When the demo sets a per-device limit from the cloud (after the intent's stream)."""
+LIMIT_EFFECT_S = 20.0
+"""How long it looks for the limit's effect before saying it did not see it."""
+DEVICE_REFUSED = "cybernetic_s2_rate_decisions_total{result=refused,scope=device}"
+"""Readings over their device's S2 limit (the key :func:`metrics` gives that sample)."""
+BUDGET_REFUSED = "cybernetic_s2_rate_decisions_total{result=refused,scope=total}"
+"""Readings over the gateway's total S2 budget."""
 TAG_VAR = "CYBERNETIC_DEMO_RUN"
 EVENTS_LINE = (
     "events: what the gateway itself reports to the cloud beside the readings"
@@ -444,6 +458,68 @@ async def _send_intent(stack: Stack, out: Output, clock: Clock) -> None:
             await proc.wait()
 
 
+def _limit_rate(interval: float) -> float:
+    """Half the device's rate (every other reading over it); flat out, 5 a second."""
+    return 5.0 if interval == 0 else 1 / (2 * interval)
+
+
+def _control(stack: Stack, request: Request) -> Answer:
+    """One request to the running cloud's control socket, as ``cybernetic fleet`` sends it."""
+    answer = send(stack.state / "cloud" / SOCKET_NAME, request)
+    if not answer.ok:
+        raise RuntimeError(f"the cloud refused it ({answer.error}): {answer.detail}")
+    return answer
+
+
+async def _change_limit(
+    stack: Stack, out: Output, clock: Clock, device: str, interval: float
+) -> None:
+    """Partway through, set a limit on one device from the cloud (the path of `cybernetic
+    fleet limit set`: the cloud's control socket, its store, sync down) and show its effect:
+    the gateway's acknowledgement ("applied on 1 of 1") and the gateway refusing the
+    device's readings over it, from its metrics."""
+    await asyncio.sleep(LIMIT_AT_S)
+    rate = _limit_rate(interval)
+    target = f"gw/{stack.gateway_id}"
+    before = _int(await asyncio.to_thread(metrics, stack.gateway_metrics), DEVICE_REFUSED)
+    request = LimitSet(target=target, key=f"device/{device}", rate=rate, burst=1)
+    try:
+        answer = await asyncio.to_thread(_control, stack, request)
+    except (OSError, RuntimeError) as exc:
+        out.stream(f"{clock.stamp()} limit  not set: {one_line(str(exc)) or exc!r}")
+        return
+    written = answer.written
+    assert written is not None
+    out.stream(
+        f"{clock.stamp()} limit  set in the cloud: {device} limited to {rate:g}/s (half its"
+        f" rate) on {target} (as `cybernetic fleet limit set {target} device/{device}"
+        f" --rate {rate:g}`; version {written.version})"
+    )
+    query = AppliedQuery(namespace=written.namespace, key=written.key, target=written.target)
+    deadline = time.monotonic() + LIMIT_EFFECT_S
+    summary, refused = "", 0
+    while time.monotonic() < deadline:
+        await asyncio.sleep(POLL_S)
+        try:
+            applied = (await asyncio.to_thread(_control, stack, query)).applied
+        except (OSError, RuntimeError):
+            continue  # the cloud is busy or restarting: look again
+        gw = await asyncio.to_thread(metrics, stack.gateway_metrics)
+        summary = applied.summary() if applied is not None else "applied on ?"
+        refused = _int(gw, DEVICE_REFUSED) - before
+        if applied is not None and applied.done and refused > 0:
+            out.stream(
+                f"{clock.stamp()} limit  in effect: {summary} ({target}); the gateway refused"
+                f" {refused} of {device}'s readings over it so far (its metric"
+                ' cybernetic_s2_rate_decisions_total{scope="device",result="refused"})'
+            )
+            return
+    out.stream(
+        f"{clock.stamp()} limit  effect not seen within {LIMIT_EFFECT_S:g} s: {summary},"
+        f" {refused} readings refused over it"
+    )
+
+
 # -- what is flowing ---------------------------------------------------------------------
 @dataclass
 class Clock:
@@ -455,6 +531,28 @@ class Clock:
 
     def stamp(self, at: float | None = None) -> str:
         return f"[{self.elapsed() if at is None else at:6.1f}s]"
+
+
+def metrics(port: int, timeout: float = 1.0) -> dict[str, float]:
+    """A daemon's samples as :func:`~cybernetic.stack.scrape` sums them ({} when it does not
+    answer), and also each sample of two or more labels under its whole label set, sorted:
+    ``name{result=refused,scope=device}`` (a sum over one label would mix scopes)."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=timeout).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            keys = [sample.name, *(f"{sample.name}:{k}={v}" for k, v in labels.items())]
+            if len(labels) > 1:
+                keys.append(
+                    sample.name + "{" + ",".join(f"{k}={labels[k]}" for k in sorted(labels)) + "}"
+                )
+            for key in keys:
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
 
 
 def _int(m: dict[str, float], key: str) -> int:
@@ -576,8 +674,8 @@ class Monitor:
 
     async def flow(self) -> Flow:
         gw, cloud = await asyncio.gather(
-            asyncio.to_thread(scrape, self.stack.gateway_metrics, 1.0),
-            asyncio.to_thread(scrape, self.stack.cloud_metrics, 1.0),
+            asyncio.to_thread(metrics, self.stack.gateway_metrics),
+            asyncio.to_thread(metrics, self.stack.cloud_metrics),
         )
         # the devices' count is read after the daemons' counts, so that it is not behind them
         # (a reading taken meanwhile would show the gateway storing more than was published)
@@ -658,9 +756,14 @@ def _reasons(flow: Flow) -> dict[str, int]:
     denied = _int(g, "cybernetic_policy_decisions_total:decision=denied")
     if denied:
         reasons["denied by the ingest policy"] = denied
-    limited = _int(g, "s2_rate_decisions_total:result=refused")
-    if limited:
-        reasons["over the S2 rate limit"] = limited
+    # readings pass S2's device limits and then its total budget (gateway.s2.admission);
+    # the other scopes (user, capability) are intents', not readings
+    for key, why in (
+        (DEVICE_REFUSED, "over their device's S2 rate limit"),
+        (BUDGET_REFUSED, "over the gateway's S2 budget"),
+    ):
+        if n := _int(g, key):
+            reasons[why] = n
     return reasons
 
 
@@ -837,6 +940,10 @@ async def _run(stack: Stack, opts: DemoOptions, stopper: Stopper, out: Output) -
     tasks = [asyncio.create_task(d.run()) for d in devices[1:]]
     tasks.append(asyncio.create_task(_answer_commands(responder, first)))
     tasks.append(asyncio.create_task(_send_intent(stack, out, monitor.clock)))
+    limited = devices[-1]
+    tasks.append(
+        asyncio.create_task(_change_limit(stack, out, monitor.clock, limited.name, opts.interval))
+    )
     try:
         while not stopper.stopping():
             left = POLL_S if deadline is None else min(POLL_S, deadline - time.monotonic())

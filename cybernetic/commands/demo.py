@@ -8,11 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from cybernetic.cli import CliError
-from cybernetic.demo import DRAIN_S, MAX_DEVICES, STOP_GRACE_S, DemoError, DemoOptions, run_demo
+from cybernetic.demo import (
+    DRAIN_S,
+    LIMIT_AT_S,
+    MAX_DEVICES,
+    STOP_GRACE_S,
+    DemoError,
+    DemoOptions,
+    run_demo,
+)
 
 EPILOG = f"""\
 While it runs it prints what flows, with rates, and the pattern alerts, policy flags and other
-events as they happen; at the end a summary accounts for every published reading. Ctrl-C or
+events as they happen. After {LIMIT_AT_S:g} s it sets a limit on the last device from the cloud
+(half its rate, as `cybernetic fleet limit set` does) and shows the gateway applying it and
+refusing the excess. At the end a summary accounts for every published reading. Ctrl-C or
 SIGTERM stops it cleanly (in-flight readings get {DRAIN_S:g} s to reach the cloud, the whole
 stop at most {STOP_GRACE_S:g} s); a second Ctrl-C or SIGTERM stops everything at once. No
 process outlives the demo, even if it is killed. Exit codes: 0 stopped cleanly, 1 could not

@@ -347,3 +347,43 @@ def test_the_stream_shows_rates_alerts_and_events_as_they_happen(tmp_path: Path)
     for line in flags:
         assert re.search(r"flag   sensor-0\d temp [\d.]+, humidity [\d.]+: warmer than", line)
         assert "(policy demo v1, rule warm)" in line
+
+
+def test_a_limit_set_from_the_cloud_takes_effect_and_is_accounted_for(tmp_path: Path) -> None:
+    """Partway through, the demo sets a limit on its last device from the cloud (half that
+    device's rate, through the cloud's control socket as `cybernetic fleet limit set` does):
+    one line says so, a later one shows the gateway's acknowledgement and its refusals, and
+    the summary counts those readings as refused, with their reason."""
+    state = str(tmp_path / "s")
+    out = subprocess.run(
+        [*CLI, *SMALL, "--duration", "11", "--state-dir", state],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    lines = text.splitlines()
+    set_lines = [line for line in lines if " limit  set in the cloud: " in line]
+    assert len(set_lines) == 1, text
+    assert "sensor-02 limited to 2.5/s (half its rate) on gw/demo-gw" in set_lines[0]
+    assert "cybernetic fleet limit set gw/demo-gw device/sensor-02 --rate 2.5" in set_lines[0]
+    effect = [line for line in lines if " limit  in effect: " in line]
+    assert len(effect) == 1, text
+    assert lines.index(effect[0]) > lines.index(set_lines[0])
+    assert "applied on 1 of 1 (gw/demo-gw)" in effect[0]
+    shown = re.search(r"the gateway refused (\d+) of sensor-02's readings over it", effect[0])
+    assert shown, effect[0]
+    assert int(shown.group(1)) >= 1
+    # the summary: every published reading accounted for, the refused ones by their reason
+    summary = text[text.index("demo stopped after") :]
+    published, stored, refused, dropped, in_flight = _counts(summary)
+    assert published == stored + refused + dropped + in_flight
+    assert refused >= int(shown.group(1))
+    assert (dropped, in_flight) == (0, 0)
+    assert re.search(
+        rf"refused\s+{refused}\s+over their device's S2 rate limit {refused}\n", summary
+    )
+    assert "other" not in summary.split("refused", 1)[1].split("\n", 1)[0]
+    assert "Traceback" not in out.stderr, out.stderr
