@@ -21,8 +21,11 @@ each device whose desired fields differ from its reported ones (the twin's *delt
    change when it returns. A newer desired value is sent at once. ``twin.desired.applied``
    (info) follows a mismatch once the device converges.
 
-One task per device with a delta, none for the rest; a device's desired rows are read again
-at every attempt, so only the newest desired state is ever sent.
+A device that never reported to this gateway is left alone (nothing sent, no mismatch): the
+cloud's desired rows reach every gateway, and a device belongs to the one it reports to; its
+first report here starts the loop. One task per device with a delta, none for the rest; a
+device's desired rows are read again at every attempt, so only the newest desired state is ever
+sent.
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ class DesiredTwins:
         self.retry_max = retry_max
         self.command_timeout = command_timeout
         self._wall = wall
+        self.waiting: set[str] = set()
+        """Devices with desired rows that never reported to this gateway (nothing sent)."""
         self._known: set[str] = set()
         """Devices with desired rows (a reported change of these is checked for drift)."""
         self._pending: set[str] = set()
@@ -170,6 +175,13 @@ class DesiredTwins:
                 twin = await self.twins.get(device)
                 if not twin.desired:
                     self._known.discard(device)
+                if not twin.reported and not mismatched:
+                    # never heard from here: another gateway's device (desired rows reach
+                    # every gateway), or one that has not reported yet; its first report
+                    # brings it back here (_on_reported)
+                    self.waiting.add(device)
+                    return
+                self.waiting.discard(device)
                 if not twin.delta:
                     if mismatched:
                         self.applied += 1

@@ -293,3 +293,35 @@ async def test_a_desired_value_reaches_an_offline_device_when_it_returns(
     sets = [c for c in dev.received if c.action == "set"]
     assert sets[-1].args == {"setpoint": 23}
     assert sets[-1].correlation == f"twin:{name}"
+
+
+async def test_a_device_that_never_reported_here_gets_nothing_until_it_does(
+    broker: MosquittoBroker, topic: str, tmp_path: Path
+) -> None:
+    """Desired rows reach every gateway of the fleet; a gateway sends nothing for a device
+    that never reported to it (another gateway's device) and raises no mismatch, until the
+    device reports here: then the change goes out at once."""
+    store = Store(tmp_path / "twins.sqlite3", site="gw-d")
+    await store.open()
+    reporter = TwinReporter(store, interval=0.1)
+    events: list[EventRecord] = []
+    name = f"{topic}-elsewhere"
+    thermo = TwinDevice(reporter, name)
+    dev = device(broker, name, {"set": thermo.set})
+    s1, _ = _deploy(broker, tmp_path, topic, "gw-d", name)
+    desired = DesiredTwins(store, s1.command, events.extend, confirm_s=3.0, command_timeout=0.4)
+    try:
+        async with running(s1.supervisor.run(ChildContext("s1")), desired.run(ChildContext("d"))):
+            await s1.executor.wait_connected(10)
+            async with running(dev.run()):
+                await reporter.twins.set_desired(name, {"setpoint": 23})
+                await wait_for(lambda: name in desired.waiting, 10)
+                await asyncio.sleep(1.0)
+                assert dev.received == []  # nothing sent to a device not heard from here
+                assert not any(e.name == MISMATCH for e in events)
+                async with running(thermo.telemetry()):  # it reports here: it is ours
+                    await wait_for(lambda: any(c.action == "set" for c in dev.received), 10)
+                    await wait_for(lambda: thermo.state.get("setpoint") == 23, 10)
+    finally:
+        await store.close()
+    assert name not in desired.waiting
