@@ -21,6 +21,11 @@ per (scope, name), the most specific row meant for it (``gw`` over ``zone`` over
 ``zones`` rows: key ``<gateway>``, value a msgpack :class:`ZoneValue`: the gateway's zone,
 which replaces the ``[gateway] zone`` of its configuration while the row exists.
 
+``pattern.fleet`` rows (:data:`FLEET_PATTERNS`): key ``<target>/<rule id>``, value the rule's
+JSON document (the same document a gateway's own ``patterns`` namespace holds,
+``gateway.rules.model``). A gateway's rules service runs, per rule id, the most specific row
+meant for it, over its local rules of the same id (docs/rules.md, "Patterns from the cloud").
+
 Every decoder here raises :class:`RowError` naming the field that is wrong, so the cloud
 refuses a bad value at authoring time with the same words a gateway would report.
 """
@@ -29,13 +34,19 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
+from amcp.goldrush import GoldrushError, PatternSet, Query, parse
+from amcp.goldrush.query import split_with
+
 LIMITS = "limits"
 ZONES = "zones"
+FLEET_PATTERNS = "pattern.fleet"
+"""Rules the cloud authors for targets (cloud-owned through sync's ``pattern.*`` rule)."""
+MAX_RULE_BYTES = 256 * 1024
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 """A gateway id or a zone name: no ``/`` (it separates the key's parts), no blanks."""
@@ -250,4 +261,88 @@ def encode_desired(value: object) -> bytes:
         raise RowError("value", f"not encodable: {exc}") from None
     if len(raw) > MAX_DESIRED_BYTES:
         raise RowError("value", f"{len(raw)} bytes encoded, at most {MAX_DESIRED_BYTES}")
+    return raw
+
+
+# -- fleet patterns -----------------------------------------------------------------------
+class PatternKey(msgspec.Struct, frozen=True):
+    target: Target
+    rule: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.target.prefix}{self.rule}"
+
+
+def pattern_key(target: Target, rule: str) -> PatternKey:
+    """A checked ``pattern.fleet`` key: the target, then the rule id."""
+    if not rule or len(rule) > MAX_KEY_NAME or rule.strip() != rule or not rule.isprintable():
+        raise RowError("rule", f"{rule!r}: give a rule id of at most {MAX_KEY_NAME}, no blanks")
+    return PatternKey(target, rule)
+
+
+def parse_pattern_key(key: str) -> PatternKey:
+    target, rest = split_target(key)
+    return pattern_key(target, rest)
+
+
+_KINDS = ("pattern", "window", "situation")
+
+
+def _when(doc: dict[str, Any], *, ast: bool) -> None:
+    """Parse (and for a pattern, compile) ``when`` with GoldRush; RowError("when") if not."""
+    when = doc.get("when")
+    try:
+        if ast and isinstance(when, dict):
+            query = msgspec.convert(when, Query)
+        elif isinstance(when, str):
+            query = parse(when)
+        else:
+            raise RowError("when", "required: GoldRush text, e.g. 'temp > 80 => alert'")
+        if ast:  # a pattern: compile its condition (situations are compiled with their facts)
+            PatternSet.compile({"rule": split_with(query)[0]})
+    except msgspec.ValidationError as exc:
+        raise RowError("when", f"not a GoldRush AST: {exc}") from None
+    except (GoldrushError, RecursionError) as exc:
+        raise RowError("when", f"{type(exc).__name__}: {exc}") from None
+
+
+def _number(doc: dict[str, Any], name: str, *, minimum: float, integer: bool) -> None:
+    value = doc.get(name)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (integer and not isinstance(value, int))
+    ):
+        raise RowError(name, f"required: {'a whole number' if integer else 'a number'}")
+    if not value >= minimum or value == float("inf"):
+        raise RowError(name, f"{value!r} is below {minimum:g} (or not finite)")
+
+
+def check_rule(doc: object) -> bytes:
+    """The stored JSON of a rule document, checked as far as this tier can: an object with a
+    known ``type``, its GoldRush text parsed (a pattern's compiled), a window's numbers in
+    bounds, at most :data:`MAX_RULE_BYTES`. The gateway decodes the full schema (unknown
+    fields, actions) and refuses what fails there with a ``rules.refused`` event; the command
+    line compiles the whole rule as a gateway does before it sends it."""
+    if not isinstance(doc, dict):
+        raise RowError("rule", "a rule is a JSON object with a type (pattern, window, situation)")
+    kind = doc.get("type")
+    if kind not in _KINDS:
+        raise RowError("type", f"{kind!r} is not one of {', '.join(_KINDS)}")
+    if kind == "window":
+        if not isinstance(doc.get("pattern"), str) or not doc["pattern"]:
+            raise RowError("pattern", "required: the id of the pattern the window counts")
+        _number(doc, "count", minimum=1, integer=True)
+        _number(doc, "within_s", minimum=1e-9, integer=False)
+    else:
+        _when(doc, ast=kind == "pattern")
+    if not isinstance(doc.get("actions", []), list):
+        raise RowError("actions", "a list of action names or inline actions")
+    try:
+        raw = msgspec.json.encode(doc)
+    except (TypeError, OverflowError) as exc:
+        raise RowError("rule", f"not encodable: {exc}") from None
+    if len(raw) > MAX_RULE_BYTES:
+        raise RowError("rule", f"{len(raw)} bytes encoded, at most {MAX_RULE_BYTES}")
     return raw

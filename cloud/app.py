@@ -10,8 +10,8 @@ Tree (docs/architecture.md, "Supervision")::
         ├── sync        CRDT deltas with every gateway (amcp.sync)
         ├── s1          capability registry from announcements, intent router
         ├── fleet       every gateway's heartbeats → the fleet table (alive, late, lost)
-        ├── policy      the CLI's socket for writing signed policy bundles (cloud.policy_control)
-        ├── control     the CLI's socket for fleet authoring: limits, desired twins, zones
+        ├── control     the CLI's socket (cloud.control): limits, desired twins, patterns,
+        │               zones, signed policy bundles
         ├── enrolment   one-time-token enrolment (with a PKI directory)
         └── crl         re-signs the fleet CRL on schedule, expiry metrics (cloud.crl)
 """
@@ -45,8 +45,6 @@ from cloud.crl import crl_child_specs
 from cloud.enrolment import open_enrolment
 from cloud.fleet import Fleet
 from cloud.ingest import CloudIngest
-from cloud.policy_control import SOCKET_NAME as POLICY_SOCKET
-from cloud.policy_control import PolicyControl
 from cloud.readings import ReadingStore
 from cloud.s1 import CloudS1
 from cloud.status import report as status_report
@@ -107,9 +105,8 @@ class Cloud:
             cloud=config.cloud.id,
             transport=self.transport,
         )
-        # `cybernetic policy push|rollback` write signed bundles in the store through this
-        self.policy_control = PolicyControl(state / POLICY_SOCKET, self.state_store)
-        # `cybernetic fleet` sets limits, desired twins and zones through this (cloud.control)
+        # `cybernetic fleet` sets limits, desired twins, patterns and zones, and `cybernetic
+        # policy push|rollback` writes signed bundles, through this one socket (cloud.control)
         self.authoring = Authoring(self.state_store, known_gateways=self._known_gateways)
         self.control = CloudControl(state / CONTROL_SOCKET, self.authoring)
         self.fleet = Fleet(
@@ -134,7 +131,6 @@ class Cloud:
                 ),
                 *self.s1.child_specs(),
                 ChildSpec("fleet", self.fleet.run, shutdown_timeout=5),
-                ChildSpec("policy", self.policy_control.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("control", self.control.run, wait_ready=True, shutdown_timeout=5),
                 *(
                     [ChildSpec("enrolment", self._run_enrolment, shutdown_timeout=5)]

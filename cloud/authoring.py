@@ -1,5 +1,6 @@
-"""Fleet authoring: limits, desired twin values and zone membership, written in the cloud's
-CRDT store for sync to carry down, and what each gateway has acknowledged of them.
+"""Fleet authoring: limits, desired twin values, patterns, zone membership and signed policy
+bundles, written in the cloud's CRDT store for sync to carry down, and what each gateway has
+acknowledged of them.
 
 Everything here is a typed call on :class:`Authoring` (the command line reaches it through
 the cloud's control socket, ``cloud.control``; the API issue will expose the same calls).
@@ -19,6 +20,11 @@ Rows and targeting (formats in :mod:`amcp.fleet`; docs/s2.md, "Limits from the c
 - ``twin.desired`` ``<device>/<field>`` (``amcp.store.twins``): a device's desired fields are
   keyed by the device and reach every gateway; the target given says whose acknowledgement
   counts (the gateway, or the zone, serving the device).
+- ``pattern.fleet`` ``<target>/<rule id>``: a rule document (docs/rules.md, "Patterns from
+  the cloud"); a gateway runs the most specific row of each id meant for it.
+- ``policies`` / ``policies.history``: signed bundles (``cybernetic policy push``), written
+  whole by :meth:`Authoring.write_policies` only if the ``policies`` rows are still those the
+  signer read (docs/policy-language.md, "Bundles").
 """
 
 from __future__ import annotations
@@ -28,13 +34,16 @@ from typing import Any
 
 import msgspec
 
+from amcp import bundles
 from amcp.fleet import (
+    FLEET_PATTERNS,
     LIMITS,
     ZONES,
     LimitValue,
     RowError,
     Target,
     check_name,
+    check_rule,
     decode_limit,
     decode_zone,
     desired_key,
@@ -44,11 +53,30 @@ from amcp.fleet import (
     limit_key,
     limit_value,
     parse_limit_key,
+    parse_pattern_key,
+    pattern_key,
 )
 from amcp.store import LWWStore, Store
 from amcp.store.twins import DESIRED
 
-__all__ = ["DESIRED", "Applied", "Authoring", "Mark", "RowError", "Target", "Written"]
+__all__ = [
+    "DESIRED",
+    "FLEET_PATTERNS",
+    "POLICY_NAMESPACES",
+    "Applied",
+    "Authoring",
+    "Mark",
+    "PolicyConflictError",
+    "RowError",
+    "Target",
+    "Written",
+]
+
+POLICY_NAMESPACES = (bundles.NAMESPACE, bundles.HISTORY_NAMESPACE)
+
+
+class PolicyConflictError(Exception):
+    """The ``policies`` rows changed since the writer read them: nothing was written."""
 
 
 class Written(msgspec.Struct, frozen=True):
@@ -169,7 +197,60 @@ class Authoring:
         check_name("gateway", gateway)
         return await self._write(ZONES, gateway, None, Target.gateway(gateway))
 
+    async def set_pattern(self, target: Target | str, rule: str, document: object) -> Written:
+        """``document`` is the rule's JSON document (a mapping, or its JSON bytes), checked
+        with :func:`amcp.fleet.check_rule` before anything is written."""
+        where = _limit_target(target)
+        parsed = pattern_key(where, rule)
+        if isinstance(document, bytes | bytearray | memoryview):
+            try:
+                document = msgspec.json.decode(bytes(document))
+            except msgspec.DecodeError as exc:
+                raise RowError("rule", f"not JSON: {exc}") from None
+        return await self._write(FLEET_PATTERNS, parsed.key, check_rule(document), where)
+
+    async def remove_pattern(self, target: Target | str, rule: str) -> Written:
+        where = _limit_target(target)
+        return await self._write(FLEET_PATTERNS, pattern_key(where, rule).key, None, where)
+
+    async def write_policies(
+        self, rows: Iterable[tuple[str, str, bytes | None]], expect: str
+    ) -> int:
+        """Write signed bundle rows (``policies`` / ``policies.history`` only; each value must
+        decode as a signed bundle, None deletes) in one transaction, only if the ``policies``
+        namespace still has :func:`amcp.bundles.rows_digest` ``expect``; raises
+        :class:`PolicyConflictError` when it changed, RowError for a bad row. The cloud does
+        not judge signatures: the gateways do."""
+        checked = [_policy_row(ns, key, value) for ns, key, value in rows]
+        if not checked:
+            return 0
+
+        def write_if_unchanged(core: LWWStore) -> int:
+            if bundles.rows_digest(core.items(bundles.NAMESPACE)) != expect:
+                raise PolicyConflictError
+            core.write(checked)
+            return len(checked)
+
+        return await self.store.call(write_if_unchanged)
+
     # -- reads ------------------------------------------------------------------------------
+    async def patterns(self, target: Target | str | None = None) -> dict[str, Any]:
+        """The ``pattern.fleet`` rows (of one target, or all) as JSON documents, by key; rows
+        that do not decode are left out."""
+        prefix = "" if target is None else _limit_target(target).prefix
+        out: dict[str, Any] = {}
+        for key, raw in (await self.store.items(FLEET_PATTERNS, prefix)).items():
+            try:
+                parse_pattern_key(key)
+                out[key] = msgspec.json.decode(raw)
+            except (RowError, msgspec.DecodeError):
+                continue
+        return out
+
+    async def policy_rows(self) -> dict[str, dict[str, bytes]]:
+        """Every row of ``policies`` and ``policies.history``, by namespace and key."""
+        return {ns: await self.store.items(ns) for ns in POLICY_NAMESPACES}
+
     async def limits(self, target: Target | str | None = None) -> dict[str, LimitValue]:
         """The ``limits`` rows (of one target, or all), by key; rows that do not decode
         (written by something other than this module) are left out."""
@@ -228,7 +309,8 @@ class Authoring:
     ) -> Written:
         """The receipt of a row already in the store (its current version), for
         :meth:`applied`; ``target`` defaults to the one in a ``limits`` key, the gateway of a
-        ``zones`` key, else the whole fleet. Raises KeyError when the store has no such row."""
+        ``zones`` key, the one in a ``pattern.fleet`` key, else the whole fleet. Raises
+        KeyError when the store has no such row."""
 
         def version(core: LWWStore) -> tuple[int, bool] | None:
             row = core.connection.execute(
@@ -245,6 +327,21 @@ class Authoring:
             where = parse_limit_key(key).target
         elif namespace == ZONES:
             where = Target.gateway(key)
+        elif namespace == FLEET_PATTERNS:
+            where = parse_pattern_key(key).target
         else:
             where = Target.all()
         return Written(namespace, key, str(where), found[0], removed=found[1])
+
+
+def _policy_row(namespace: str, key: str, value: bytes | None) -> tuple[str, str, bytes | None]:
+    if namespace not in POLICY_NAMESPACES:
+        raise RowError("namespace", f"{namespace!r} is not one of {', '.join(POLICY_NAMESPACES)}")
+    if not key:
+        raise RowError("key", "empty")
+    if value is not None:
+        try:
+            bundles.decode(value)  # a signed bundle's shape, or refused
+        except bundles.BundleRefusedError as exc:
+            raise RowError("value", f"{key}: not a signed bundle: {exc.detail}") from None
+    return namespace, key, value

@@ -1,5 +1,6 @@
-"""The authoring verbs of `cybernetic fleet`: limits, desired twins and zones, written in the
-running cloud's store (through its control socket, ``cloud.control``) and synced down.
+"""The authoring verbs of `cybernetic fleet`: limits, desired twins, patterns and zones,
+written in the running cloud's store (through its control socket, ``cloud.control``) and
+synced down.
 
 ::
 
@@ -8,6 +9,10 @@ running cloud's store (through its control socket, ``cloud.control``) and synced
     cybernetic fleet limit list [TARGET]
     cybernetic fleet desired set TARGET DEVICE FIELD VALUE [--wait S]
     cybernetic fleet desired remove TARGET DEVICE FIELD [--wait S]
+    cybernetic fleet pattern set TARGET ID (--when EXPR | --window P | --situation W) [--wait S]
+    cybernetic fleet pattern set TARGET [ID] --file F [--wait S]
+    cybernetic fleet pattern remove TARGET ID [--wait S]
+    cybernetic fleet pattern list [TARGET]
     cybernetic fleet zone set GATEWAY ZONE [--wait S]
     cybernetic fleet zone remove GATEWAY [--wait S]
     cybernetic fleet applied NAMESPACE KEY [--target TARGET] [--wait S]
@@ -17,7 +22,9 @@ running cloud's store (through its control socket, ``cloud.control``) and synced
 cloud"). Every value is checked here first, with the same rules as the cloud's
 (:mod:`amcp.fleet`): a bad one is refused with its field named, exit 2, nothing sent. A
 write prints what was written and how many of its gateways acknowledged it ("applied on 1
-of 3"); ``--wait S`` waits up to S seconds for all of them (exit 1 when some did not).
+of 3"); ``--wait S`` waits up to S seconds for all of them (exit 1 when some did not). A
+rule is compiled here as a gateway compiles it (``gateway.rules``), together with the
+fleet's rows for ``all`` and for the same target, before anything is sent.
 ``cybernetic/commands/fleet.py`` adds these verbs beside ``fleet status``.
 """
 
@@ -31,7 +38,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from amcp.fleet import (
+    FLEET_PATTERNS,
     RowError,
     Target,
     check_name,
@@ -40,6 +50,8 @@ from amcp.fleet import (
     encode_zone,
     limit_key,
     limit_value,
+    parse_pattern_key,
+    pattern_key,
 )
 from cloud.authoring import Applied, Written
 from cloud.config import CloudConfig
@@ -53,6 +65,9 @@ from cloud.control import (
     LimitSet,
     LimitsList,
     Marks,
+    PatternRemove,
+    PatternSet,
+    PatternsList,
     Request,
     ZoneRemove,
     ZoneSet,
@@ -65,7 +80,23 @@ from cybernetic.cli import (
     CliError,
     describe_os_error,
     iso_ms,
+    one_line,
     require_config,
+)
+from cybernetic.commands.patterns import rule_args
+from gateway.rules import (
+    ActionSpec,
+    BuildRefusedError,
+    PatternRule,
+    Rule,
+    RuleFileError,
+    SituationRule,
+    Sourced,
+    WindowRule,
+    build_rules,
+    decode_rule,
+    encode_rule,
+    load_rule_file,
 )
 
 POLL_S = 0.2
@@ -77,9 +108,10 @@ def register_authoring(verbs: Any) -> list[argparse.ArgumentParser]:
     leaves: list[argparse.ArgumentParser] = []
     _limit_verbs(verbs, leaves)
     _desired_verbs(verbs, leaves)
+    _pattern_verbs(verbs, leaves)
     _zone_verbs(verbs, leaves)
     applied = _leaf(verbs, leaves, "applied", "which gateways acknowledged a row", _applied)
-    applied.add_argument("namespace", help="limits, zones or twin.desired")
+    applied.add_argument("namespace", help=f"limits, zones, twin.desired or {FLEET_PATTERNS}")
     applied.add_argument("key", help="the row's key, e.g. all/device/flood")
     applied.add_argument("--target", help="whose acknowledgement counts (default from the key)")
     _waits(applied)
@@ -142,6 +174,26 @@ def _desired_verbs(verbs: Any, leaves: list[argparse.ArgumentParser]) -> None:
     drm.add_argument("device")
     drm.add_argument("field")
     _waits(drm)
+
+
+def _pattern_verbs(verbs: Any, leaves: list[argparse.ArgumentParser]) -> None:
+    pattern = verbs.add_parser("pattern", help="GoldRush rules for gateways (docs/rules.md)")
+    group = pattern.add_subparsers(dest="pattern_verb", metavar="VERB", required=True)
+    text = "set a rule (over the gateways' own rules of that id)"
+    pset = _leaf(group, leaves, "set", text, _pattern_set)
+    _target(pset)
+    pset.add_argument(
+        "id", nargs="?", metavar="ID", help="the rule id (with --file: that rule only; default all)"
+    )
+    rule_args(pset)
+    _waits(pset)
+    prm = _leaf(group, leaves, "remove", "remove a rule the cloud set", _pattern_rm)
+    _target(prm)
+    prm.add_argument("id", metavar="ID")
+    _waits(prm)
+    text = "list the cloud's pattern rows (of one target, or all)"
+    plist = _leaf(group, leaves, "list", text, _pattern_list)
+    plist.add_argument("target", nargs="?", metavar="TARGET", help="all, zone/ZONE or gw/ID")
 
 
 def _zone_verbs(verbs: Any, leaves: list[argparse.ArgumentParser]) -> None:
@@ -331,6 +383,114 @@ def _desired_rm(args: argparse.Namespace) -> int:
     _checked("desired value", desired_key, args.device, args.field)
     request = DesiredRemove(target=str(target), device=args.device, field=args.field)
     return _report(args, _ask(args, request), "")
+
+
+def _file_rules(args: argparse.Namespace) -> dict[str, Rule]:
+    if args.file.is_dir():
+        raise CliError(f"--file {args.file} is a directory: give a patterns file")
+    try:
+        found = load_rule_file(args.file)
+        rules = found.rules()
+    except RuleFileError as exc:
+        raise CliError(f"{one_line(str(exc))} (nothing written)") from None
+    if found.actions:  # named actions of the file travel inline, as `patterns add` does
+        rules = {rid: _inline(rule, found.actions) for rid, rule in rules.items()}
+    if args.id is not None:
+        if args.id not in rules:
+            raise CliError(f"{args.file} has no rule {args.id!r} (nothing written)")
+        rules = {args.id: rules[args.id]}
+    if not rules:
+        raise CliError(f"{args.file} has no rules (nothing written)")
+    return rules
+
+
+def _authored_rules(args: argparse.Namespace) -> dict[str, Rule]:
+    """The rules the arguments describe, by id (the same options as ``patterns add``)."""
+    if args.file is not None:
+        return _file_rules(args)
+    if args.id is None:
+        raise CliError("give a rule id (or --file)")
+    given = {"actions": args.action, "cooldown_s": args.cooldown, "description": args.description}
+    common: dict[str, Any] = {k: v for k, v in given.items() if v}  # the stored form omits defaults
+    if args.when is not None:
+        return {args.id: PatternRule(when=args.when, **common)}
+    if args.window is not None:
+        rule = WindowRule(
+            pattern=args.window,
+            count=args.count,
+            within_s=args.within,
+            kind="tumbling" if args.tumbling else "sliding",
+            **common,
+        )
+        return {args.id: rule}
+    if args.situation is not None:
+        return {args.id: SituationRule(when=args.situation, within_s=args.within, **common)}
+    raise CliError("nothing to set: give --when, --window, --situation or --file")
+
+
+def _inline(rule: Rule, named: dict[str, ActionSpec]) -> Rule:
+    actions = [named.get(a, a) if isinstance(a, str) else a for a in rule.actions]
+    return msgspec.structs.replace(rule, actions=actions)
+
+
+def _compile(args: argparse.Namespace, target: Target, rules: dict[str, Rule]) -> None:
+    """Compile the new rules as a gateway would, with the fleet's rows for ``all`` and for
+    this target (a window may watch a pattern set there); refuse with the error, exit 2."""
+    rows = _ask(args, PatternsList()).patterns or {}
+    existing: dict[str, Rule] = {}
+    for scope in dict.fromkeys((Target.all(), target)):  # the target's own rows win
+        for key, doc in rows.items():
+            try:
+                parsed = parse_pattern_key(key)
+                if parsed.target == scope:
+                    existing[parsed.rule] = decode_rule(json.dumps(doc).encode())
+            except (RowError, msgspec.ValidationError, msgspec.DecodeError):
+                continue  # a row the gateways refuse already; not this command's to judge
+    docs = {rid: Sourced(rule, "fleet") for rid, rule in (existing | rules).items()}
+    try:
+        result = build_rules(docs, {}, {}, clock=lambda: 0.0)
+    except BuildRefusedError as exc:
+        raise CliError(f"the rule set cannot be built: {one_line(str(exc))}") from None
+    refused = [r for r in result.refused if r.rule_id in rules]
+    if refused:
+        text = "; ".join(f"rule {r.rule_id!r} refused: {one_line(r.error)}" for r in refused)
+        raise CliError(f"{text} (nothing written)")
+
+
+def _pattern_set(args: argparse.Namespace) -> int:
+    target = _parse_target(args.target)
+    rules = _authored_rules(args)
+    for rid in rules:
+        _checked("pattern", pattern_key, target, rid)
+    _compile(args, target, rules)
+    code = OK
+    for rid, rule in rules.items():
+        document = json.loads(encode_rule(rule))
+        answer = _ask(args, PatternSet(target=str(target), rule=rid, document=document))
+        code = max(code, _report(args, answer, f" ({rule.__struct_config__.tag})"))
+    return code
+
+
+def _pattern_rm(args: argparse.Namespace) -> int:
+    target = _parse_target(args.target)
+    _checked("pattern", pattern_key, target, args.id)
+    return _report(args, _ask(args, PatternRemove(target=str(target), rule=args.id)), "")
+
+
+def _pattern_list(args: argparse.Namespace) -> int:
+    target = None if args.target is None else str(_parse_target(args.target))
+    rows = _ask(args, PatternsList(target=target)).patterns or {}
+    if args.json:
+        print(json.dumps(rows, sort_keys=True))
+        return OK
+    for key, doc in sorted(rows.items()):
+        body = doc if isinstance(doc, dict) else {}
+        what = body.get("when") or body.get("pattern") or ""
+        text = what if isinstance(what, str) else "<ast>"
+        print(f"{key:<40} {body.get('type', '?'):<9} {text}")
+    if not rows:
+        print("no pattern rows", file=sys.stderr)
+    return OK
 
 
 def _zone_set(args: argparse.Namespace) -> int:

@@ -158,6 +158,7 @@ class Gateway:
             self.store,
             self.events.append,
             gateway=gw.id,
+            zone=gw.zone,  # the zone whose pattern.fleet rows apply while no zones row says
             invoke=self.s1.invoke,
             command=self.s1.command,  # device commands through S1: the lease, the answer
             transport=transport,

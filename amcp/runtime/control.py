@@ -1,11 +1,12 @@
 """A daemon's control socket: one JSON request per line, one JSON answer per line.
 
-Both daemons have one (``gateway.control``: rules; ``cloud.control``: fleet authoring), at
-``{state_dir}/control.sock``, a Unix socket made mode 0600, so only the daemon's own user and
-root can use it and nothing of it is reachable from the network. This module is what they
-share: the server loop (:class:`ControlSocket`, a supervised child) and the blocking client
-the command line uses (:func:`request`). What a request means is the daemon's business: the
-server hands each line to an ``answer`` coroutine and writes back what it returns.
+Both daemons have one (``gateway.control``: rules; ``cloud.control``: fleet authoring and
+policy bundles), at ``{state_dir}/control.sock``, a Unix socket made mode 0600, so only the
+daemon's own user and root can use it and nothing of it is reachable from the network. This
+module is what they share: the server loop (:class:`ControlSocket`, a supervised child) and
+the blocking client the command line uses (:func:`request`). What a request means is the
+daemon's business: the server hands each line to an ``answer`` coroutine and writes back
+what it returns.
 """
 
 from __future__ import annotations
@@ -38,10 +39,14 @@ _encoder = msgspec.json.Encoder()
 class ControlSocket:
     """Serve ``answer`` on the Unix socket at ``path`` while :meth:`run` runs."""
 
-    def __init__(self, path: Path, answer: Answerer, *, what: str = "control") -> None:
+    def __init__(
+        self, path: Path, answer: Answerer, *, what: str = "control", limit: int = MAX_REQUEST
+    ) -> None:
+        """``limit``: the longest request line served (longer drops the client)."""
         self.path = path
         self.answer = answer
         self.what = what
+        self.limit = limit
 
     async def run(self, ctx: ChildContext) -> None:
         if len(str(self.path).encode()) > MAX_SOCKET_PATH:
@@ -57,7 +62,7 @@ class ControlSocket:
         old = os.umask(0o177)
         try:
             server = await asyncio.start_unix_server(
-                self._client, path=str(self.path), limit=MAX_REQUEST
+                self._client, path=str(self.path), limit=self.limit
             )
         finally:
             os.umask(old)

@@ -8,9 +8,10 @@ gateway, and the gateways of the zone (or all, without ``--zone``) verify and ap
 (docs/policy-language.md, "Bundles"). Versions rise across the whole namespace: a version
 not above every bundle already there is refused, since a gateway refuses it too.
 
-While the cloud runs, reads and writes go through its policy socket
-(``state_dir/policy.sock``, cloud.policy_control); a stopped cloud's store is written
-directly (refused when it looks open in another process, unless ``--force``).
+While the cloud runs, reads and writes go through its control socket
+(``state_dir/control.sock``, cloud.control: ``policies.read``, ``policies.write``); a
+stopped cloud's store is written directly (refused when it looks open in another process,
+unless ``--force``).
 
 ``list`` shows the current bundles (``--history``: every bundle signed); ``rollback NAME
 --to V`` signs bundle V's content again as a new, higher version, so gateways accept it.
@@ -38,7 +39,7 @@ from amcp.crypto.keystore import KeyStore, KeyStoreError
 from amcp.store import LWWStore, StoreError, recorded_site
 from amcp.wire.messages import PolicyBundle
 from cloud.config import CloudConfig
-from cloud.policy_control import SOCKET_NAME, Answer, PoliciesRead, PoliciesWrite, send
+from cloud.control import SOCKET_NAME, Answer, PoliciesRead, PoliciesWrite, send
 from cybernetic.cli import UNREACHABLE, CliError, describe_os_error, iso_ms, one_line
 from cybernetic.cli import require_config as load_config
 
@@ -158,7 +159,8 @@ class _Cloud:
             return None
         except OSError as exc:
             raise CliError(
-                f"the cloud's policy socket {self.socket} did not answer: {describe_os_error(exc)}",
+                f"the cloud's control socket {self.socket} did not answer: "
+                f"{describe_os_error(exc)}",
                 UNREACHABLE,
             ) from exc
         if not answer.ok:
@@ -169,8 +171,9 @@ class _Cloud:
         """The policy rows, and whether a running cloud answered."""
         answer = self._ask(PoliciesRead())
         if answer is not None:
+            found = answer.rows or {}
             rows = {
-                ns: {k: base64.b64decode(v) for k, v in answer.rows.get(ns, {}).items()}
+                ns: {k: base64.b64decode(v) for k, v in found.get(ns, {}).items()}
                 for ns in (NAMESPACE, HISTORY_NAMESPACE)
             }
             return rows, True

@@ -9,7 +9,11 @@
   (SIGHUP); and it runs the actions (:class:`~gateway.rules.actions.ActionRunner`).
 
 Rule sources, later ones overriding earlier ones with the same id: the ``[rules]`` config
-section, then the patterns files in order, then the store.
+section, then the patterns files in order, then the store's ``patterns`` rows (the gateway's
+own, written by ``cybernetic patterns add``), then the cloud's ``pattern.fleet`` rows meant
+for this gateway (key ``<target>/<id>``, ``amcp.fleet``): per id the most specific one
+(``gw/<id>`` over ``zone/<its zone>`` over ``all``), its zone being its ``zones`` row when
+there is one, else ``[gateway] zone`` (docs/rules.md, "Patterns from the cloud").
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from amcp.fleet import FLEET_PATTERNS, ZONES, RowError, decode_zone, parse_pattern_key
 from amcp.goldrush.semantics import event_from_reading
 from amcp.goldrush.semantics import lookup as lookup_path
 from amcp.runtime.session import Transport
@@ -57,6 +62,7 @@ class RulesService:
         append_events: AppendEvents,
         *,
         gateway: str,
+        zone: str = "default",
         local_broker: BrokerLink | None = None,
         capabilities: Mapping[str, Capability] | None = None,
         invoke: Invoke | None = None,
@@ -65,10 +71,14 @@ class RulesService:
         transport: Transport | None = None,
     ) -> None:
         """``append_events`` is ``Outbox.append_events``; ``store`` must be open by the time
-        :meth:`run` starts (the gateway's shared store, so sync's writes notify us)."""
+        :meth:`run` starts (the gateway's shared store, so sync's writes notify us); ``zone``
+        is ``[gateway] zone``, used while no ``zones`` row names this gateway's zone."""
         self.settings = config
         self.store = store
         self.gateway = gateway
+        self.configured_zone = zone
+        self.zone = zone
+        """The zone whose ``pattern.fleet`` rows apply (the ``zones`` row's, else config)."""
         self._wall = wall
         self._now = 0.0
         self.manager = PatternManager(config.actions, lambda: self._now, carry=config.carry_state)
@@ -93,7 +103,7 @@ class RulesService:
         self._file_rules: dict[str, RuleFile] = {}
         self._bad_rows: dict[str, bytes] = {}
         self._loaded: tuple[dict[str, Sourced], dict[str, ActionSpec]] | None = None
-        self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe: list[Callable[[], None]] | None = None
         self._swapped = asyncio.Event()
 
     def register_capability(self, name: str, fn: Capability) -> None:
@@ -155,9 +165,9 @@ class RulesService:
                 tg.create_task(self.runner.run(), name="rules-actions")
                 tg.create_task(self._watch(), name="rules-watch")
         finally:
-            if self._unsubscribe is not None:
-                self._unsubscribe()
-                self._unsubscribe = None
+            for unsubscribe in self._unsubscribe or ():
+                unsubscribe()
+            self._unsubscribe = None
 
     def reload(self) -> None:
         """Re-read every source now (the gateway calls this on SIGHUP)."""
@@ -171,12 +181,17 @@ class RulesService:
     def _subscribe(self) -> None:
         if self.store is None or self._unsubscribe is not None:
             return
+        loop = asyncio.get_running_loop()
+        done: list[Callable[[], None]] = []
         try:
-            self._unsubscribe = self.store.subscribe(
-                self.settings.namespace, self._on_change, loop=asyncio.get_running_loop()
-            )
+            for ns in (self.settings.namespace, FLEET_PATTERNS, ZONES):
+                done.append(self.store.subscribe(ns, self._on_change, loop=loop))  # noqa: PERF401
         except StoreError as exc:
+            for unsubscribe in done:
+                unsubscribe()
             log.warning("rules: store not open yet", extra={"error": str(exc)})
+            return
+        self._unsubscribe = done
 
     def _on_change(self, _changes: list[Change]) -> None:
         self._dirty.set()
@@ -268,21 +283,63 @@ class RulesService:
                 log.warning("rules: store unreadable", extra={"error": str(exc)})
                 rows = {}
                 if self._loaded is not None:  # keep what the store held before
-                    docs |= {k: v for k, v in self._loaded[0].items() if v.origin == "store"}
+                    docs |= {k: v for k, v in self._loaded[0].items() if _from_store(v)}
             for key, value in rows.items():
-                try:
-                    docs[key] = Sourced(decode_rule(value), "store")
-                except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 too
-                    self._report_bad(key, value, f"{type(exc).__name__}: {exc}", "store")
-                    good = self.manager.good.get(key)
-                    if good is not None:
-                        docs[key] = Sourced(good, "store")
+                self._take(docs, key, value, "store")
+            await self._fleet(self.store, docs)
         return docs, named
 
-    def _report_bad(self, rid: str, raw: bytes, error: str, origin: str) -> None:
-        if self._bad_rows.get(rid) == raw:
+    def _take(
+        self, docs: dict[str, Sourced], rid: str, value: bytes, origin: str, slot: str = ""
+    ) -> None:
+        """Decode one stored document into ``docs``; a bad one is reported and the id keeps
+        the definition that last compiled."""
+        try:
+            docs[rid] = Sourced(decode_rule(value), origin)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bad UTF-8 too
+            self._report_bad(rid, value, f"{type(exc).__name__}: {exc}", origin, slot)
+            good = self.manager.good.get(rid)
+            if good is not None:
+                docs[rid] = Sourced(good, origin)
+
+    async def _fleet(self, store: Store, docs: dict[str, Sourced]) -> None:
+        """Add the ``pattern.fleet`` rows meant for this gateway, the most specific per id,
+        over the local ones of the same id."""
+        try:
+            zone_row = await store.get(ZONES, self.gateway)
+            rows = await store.items(FLEET_PATTERNS)
+        except StoreError as exc:
+            log.warning("rules: store unreadable", extra={"error": str(exc)})
             return
-        self._bad_rows[rid] = raw
+        self.zone = self._zone(zone_row)
+        chosen: dict[str, tuple[int, str, bytes]] = {}
+        for key, value in rows.items():
+            try:
+                parsed = parse_pattern_key(key)
+            except RowError as exc:
+                self._report_bad(key, value, str(exc), "fleet", f"{FLEET_PATTERNS}:{key}")
+                continue
+            if not parsed.target.includes(self.gateway, self.zone):
+                continue
+            rank = parsed.target.rank
+            if parsed.rule not in chosen or rank > chosen[parsed.rule][0]:
+                chosen[parsed.rule] = (rank, key, value)
+        for rid, (_, key, value) in chosen.items():
+            self._take(docs, rid, value, f"fleet:{key}", f"{FLEET_PATTERNS}:{key}")
+
+    def _zone(self, raw: bytes | None) -> str:
+        if raw is None:
+            return self.configured_zone
+        try:
+            return decode_zone(raw).zone
+        except RowError:  # the limits worker reports the bad row; we stay where we were
+            return self.zone
+
+    def _report_bad(self, rid: str, raw: bytes, error: str, origin: str, slot: str = "") -> None:
+        slot = slot or rid
+        if self._bad_rows.get(slot) == raw:
+            return
+        self._bad_rows[slot] = raw
         kept = rid in self.manager.good or rid in self._file_rules
         refusal = Refusal(rid, origin, error, kept_previous=kept)
         log.warning("rule document refused", extra={"rule": rid, "error": error})
@@ -304,3 +361,7 @@ class RulesService:
             "actions": {f"{k}.{o}": n for (k, o), n in self.runner.counts.items()},
             "queued": self.runner.records.qsize() + self.runner.jobs.qsize(),
         }
+
+
+def _from_store(doc: Sourced) -> bool:
+    return doc.origin == "store" or doc.origin.startswith("fleet:")

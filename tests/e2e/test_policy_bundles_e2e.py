@@ -21,7 +21,7 @@ from amcp import bundles
 from amcp.store import reads as store_reads
 from amcp.store import schema as store_schema
 from amcp.wire.messages import PolicyBundle
-from cloud.policy_control import SOCKET_NAME, PoliciesRead, PoliciesWrite, send
+from cloud.control import SOCKET_NAME, PoliciesRead, PoliciesWrite, send
 from cloud.readings import recorded_readings
 from cybernetic.stack import Stack, scrape
 from tests.e2e.test_rules_e2e import _publish
@@ -112,7 +112,7 @@ async def test_pushed_bundles_reach_their_zone_and_bad_ones_are_refused(tmp_path
 
         # a replayed older bundle (v2's signed row, written back) and a forged one are refused
         socket = stack.state / "cloud" / SOCKET_NAME
-        rows = send(socket, PoliciesRead()).rows
+        rows = send(socket, PoliciesRead()).rows or {}
         history = {k: base64.b64decode(v) for k, v in rows[bundles.HISTORY_NAMESPACE].items()}
         current = {k: base64.b64decode(v) for k, v in rows[bundles.NAMESPACE].items()}
         v2 = history[bundles.history_key("humid", 2)]
