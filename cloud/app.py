@@ -64,10 +64,10 @@ class Cloud:
         self.config = config
         self.config_path = config_path
         self.started = time.monotonic()
-        self.transport = transport or MqttTransport()
         self.registry = CollectorRegistry()
         register_build_info(self.registry, "cloud")
-        sessions = SessionMetrics(self.registry)
+        # every MQTT session reports its state on the cloud's registry through the transport
+        self.transport = transport or MqttTransport(metrics=SessionMetrics(self.registry))
         self.store = ReadingStore(Path(config.cloud.state_dir) / "readings.sqlite3")
         state = Path(config.cloud.state_dir)
         state.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,6 @@ class Cloud:
             self.links,
             broker=config.broker,
             transport=self.transport,
-            sessions=sessions,
         )
         # the cloud's CRDT state, shared by S1's registry and sync with every gateway
         self.state_store = Store(state / "store.sqlite3", site=config.cloud.id)
@@ -116,7 +115,6 @@ class Cloud:
             broker=config.broker,
             topic_prefix=config.ingest.topic_prefix,
             transport=self.transport,
-            sessions=sessions,
         )
         # the durable resources under rest_for_one, the workers one_for_one beneath them: see
         # the tree in docs/architecture.md, section Supervision

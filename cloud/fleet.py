@@ -45,7 +45,7 @@ from prometheus_client.registry import Collector
 from amcp.link import CloudLinks
 from amcp.runtime.mqtt import MqttTransport
 from amcp.runtime.phi import PhiAccrual
-from amcp.runtime.session import Link, Message, Session, SessionMetrics, SessionSpec, Transport
+from amcp.runtime.session import Link, Message, Session, SessionSpec, Transport
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext, stop_task
 from amcp.wire import EnvelopeError, topics
@@ -316,7 +316,6 @@ class Fleet:
         broker: BrokerLink,
         topic_prefix: str = topics.DEFAULT_PREFIX,
         transport: Transport | None = None,
-        sessions: SessionMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -328,7 +327,6 @@ class Fleet:
             broker,
             SessionSpec(settings.session, (topics.heartbeat_filter(topic_prefix),), qos=0),
             name="fleet",
-            metrics=sessions,
         )
         self._refusals = _Refusals()
         self.heartbeats = Counter(

@@ -32,7 +32,6 @@ from amcp.runtime.session import (
     DirectCallback,
     Link,
     Session,
-    SessionMetrics,
     SessionSpec,
     Transport,
 )
@@ -65,7 +64,6 @@ class CloudIngest:
         *,
         broker: BrokerLink,
         transport: Transport | None = None,
-        sessions: SessionMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -84,7 +82,6 @@ class CloudIngest:
                 manual_ack=True,
             ),
             name="cloud-ingest",
-            metrics=sessions,
         )
         self.batches = Counter(
             "cybernetic_cloud_batches", "Gateway batches committed", registry=registry

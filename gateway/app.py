@@ -92,9 +92,9 @@ class Gateway:
         self.config_path = config_path
         self.started = time.monotonic()
         gw = config.gateway
-        transport = transport or MqttTransport()
         self.metrics = GatewayMetrics()
-        sessions = SessionMetrics(self.metrics.registry)
+        # every MQTT session reports its state on the gateway's registry through the transport
+        transport = transport or MqttTransport(metrics=SessionMetrics(self.metrics.registry))
         state = Path(gw.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         write_marker(state)
@@ -181,7 +181,6 @@ class Gateway:
             gateway=gw.id,
             urgent=self.urgent,
             transport=transport,
-            sessions=sessions,
         )
         self.sync = GatewaySync(
             config.sync,
@@ -220,7 +219,6 @@ class Gateway:
             stages=[*filters, *(stages or [])],
             observers=observers,
             transport=transport,
-            sessions=sessions,
         )
         self.s2.watch("outbox_depth", self.outbox.depth)
         self.s2.watch("ingest_backlog", self.ingest.pending)
@@ -235,7 +233,6 @@ class Gateway:
             gateway=gw.id,
             registry=self.metrics.registry,
             transport=transport,
-            sessions=sessions,
         )
         self.supervisor = self._tree()
 

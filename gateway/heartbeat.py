@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from amcp.link import GatewayLink
 from amcp.runtime.mqtt import MqttTransport
-from amcp.runtime.session import Link, Session, SessionMetrics, SessionSpec, Transport
+from amcp.runtime.session import Link, Session, SessionSpec, Transport
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import topics
 from amcp.wire.messages import Heartbeat
@@ -94,7 +94,6 @@ class HeartbeatSender:
         gateway: str,
         registry: CollectorRegistry | None = None,
         transport: Transport | None = None,
-        sessions: SessionMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``report``: the gateway's status report (``Gateway.report``); ``registry``: the
@@ -113,7 +112,6 @@ class HeartbeatSender:
             settings.broker,
             SessionSpec(f"{gateway}-heartbeat"),
             name="heartbeat",
-            metrics=sessions,
         )
         self.seq = 0
         self.sent = 0

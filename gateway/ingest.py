@@ -32,7 +32,6 @@ from amcp.runtime.session import (
     DirectCallback,
     Link,
     Session,
-    SessionMetrics,
     SessionSpec,
     Transport,
 )
@@ -136,7 +135,6 @@ class Ingest:
         stages: Sequence[IngestFilter] = (),
         observers: Sequence[IngestObserver] = (),
         transport: Transport | None = None,
-        sessions: SessionMetrics | None = None,
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
     ) -> None:
         self.settings = settings
@@ -147,7 +145,6 @@ class Ingest:
             broker,
             SessionSpec(client_id, (settings.topic,), clean_session=False, manual_ack=True),
             name="ingest",
-            metrics=sessions,
         )
         self.outbox = outbox
         self.metrics = metrics

@@ -24,7 +24,7 @@ import msgspec
 
 from amcp.link import GatewayLink
 from amcp.runtime.mqtt import MqttTransport
-from amcp.runtime.session import Link, Session, SessionMetrics, SessionSpec, Transport
+from amcp.runtime.session import Link, Session, SessionSpec, Transport
 from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire import EnvelopeError, topics
@@ -73,7 +73,6 @@ class Uplink:
         gateway: str,
         urgent: UrgentLane | None = None,
         transport: Transport | None = None,
-        sessions: SessionMetrics | None = None,
     ) -> None:
         """``urgent``: the urgent lane, sent before any outbox batch (gateway.urgent)."""
         self.settings = settings
@@ -89,7 +88,6 @@ class Uplink:
             settings.broker,
             SessionSpec(f"{gateway}-uplink", (topics.ack(settings.topic_prefix, gateway),)),
             name="uplink",
-            metrics=sessions,
         )
         self.lag_s = 0.0
         self._inflight: dict[str, _InFlight] = {}

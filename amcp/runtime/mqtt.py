@@ -29,6 +29,7 @@ from amcp.runtime.session import (
     LinkLostError,
     LinkRefusedError,
     Message,
+    SessionMetrics,
     SessionSpec,
     callback_failed,
 )
@@ -177,7 +178,9 @@ class MqttTransport:
     """The daemons' transport (:class:`amcp.runtime.session.Transport`) over aiomqtt: a
     fresh client per connection, so no library state outlives a lost link."""
 
-    def __init__(self, **client_options: Any) -> None:
+    def __init__(self, *, metrics: SessionMetrics | None = None, **client_options: Any) -> None:
+        self.metrics = metrics
+        """Where every session on this transport reports its state (the daemon's registry)."""
         self.client_options = client_options
         """Passed to ``aiomqtt.Client`` (``max_inflight_messages``, ``timeout`` ...)."""
 

@@ -215,7 +215,8 @@ class Session:
         self.broker = broker
         self.spec = spec
         self.name = name
-        self.metrics = metrics
+        self.metrics = metrics if metrics is not None else getattr(transport, "metrics", None)
+        """Given, or the transport's (a daemon makes one transport with its registry's)."""
         self.backoff = Backoff(broker.reconnect_initial, broker.reconnect_max)
         self.link: Link | None = None
         """The live link while connected and subscribed, else None."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from amcp import __version__
 from cybernetic.devices import publish_readings
-from cybernetic.stack import Stack
+from cybernetic.stack import Stack, scrape
 
 
 def status(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -47,6 +47,11 @@ async def test_status_of_a_running_gateway_and_cloud(tmp_path: Path) -> None:
         assert "uplink up" in text
         assert "parts: all running, no restarts" in text
         assert "limits from the cloud: 0 in force" in text
+
+        # every MQTT session of the daemon reports on its registry (through the transport)
+        scraped = await asyncio.to_thread(scrape, stack.gateway_metrics)
+        for session in ("ingest", "uplink", "sync", "s1", "s1-devices", "heartbeat"):
+            assert scraped[f"cybernetic_mqtt_connected:session={session}"] == 1, session
 
         doc = json.loads((await asyncio.to_thread(status, stack.gateway_config, "--json")).stdout)
         assert doc["component"] == "gateway"
