@@ -12,16 +12,14 @@ that the supervisor restarted the store's child and did not give up (escalate).
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from cybernetic.devices import publish_readings
 from cybernetic.stack import Stack, scrape
 from tests.e2e.test_hardening_e2e import _alive
+from tests.needs import needs_root
 
 
 def _wait_for_log(stack: Stack, text: str, timeout: float, kind: str = "gateway") -> None:
@@ -68,10 +66,10 @@ def _immutable(files: list[Path], on: bool) -> None:
     subprocess.run(["chattr", flag, *map(str, files)], check=True)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="chattr +i needs root")
 async def test_outbox_database_failing_under_the_gateway_is_reopened_and_nothing_lost(
     tmp_path: Path,
 ) -> None:
+    needs_root("chattr +i")
     stack = Stack(tmp_path / "stack")
     try:
         password = stack.add_device("dev-r")
@@ -116,11 +114,11 @@ async def test_outbox_database_failing_under_the_gateway_is_reopened_and_nothing
         await asyncio.to_thread(stack.close)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason="chattr +i needs root")
 async def test_cloud_reading_store_failing_is_reopened_and_nothing_lost(tmp_path: Path) -> None:
     """The same for the cloud: a batch whose commit fails on the database itself is neither
     acknowledged nor nacked (a gateway would dead-letter good readings); the store's child
     fails, the supervisor reopens it, the broker redelivers, and every reading arrives."""
+    needs_root("chattr +i")
     stack = Stack(tmp_path / "stack")
     try:
         password = stack.add_device("dev-c")

@@ -21,6 +21,7 @@ import pytest
 
 from cybernetic.devices import publish_readings
 from cybernetic.stack import Stack, scrape
+from tests.needs import needs_root
 
 
 def _raw_client(host: str, port: int, user: str, password: str) -> paho.Client:
@@ -126,14 +127,12 @@ def _fill(directory: Path) -> Path:
     return filler
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 and not os.environ.get("CI"), reason="mounting a tmpfs needs root"
-)
 async def test_full_disk_pauses_ingest_and_resumes_when_space_returns(tmp_path: Path) -> None:
     """Finding 5: with its state directory full the gateway exited within seconds (the real
     error hidden behind 'cannot rollback - no transaction is active') and never came back.
     Now it keeps running with ingest paused (the broker keeps the readings), says so in a
     metric, and stores and forwards everything once space returns: nothing is lost."""
+    needs_root("mounting a tmpfs")
     stack = Stack(tmp_path / "stack")
     with _tmpfs(tmp_path / "stack" / "gateway", "16m") as state:
         try:

@@ -24,6 +24,7 @@ from amcp.runtime.metrics import (
     parse_listen,
     register_build_info,
 )
+from tests.needs import needs
 
 
 def _registry() -> CollectorRegistry:
@@ -258,8 +259,8 @@ def _has_ipv6_loopback() -> bool:
     return True
 
 
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback on this host")
 def test_an_ipv6_listen_address_is_served() -> None:
+    needs(_has_ipv6_loopback(), "an IPv6 loopback address (::1)")
     server = MetricsServer(_registry(), "[::1]:0")
     server.start()
     try:
