@@ -88,16 +88,6 @@ class MemoryBroker:
         state = self._states.get(client_id)
         return 0 if state is None else len(state.unacked)
 
-    def queued(self, client_id: str) -> int:
-        """Messages waiting for ``client_id`` (away, or past its in-flight window)."""
-        state = self._states.get(client_id)
-        return 0 if state is None else len(state.queued)
-
-    @property
-    def clients(self) -> list[str]:
-        """Client ids connected now."""
-        return list(self._live)
-
     # -- the broker's side of a connection ----------------------------------------------------
     async def _answer(self) -> None:
         await self._answering.wait()
