@@ -1,15 +1,16 @@
-"""The cloud's reading store: SQLite, one row per reading, duplicates dropped by identity.
+"""The cloud's reading store: one row per reading, duplicates dropped by identity, on either engine.
 
 Identity is (device, boot, seq) — see docs/telemetry.md. A batch is committed in one
-transaction with ``synchronous=FULL`` before its acknowledgement is sent, so an acknowledged
-reading is on disk. The file is an :class:`~amcp.runtime.database.Database` (one writer thread,
-a read-only reader beside it, made on open so a supervisor reopens the same store); the store
-uses only its :class:`~amcp.runtime.database.AsyncDatabase` face (``write``/``read``), the seam
-a PostgreSQL backend for the cloud would stand behind.
+transaction before its acknowledgement is sent, so an acknowledged reading is stored (SQLite:
+``synchronous=FULL``; PostgreSQL: the server's commit). The same transaction claims the batch's
+envelope in the nonce registry (a second cloud worker that receives the same envelope finds it
+claimed: a replay), keeps each gateway's and device's latest row, and marks the minutes it
+touched for the rollups (cloud.storage.upkeep). The store is written against the storage seam
+(:class:`~cloud.storage.engine.Engine`), so SQLite and PostgreSQL run the same code.
 
-Tools and tests read a store file directly, read-only, through the functions at the end
+Tools and tests read a SQLite store file directly, read-only, through the functions at the end
 (:func:`count_readings`, :func:`reading_keys`, :func:`recorded_readings`): no SQL of this
-table outside this module.
+table outside this module and cloud.storage.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import NamedTuple, TypeVar
 
 import msgspec
 
-from amcp.runtime.database import AsyncDatabase, Database, Schema, connect
+from amcp.runtime.database import connect
 from amcp.wire.telemetry import (
     EventRecord,
     InvalidValueError,
@@ -32,36 +33,11 @@ from amcp.wire.telemetry import (
     check_event,
     check_reading,
 )
+from cloud.storage.engine import Engine, Tx
+from cloud.storage.sqlite import SqliteEngine
 
 T = TypeVar("T")
-
-_V1 = """
-CREATE TABLE IF NOT EXISTS readings (
-    device TEXT NOT NULL,
-    boot TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    received_ms INTEGER NOT NULL,
-    stored_ms INTEGER NOT NULL,
-    gateway TEXT NOT NULL,
-    "values" TEXT NOT NULL,
-    PRIMARY KEY (device, boot, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    gateway TEXT NOT NULL,
-    name TEXT NOT NULL,
-    source TEXT NOT NULL,
-    severity TEXT NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    stored_ms INTEGER NOT NULL,
-    attrs TEXT NOT NULL
-);
-"""
-SCHEMA = Schema("readings", (_V1,))
-"""Numbered steps, forward only (files from before ``user_version`` are at 0: step 1 creates
-nothing they have)."""
-
+MINUTE_MS = 60_000
 
 _encode_json = msgspec.json.Encoder().encode
 
@@ -71,32 +47,41 @@ def _json(value: object) -> str:
     return _encode_json(value).decode()
 
 
+class Claim(NamedTuple):
+    """A batch's envelope, claimed in the nonce registry by the transaction that stores it."""
+
+    sender: str
+    """The key id that signed it."""
+    nonce: bytes
+    ts_ms: int
+
+
 class StoreBatch(NamedTuple):
     """One gateway batch's content, as :meth:`ReadingStore.store_many` takes it."""
 
     gateway: str
     readings: Sequence[Reading]
     events: Sequence[EventRecord]
+    claim: Claim | None = None
 
 
 class ReadingStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: AsyncDatabase[sqlite3.Connection] = Database(
-            path, name="readings", schema=SCHEMA, synchronous="FULL"
-        )
+    def __init__(self, target: Path | Engine) -> None:
+        """``target``: a SQLite file (the default engine) or an open-able engine."""
+        self.engine: Engine = SqliteEngine(target) if isinstance(target, Path) else target
+        self.path = target if isinstance(target, Path) else None
 
     async def open(self) -> None:
         """Open (or open again after :meth:`close`: a supervisor restarts the same object)."""
-        await self._file.open()
+        await self.engine.open()
 
     async def close(self) -> None:
-        await self._file.close()
+        await self.engine.close()
 
     async def held(self) -> None:
         """Return never; raise once the database failed (the holding child then fails and
         its supervisor reopens the store)."""
-        await self._file.held()
+        await self.engine.held()
 
     async def store(
         self,
@@ -118,32 +103,80 @@ class ReadingStore:
         became of each, in order. A reading repeated in a later batch of the same call counts
         as that batch's duplicate. Readings and events that cannot be stored (values beyond
         what the store represents, see :func:`~amcp.wire.telemetry.check_reading`) are left
-        out and reported by index; the rest of their batch is stored. A full disk raises
+        out and reported by index; the rest of their batch is stored. A batch whose claim is
+        already in the nonce registry stores nothing (``replayed``). A full disk raises
         :class:`~amcp.runtime.storage.StorageFullError` and stores nothing."""
-        return await self._file.write(lambda db: _store_many(db, batches, now_ms))
+        return await self.engine.write(lambda tx: _store_many(tx, batches, now_ms))
 
     async def count(self) -> int:
-        """Readings stored (on the reader, beside the writes)."""
-        return await self._file.read(_count)
+        """Readings stored (on a reader, beside the writes)."""
+        return await self.engine.read(_count)
 
 
-def _store_many(db: sqlite3.Connection, batches: Sequence[StoreBatch], now_ms: int) -> list[Stored]:
-    """One :meth:`ReadingStore.store_many`, in the write transaction ``Database.write`` runs."""
+_INSERT_READING = (
+    'INSERT INTO readings (device, boot, seq, ts_ms, received_ms, stored_ms, gateway, "values") '
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (gateway, name, source, severity, ts_ms, stored_ms, attrs) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_CLAIM = "INSERT INTO nonce_registry (sender, nonce, ts_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+_LATEST = (
+    'INSERT INTO devices (device, gateway, boot, seq, ts_ms, "values", first_seen_ms) '
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device) DO UPDATE SET "
+    "gateway = excluded.gateway, boot = excluded.boot, seq = excluded.seq, "
+    'ts_ms = excluded.ts_ms, "values" = excluded."values" '
+    "WHERE excluded.ts_ms >= devices.ts_ms"
+)
+_GATEWAY = (
+    "INSERT INTO gateways (id, first_seen_ms, last_batch_ms, batches, readings) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+    "last_batch_ms = excluded.last_batch_ms, batches = gateways.batches + excluded.batches, "
+    "readings = gateways.readings + excluded.readings"
+)
+MARK_MINUTE = (
+    "INSERT INTO rollup_pending (device, bucket_ms) VALUES (?, ?) "
+    "ON CONFLICT (device, bucket_ms) DO UPDATE SET bucket_ms = excluded.bucket_ms"
+)
+"""A no-op update rather than DO NOTHING: it locks the mark, so a rollup claiming it waits for
+this transaction's readings (cloud.storage.upkeep)."""
+
+
+def _store_many(tx: Tx, batches: Sequence[StoreBatch], now_ms: int) -> list[Stored]:
+    """One :meth:`ReadingStore.store_many`, inside the engine's write transaction."""
     results: list[Stored] = []
-    for gateway, readings, events in batches:
+    latest: dict[str, tuple[object, ...]] = {}
+    minutes: set[tuple[str, int]] = set()
+    gateways: dict[str, list[int]] = {}
+    for gateway, readings, events, claim in batches:
+        if claim is not None and not tx.executemany(_CLAIM, [claim]):
+            results.append(Stored(0, 0, {}, {}, 0, replayed=True))
+            continue
         row = functools.partial(_reading_row, gateway, now_ms)
         rows, refused = _storable(readings, check_reading, row)
-        before = db.total_changes
-        db.executemany("INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        stored = db.total_changes - before
+        stored = tx.executemany(_INSERT_READING, rows)
         event_row = functools.partial(_event_row, gateway, now_ms)
         event_rows, refused_events = _storable(events, check_event, event_row)
-        db.executemany(
-            "INSERT INTO events (gateway, name, source, severity, ts_ms, stored_ms, attrs) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            event_rows,
-        )
+        tx.executemany(_INSERT_EVENT, event_rows)
         results.append(Stored(stored, len(rows) - stored, refused, refused_events, len(event_rows)))
+        for r in rows:
+            device, boot, seq, ts_ms = r[0], r[1], r[2], r[3]
+            assert isinstance(device, str)
+            assert isinstance(ts_ms, int)
+            minutes.add((device, ts_ms - ts_ms % MINUTE_MS))
+            known = latest.get(device)
+            if known is None or (ts_ms, seq) >= (known[4], known[3]):
+                latest[device] = (device, gateway, boot, seq, ts_ms, r[7], now_ms)
+        seen = gateways.setdefault(gateway, [0, 0])
+        seen[0] += 1
+        seen[1] += stored
+    # in key order: two workers' transactions lock the same rows in the same order (no deadlock)
+    tx.executemany(_LATEST, [latest[d] for d in sorted(latest)])
+    tx.executemany(MARK_MINUTE, sorted(minutes))
+    tx.executemany(
+        _GATEWAY, [(g, now_ms, now_ms, n, stored) for g, (n, stored) in sorted(gateways.items())]
+    )
     return results
 
 
@@ -180,10 +213,12 @@ class Stored(NamedTuple):
     refused_events: dict[int, str]
     events: int
     """Events stored."""
+    replayed: bool = False
+    """The batch's envelope was already claimed (by this worker or another): nothing stored."""
 
 
-def _count(db: sqlite3.Connection) -> int:
-    return int(db.execute("SELECT count(*) FROM readings").fetchone()[0])
+def _count(tx: Tx) -> int:
+    return int(tx.execute("SELECT count(*) FROM readings")[0][0])
 
 
 @contextlib.contextmanager
@@ -202,7 +237,7 @@ def _reading(path: Path) -> Iterator[sqlite3.Connection | None]:
 def count_readings(path: Path) -> int:
     """Readings in a store file (another process's, read-only); 0 before it has any table."""
     with _reading(path) as db:
-        return 0 if db is None else _count(db)
+        return 0 if db is None else int(db.execute("SELECT count(*) FROM readings").fetchone()[0])
 
 
 def reading_keys(path: Path) -> list[tuple[str, str, int]]:

@@ -1,0 +1,1 @@
+"""The cloud's storage: SQLite (the default) or PostgreSQL behind one interface (engine.py)."""
