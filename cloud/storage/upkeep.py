@@ -186,11 +186,11 @@ class Upkeep:
         days = self.retention.raw_days
         return now_ms - int(days * DAY_MS) if days > 0 else 0
 
-    async def rollup(self) -> tuple[int, int]:
+    async def rollup(self, now_ms: int | None = None) -> tuple[int, int]:
         """Rounds until nothing is pending; (minutes, hours) recomputed in all."""
         total = [0, 0]
         while True:
-            cutoff = self.raw_cutoff_ms(int(time.time() * 1000))
+            cutoff = self.raw_cutoff_ms(int(time.time() * 1000) if now_ms is None else now_ms)
             minutes, hours = await self.engine.write(
                 lambda tx, c=cutoff: rollup_round(tx, self.rollup_limit, c)  # type: ignore[misc]
             )
