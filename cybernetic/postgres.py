@@ -12,7 +12,6 @@ second server as a standby, start their own so no other test sees the outage.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import pwd
 import shutil
@@ -23,6 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import psycopg
 
@@ -39,12 +39,12 @@ def _bin(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
     if not candidates:
         raise PostgresError(
             f"{name} not found: install PostgreSQL (sudo apt-get install postgresql)"
         )
-    return candidates[-1]
+    return str(candidates[-1])
 
 
 def answers(dsn: str) -> bool:
@@ -121,7 +121,7 @@ class PostgresCluster:
         self.stop()
         self.start()
 
-    def __enter__(self) -> PostgresCluster:
+    def __enter__(self) -> Self:
         if not (self.data / "PG_VERSION").exists():
             self.init()
         self.start()

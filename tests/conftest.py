@@ -66,3 +66,22 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[[], MosquittoBroker]]:
 def topic() -> str:
     """A topic prefix unique to this test."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[str]:
+    """A PostgreSQL server databases may be made on: 127.0.0.1:5432 when it lets us in,
+    else a private cluster for the session (cybernetic.postgres)."""
+    from cybernetic.postgres import admin_dsn  # noqa: PLC0415 - only PostgreSQL tests pay
+
+    with admin_dsn() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def pg_dsn(pg_admin: str) -> Iterator[str]:
+    """A new database of this test's own, dropped after it."""
+    from cybernetic.postgres import scratch_database  # noqa: PLC0415
+
+    with scratch_database(pg_admin, "test") as dsn:
+        yield dsn

@@ -185,7 +185,7 @@ async def test_latest_per_device_and_fleet_counts(store: ReadingStore) -> None:
     )
     # an older reading arriving late does not replace the latest one
     await store.store_many([StoreBatch("gw1", _readings("d1", range(1)), [])], T0 + 1)
-    latest = await store.engine.read(lambda tx: queries.latest(tx))
+    latest = await store.engine.read(queries.latest)
     assert [(r.device, r.gateway, r.seq) for r in latest] == [("d1", "gw1", 20), ("d2", "gw2", 5)]
     gw2 = await store.engine.read(lambda tx: queries.latest(tx, gateway="gw2"))
     assert [r.device for r in gw2] == ["d2"]
