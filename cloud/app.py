@@ -1,12 +1,16 @@
 """The cloud process: gateway telemetry into the reading store (S3-S5 come in later waves).
 
+With ``[cloud] role = "ingest"`` only the reading store, ingest and upkeep run: an extra worker
+that shares the gateway uplinks with the others (``[ingest] shared_group``, docs/scale.md).
+
 Tree (docs/architecture.md, "Supervision")::
 
     cloud (rest_for_one: the durable resources, then the workers that use them)
-    ├── readings    the SQLite reading store; fails if its database fails
+    ├── readings    the reading store on SQLite or PostgreSQL; fails if its database fails
     ├── state       the cloud's CRDT store (amcp.store)
     └── workers (one_for_one)
         ├── ingest      cloud broker → store → ack (or nack) to the gateway
+        ├── upkeep      rollups per minute and hour, retention (cloud.storage.upkeep)
         ├── sync        CRDT deltas with every gateway (amcp.sync)
         ├── s1          capability registry from announcements, intent router
         ├── fleet       every gateway's heartbeats → the fleet table (alive, late, lost)
@@ -48,6 +52,9 @@ from cloud.ingest import CloudIngest
 from cloud.readings import ReadingStore
 from cloud.s1 import CloudS1
 from cloud.status import report as status_report
+from cloud.storage.engine import PendingMigrationsError
+from cloud.storage.settings import engine_for
+from cloud.storage.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +75,17 @@ class Cloud:
         register_build_info(self.registry, "cloud")
         # every MQTT session reports its state on the cloud's registry through the transport
         self.transport = transport or MqttTransport(metrics=SessionMetrics(self.registry))
-        self.store = ReadingStore(Path(config.cloud.state_dir) / "readings.sqlite3")
         state = Path(config.cloud.state_dir)
+        # SQLite in the state directory, or PostgreSQL by DSN ([storage], cloud.storage)
+        self.engine = engine_for(config.storage, state, registry=self.registry)
+        self.store = ReadingStore(self.engine)
+        self.upkeep = Upkeep(
+            self.engine,
+            config.storage.retention,
+            window_s=config.links.clock_window,
+            rollup_every_s=config.storage.rollup_every_s,
+            registry=self.registry,
+        )
         state.mkdir(parents=True, exist_ok=True)
         write_marker(state)
         self.links = CloudLinks(
@@ -118,10 +134,17 @@ class Cloud:
         )
         # the durable resources under rest_for_one, the workers one_for_one beneath them: see
         # the tree in docs/architecture.md, section Supervision
+        ingest_only = config.cloud.role == "ingest"
         self.workers = Supervisor(
             "workers",
             [
                 ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
+                ChildSpec("upkeep", self.upkeep.run, shutdown_timeout=5),
+            ]
+            if ingest_only
+            else [
+                ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
+                ChildSpec("upkeep", self.upkeep.run, shutdown_timeout=5),
                 *(
                     [ChildSpec("sync", self.sync.run, shutdown_timeout=5)]
                     if config.sync.enabled
@@ -150,11 +173,19 @@ class Cloud:
                     wait_ready=True,
                     shutdown_timeout=10,
                 ),
-                ChildSpec(
-                    "state",
-                    holding(self.state_store.open, self.state_store.close, self.state_store.held),
-                    wait_ready=True,
-                    shutdown_timeout=10,
+                *(
+                    []
+                    if ingest_only
+                    else [
+                        ChildSpec(
+                            "state",
+                            holding(
+                                self.state_store.open, self.state_store.close, self.state_store.held
+                            ),
+                            wait_ready=True,
+                            shutdown_timeout=10,
+                        )
+                    ]
                 ),
                 self.workers.as_child(shutdown_timeout=40),
             ],
@@ -188,6 +219,8 @@ class Cloud:
 
     def sessions(self) -> list[Session]:
         """The cloud's long-lived MQTT sessions (for ``cybernetic status``)."""
+        if self.config.cloud.role == "ingest":
+            return [self.ingest.session]
         found = [self.ingest.session, self.s1.session, self.fleet.session]
         if self.sync.session is not None:
             found.append(self.sync.session)
@@ -224,6 +257,12 @@ class Cloud:
         )
 
     async def serve(self) -> int:
+        if self.config.storage.migrate == "check":
+            try:
+                await self.store.open()  # the supervisor's open then finds it open
+            except PendingMigrationsError as exc:
+                log.critical("cloud cannot start", extra={"error": str(exc)})
+                return 1
         server = None
         if self.config.metrics.enabled:
             ready = Readiness(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -10,17 +10,29 @@ from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings
 from amcp.sync import SyncSettings
 from amcp.wire import topics
 from cloud.s1 import CloudS1Settings
+from cloud.storage.settings import StorageSettings
 
 
 class CloudSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     id: str = "cloud"
     state_dir: str = "/var/lib/cybernetic/cloud"
+    role: Literal["all", "ingest"] = "all"
+    """``all``: every cloud service; ``ingest``: only the reading store and cloud ingest (an
+    extra worker sharing the gateway uplinks, see docs/scale.md)."""
 
 
 class CloudIngestSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     topic_prefix: str = topics.DEFAULT_PREFIX
     session: str = "cloud-ingest"
-    """MQTT client id of the persistent session: batches wait in the broker while we are down."""
+    """MQTT client id of the persistent session: batches wait in the broker while we are down.
+    Each cloud worker needs its own."""
+    shared_group: str = ""
+    """Non-empty: subscribe through the MQTT shared subscription ``$share/<group>/...``, so
+    several cloud workers split the gateway uplinks between them (docs/scale.md)."""
+
+    def __post_init__(self) -> None:
+        if any(c in self.shared_group for c in "/+#"):
+            raise ValueError("ingest.shared_group must not contain '/', '+' or '#'")
 
 
 class LinkSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -90,6 +102,7 @@ class CloudConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cloud: CloudSection = msgspec.field(default_factory=CloudSection)
     broker: BrokerLink = msgspec.field(default_factory=lambda: BrokerLink(username="cloud"))
     ingest: CloudIngestSettings = msgspec.field(default_factory=CloudIngestSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     links: LinkSettings = msgspec.field(default_factory=LinkSettings)
     enrolment: EnrolmentSettings = msgspec.field(default_factory=EnrolmentSettings)
     s1: CloudS1Settings = msgspec.field(default_factory=CloudS1Settings)

@@ -49,7 +49,7 @@ from amcp.wire import (
 )
 from amcp.wire.telemetry import BatchAck, BatchNack, TelemetryBatch
 from cloud.config import CloudIngestSettings
-from cloud.readings import ReadingStore, StoreBatch, Stored
+from cloud.readings import Claim, ReadingStore, StoreBatch, Stored
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,10 @@ class CloudIngest:
             SessionSpec(
                 settings.session,
                 # the urgent lane (algedonic signals, alerts) is stored as it comes, like a batch
-                (topics.telemetry_filter(self.prefix), topics.urgent_filter(self.prefix)),
+                (
+                    topics.shared(settings.shared_group, topics.telemetry_filter(self.prefix)),
+                    topics.shared(settings.shared_group, topics.urgent_filter(self.prefix)),
+                ),
                 clean_session=False,
                 manual_ack=True,
             ),
@@ -211,6 +214,12 @@ class CloudIngest:
             if result is None:
                 reply: BatchAck | BatchNack = BatchNack(batch.batch_id, "unstorable", retry=False)
                 self.nacks.labels("unstorable").inc()
+            elif result.replayed:
+                # another worker (or this one, before a crash) already took this envelope:
+                # the gateway sends the batch again in a fresh one, and its readings dedup
+                reply = BatchNack(batch.batch_id, "replayed", retry=True)
+                self.refused.labels("replayed").inc()
+                self.nacks.labels("replayed").inc()
             else:
                 reply = self._count(gateway, batch, result)
             replies.append(self._reply(link, gateway, reply, header))
@@ -253,7 +262,10 @@ class CloudIngest:
         """The group commit, waiting out a full disk (nothing acknowledged meanwhile). Should
         the group fail for another reason, each batch is tried alone, so one that cannot be
         stored (None: it is nacked) never holds back the others."""
-        batches = [StoreBatch(gw, batch.readings, batch.events) for gw, batch, _ in opened]
+        batches = [
+            StoreBatch(gw, batch.readings, batch.events, Claim(h.key_id, h.nonce, h.ts_ms))
+            for gw, batch, h in opened
+        ]
         delay = 0.25
         while True:
             try:

@@ -42,6 +42,12 @@ def telemetry_filter(prefix: str) -> str:
     return f"{prefix}/+/telemetry"
 
 
+def shared(group: str, topic_filter: str) -> str:
+    """An MQTT shared subscription: the broker hands each message to one of the group's
+    subscribers (cloud workers, docs/scale.md); received messages keep their own topic."""
+    return f"$share/{group}/{topic_filter}" if group else topic_filter
+
+
 def urgent(prefix: str, gateway: str) -> str:
     """Algedonic signals and alerts, sent ahead of the telemetry backlog (gateway.urgent)."""
     return f"{prefix}/{gateway}/urgent"

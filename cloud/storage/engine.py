@@ -18,10 +18,16 @@ cloud's transactions in parallel. See docs/scale.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from cloud.storage.migrations import Step
 
 T = TypeVar("T")
 Dialect = Literal["sqlite", "postgresql"]
+OnOpen = Literal["migrate", "check", "leave"]
+"""What ``open`` does with the schema: apply what is pending; refuse to open while steps are
+pending (:class:`PendingMigrationsError`); or neither (``cybernetic cloud migrate``)."""
 Row = tuple[Any, ...]
 
 
@@ -68,12 +74,20 @@ class Engine(Protocol):
         """Where the data is, without secrets (a path, or host, port and database)."""
         ...
 
+    async def pending(self) -> Sequence[Step]:
+        """The schema steps the database lacks."""
+        ...
+
+    async def migrate(self) -> Sequence[Step]:
+        """Apply them (each in its own transaction); returns what was applied."""
+        ...
+
 
 class StorageError(Exception):
     """Base of the storage seam's own errors."""
 
 
-class StorageConfigError(StorageError):
+class StorageConfigError(StorageError, ValueError):
     """The ``[storage]`` settings cannot be used (no DSN, an unknown engine...)."""
 
 

@@ -42,7 +42,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from amcp.runtime.storage import StorageFullError
 from cloud.storage import migrations
-from cloud.storage.engine import Dialect, PendingMigrationsError, Row, StorageError
+from cloud.storage.engine import Dialect, OnOpen, PendingMigrationsError, Row, StorageError
 
 log = logging.getLogger(__name__)
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # each failed connect: our outage log
@@ -109,14 +109,14 @@ class PostgresEngine:
         pool_size: int = 4,
         connect_timeout_s: float = 2.0,
         retry_max_s: float = 5.0,
-        migrate: bool = True,
+        on_open: OnOpen = "migrate",
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.dsns = [dsn, *([standby_dsn] if standby_dsn else [])]
         self.pool_size = pool_size
         self.connect_timeout_s = connect_timeout_s
         self.retry_max_s = retry_max_s
-        self.migrate_on_open = migrate
+        self.on_open = on_open
         self.active = 0
         """Index in :attr:`dsns` of the server in use (0: the primary)."""
         self._pools: list[ConnectionPool[psycopg.Connection[Any]]] = []
@@ -164,9 +164,9 @@ class PostgresEngine:
         ]
         for pool in self._pools:
             pool.open(wait=False)
-        if self.migrate_on_open:
+        if self.on_open == "migrate":
             await self.migrate()
-        elif pending := await self.pending():
+        elif self.on_open == "check" and (pending := await self.pending()):
             await self.close()
             raise PendingMigrationsError(
                 f"{self.describe()}: schema steps {[s.version for s in pending]} are not "

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from amcp.runtime.database import Database, Schema, connect
 from cloud.storage import migrations
-from cloud.storage.engine import Dialect, PendingMigrationsError, Row
+from cloud.storage.engine import Dialect, OnOpen, PendingMigrationsError, Row
 
 T = TypeVar("T")
 
@@ -60,21 +60,31 @@ def file_version(path: Path) -> int:
 class SqliteEngine:
     name: Dialect = "sqlite"
 
-    def __init__(self, path: Path, *, migrate: bool = True, readers: int = 2) -> None:
-        """``migrate=False``: refuse to open a file behind this binary's schema
+    def __init__(self, path: Path, *, on_open: OnOpen = "migrate", readers: int = 2) -> None:
+        """``on_open="check"``: refuse to open a file behind this binary's schema
         (:class:`PendingMigrationsError`) instead of upgrading it."""
         self.path = path
-        self.migrate_on_open = migrate
+        self.on_open = on_open
         self._db = Database(path, name="cloud store", schema=SCHEMA, readers=readers)
 
     def describe(self) -> str:
         return f"sqlite:{self.path}"
 
-    def pending(self) -> list[migrations.Step]:
+    async def pending(self) -> list[migrations.Step]:
+        """The schema steps this file lacks (the file is not opened for writing)."""
         return list(migrations.STEPS[file_version(self.path) :])
 
+    async def migrate(self) -> list[migrations.Step]:
+        """Apply the steps this file lacks; returns them."""
+        pending = await self.pending()
+        if self._db.is_open:
+            return []  # open() migrated it
+        await self._db.open()
+        await self._db.close()
+        return pending
+
     async def open(self) -> None:
-        if not self.migrate_on_open and (pending := self.pending()):
+        if self.on_open == "check" and (pending := await self.pending()):
             raise PendingMigrationsError(
                 f"{self.path}: schema steps {[s.version for s in pending]} are not applied; "
                 "run `cybernetic cloud migrate`"

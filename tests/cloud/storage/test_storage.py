@@ -17,7 +17,7 @@ import pytest
 from amcp.wire.telemetry import EventRecord, Reading
 from cloud.readings import Claim, ReadingStore, StoreBatch
 from cloud.storage import migrations, queries
-from cloud.storage.engine import Engine, PendingMigrationsError, Tx
+from cloud.storage.engine import Engine, OnOpen, PendingMigrationsError, Tx
 from cloud.storage.postgres import PgTx, PostgresEngine
 from cloud.storage.sqlite import SqliteEngine
 from cloud.storage.upkeep import DAY_MS, RetentionSettings, Upkeep
@@ -27,11 +27,12 @@ T0 = 1_700_000_040_000  # a minute boundary
 MIN = 60_000
 
 
-def _engine(kind: str, tmp_path: Path, request: pytest.FixtureRequest, **kw: bool) -> Engine:
+def _engine(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, on_open: OnOpen = "migrate"
+) -> Engine:
     if kind == "sqlite":
-        return SqliteEngine(tmp_path / "cloud.sqlite3", **kw)
-    dsn = request.getfixturevalue("pg_dsn")
-    return PostgresEngine(dsn, **kw)  # type: ignore[arg-type]
+        return SqliteEngine(tmp_path / "cloud.sqlite3", on_open=on_open)
+    return PostgresEngine(request.getfixturevalue("pg_dsn"), on_open=on_open)
 
 
 @pytest.fixture(params=ENGINES)
@@ -101,7 +102,7 @@ async def test_migration_from_the_previous_schema_keeps_the_data(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     with _previous_schema(kind, tmp_path, request):
-        behind = _engine(kind, tmp_path, request, migrate=False)
+        behind = _engine(kind, tmp_path, request, on_open="check")
         with pytest.raises(PendingMigrationsError, match="cybernetic cloud migrate"):
             await behind.open()
         store = ReadingStore(_engine(kind, tmp_path, request))
@@ -115,7 +116,7 @@ async def test_migration_from_the_previous_schema_keeps_the_data(
         finally:
             await store.close()
         # once migrated, a check-only engine opens
-        checked = _engine(kind, tmp_path, request, migrate=False)
+        checked = _engine(kind, tmp_path, request, on_open="check")
         await checked.open()
         await checked.close()
 
