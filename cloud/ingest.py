@@ -50,6 +50,7 @@ from amcp.wire import (
 from amcp.wire.telemetry import BatchAck, BatchNack, TelemetryBatch
 from cloud.config import CloudIngestSettings
 from cloud.readings import Claim, ReadingStore, StoreBatch, Stored
+from cloud.storage.engine import StorageFailedError
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +283,7 @@ class CloudIngest:
                 delay = min(delay * 2, 5.0)
                 continue
             except Exception as exc:
-                if is_database_failure(exc):
+                if is_database_failure(exc) or isinstance(exc, StorageFailedError):
                     raise  # the store itself: its child fails and is reopened; nothing acked
                 if len(batches) == 1:
                     log.exception(

@@ -56,12 +56,22 @@ def answers(dsn: str) -> bool:
     return True
 
 
-class PostgresCluster:
-    """A private PostgreSQL server: its data in ``root``, on a free loopback port."""
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
-    def __init__(self, root: Path, port: int | None = None) -> None:
-        self.root = root
-        self.data = root / "data"
+
+class PostgresCluster:
+    """A private PostgreSQL server on a free loopback port, its data in a new temporary folder
+    (one the ``postgres`` account can reach when we run as root), removed on exit."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="cybernetic-pg-"))
+        self.data = self.root / "data"
         self.port = port or free_port()
         self._user: str | None = "postgres" if os.geteuid() == 0 else None
 
@@ -111,11 +121,18 @@ class PostgresCluster:
     def kill(self) -> None:
         """SIGKILL the postmaster (its children then exit): a crash, not a shutdown."""
         pid_file = self.data / "postmaster.pid"
-        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-            os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        try:
+            pid = int(pid_file.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while answers(self.dsn) and time.monotonic() < deadline:
+        while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
+        # dead (a zombie at most, which the lock checks would take for alive): its locks go
+        for stale in (pid_file, self.root / f".s.PGSQL.{self.port}.lock"):
+            stale.unlink(missing_ok=True)
 
     def restart(self) -> None:
         self.stop()
@@ -129,6 +146,7 @@ class PostgresCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -138,10 +156,7 @@ def admin_dsn() -> Iterator[str]:
     if answers(LOCAL_DSN):
         yield LOCAL_DSN
         return
-    with (
-        tempfile.TemporaryDirectory(prefix="cybernetic-pg-") as root,
-        PostgresCluster(Path(root)) as cluster,
-    ):
+    with PostgresCluster() as cluster:
         yield cluster.dsn
 
 

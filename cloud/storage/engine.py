@@ -91,6 +91,11 @@ class StorageConfigError(StorageError, ValueError):
     """The ``[storage]`` settings cannot be used (no DSN, an unknown engine...)."""
 
 
+class StorageFailedError(StorageError):
+    """The server refused a transaction for a reason that is not the data's (a missing table,
+    a permission, an internal error): the holder fails and is restarted, nothing is acked."""
+
+
 class PendingMigrationsError(StorageError):
     """``[storage] migrate = "check"`` and the database is behind this binary's schema."""
 

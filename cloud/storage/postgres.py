@@ -42,7 +42,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from amcp.runtime.storage import StorageFullError
 from cloud.storage import migrations
-from cloud.storage.engine import Dialect, OnOpen, PendingMigrationsError, Row, StorageError
+from cloud.storage.engine import (
+    Dialect,
+    OnOpen,
+    PendingMigrationsError,
+    Row,
+    StorageError,
+    StorageFailedError,
+)
 
 log = logging.getLogger(__name__)
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # each failed connect: our outage log
@@ -122,6 +129,9 @@ class PostgresEngine:
         self._pools: list[ConnectionPool[psycopg.Connection[Any]]] = []
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._down_since: float | None = None
+        self._prepared: set[int] = set()
+        """Servers (by index in :attr:`dsns`) whose schema was migrated or checked: each
+        server is brought up to date the first time it is used, the standby included."""
         self.retries = Counter(
             "cybernetic_storage_retries",
             "Storage transactions run again, by reason (unreachable, conflict)",
@@ -164,14 +174,13 @@ class PostgresEngine:
         ]
         for pool in self._pools:
             pool.open(wait=False)
-        if self.on_open == "migrate":
-            await self.migrate()
-        elif self.on_open == "check" and (pending := await self.pending()):
-            await self.close()
-            raise PendingMigrationsError(
-                f"{self.describe()}: schema steps {[s.version for s in pending]} are not "
-                "applied; run `cybernetic cloud migrate`"
-            )
+        self._prepared = set()
+        if self.on_open != "leave":
+            try:  # waits for the server (nothing can be stored before its schema is there)
+                await self.read(lambda _: None)
+            except PendingMigrationsError:
+                await self.close()
+                raise
 
     async def close(self) -> None:
         pools, self._pools = self._pools, []
@@ -192,8 +201,12 @@ class PostgresEngine:
         return list(migrations.STEPS[current:])
 
     async def migrate(self) -> list[migrations.Step]:
-        """Apply the steps this database lacks, each in its own transaction under an advisory
-        lock (several workers may start at once: one migrates, the others find it done)."""
+        """Apply the steps the active server lacks (``cybernetic cloud migrate``)."""
+        return await self._retrying(self._migrate_sync)
+
+    def _migrate_sync(self, index: int) -> list[migrations.Step]:
+        """Each pending step in its own transaction under an advisory lock (several workers
+        may start at once: one migrates, the others find it done)."""
         ran: list[migrations.Step] = []
         for step in migrations.STEPS:
 
@@ -205,13 +218,28 @@ class PostgresEngine:
                 migrations.apply(tx, step)
                 return True
 
-            if await self.write(one):
+            if self._attempt(index, one, readonly=False):
                 ran.append(step)
                 log.info(
                     "storage schema step applied",
                     extra={"version": step.version, "step": step.name, "at": self.describe()},
                 )
         return ran
+
+    def _prepare(self, index: int) -> None:
+        """Bring a server's schema up to date, or check it, before its first transaction."""
+        if self.on_open == "migrate":
+            self._migrate_sync(index)
+        elif self.on_open == "check":
+            done = self._attempt(index, migrations.applied, readonly=True)
+            current = max((a.version for a in done), default=0)
+            if current < migrations.VERSION:
+                steps = [s.version for s in migrations.STEPS[current:]]
+                raise PendingMigrationsError(
+                    f"{redact(self.dsns[index])}: schema steps {steps} are not applied; "
+                    "run `cybernetic cloud migrate`"
+                )
+        self._prepared.add(index)
 
     # -- transactions ---------------------------------------------------------------------------
     async def write(self, fn: Callable[[PgTx], T]) -> T:
@@ -221,6 +249,11 @@ class PostgresEngine:
         return await self._run(fn, readonly=True)
 
     async def _run(self, fn: Callable[[PgTx], T], *, readonly: bool) -> T:
+        return await self._retrying(lambda index: self._attempt(index, fn, readonly=readonly))
+
+    async def _retrying(self, job: Callable[[int], T]) -> T:
+        """``job(index)`` on a worker thread against the active server, again and again
+        while the server cannot be reached or the transaction loses a conflict."""
         loop = asyncio.get_running_loop()
         delay = 0.1
         conflicts = 0
@@ -231,7 +264,9 @@ class PostgresEngine:
                 raise RuntimeError("storage engine is not open")
             index = self.active
             try:
-                result = await loop.run_in_executor(threads, self._attempt, index, fn, readonly)
+                if index not in self._prepared and self.on_open != "leave":
+                    await loop.run_in_executor(threads, self._prepare, index)
+                result = await loop.run_in_executor(threads, job, index)
             except _UnreachableError as exc:
                 self.retries.labels("unreachable").inc()
                 tried.add(index)
@@ -273,6 +308,10 @@ class PostgresEngine:
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise _UnreachableError(first) from exc
+        except (psycopg.DataError, psycopg.IntegrityError):
+            raise  # the batch's own data: the caller refuses that batch
+        except psycopg.Error as exc:
+            raise StorageFailedError(f"{redact(self.dsns[index])}: {exc}") from exc
 
     def _outage(self, index: int, exc: _UnreachableError) -> None:
         if self._down_since is None:
