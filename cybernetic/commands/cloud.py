@@ -35,6 +35,13 @@ def register(sub: Any) -> None:
     migrate.add_argument(
         "--dry-run", action="store_true", help="list the pending steps, change nothing"
     )
+    migrate.add_argument(
+        "--timeout",
+        type=float,
+        default=MIGRATE_TIMEOUT_S,
+        metavar="S",
+        help="how long to wait for the database server (default: %(default)g)",
+    )
     migrate.set_defaults(handler=_migrate)
     group_option(
         parser,
@@ -77,7 +84,7 @@ def _migrate(args: argparse.Namespace) -> int:
         return [f"{s.version}  {s.name}" for s in steps]
 
     try:
-        lines = asyncio.run(_within(run(), where))
+        lines = asyncio.run(_within(run(), where, args.timeout))
     except StorageConfigError as exc:
         raise CliError(str(exc)) from exc
     verb = "pending" if args.dry_run else "applied"
@@ -90,10 +97,8 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _within(job: Any, where: str) -> list[str]:
+async def _within(job: Any, where: str, seconds: float) -> list[str]:
     try:
-        return list(await asyncio.wait_for(job, MIGRATE_TIMEOUT_S))
+        return list(await asyncio.wait_for(job, seconds))
     except TimeoutError:
-        raise CliError(
-            f"{where}: not reachable within {MIGRATE_TIMEOUT_S:g}s", UNREACHABLE
-        ) from None
+        raise CliError(f"{where}: not reachable within {seconds:g}s", UNREACHABLE) from None
