@@ -18,7 +18,7 @@ import pytest
 
 from cybernetic.postgres import PostgresCluster
 from cybernetic.stack import scrape
-from tests.e2e.cloud_workers import Fleet, fill, stored, until
+from cybernetic.cloud_workers import Fleet, fill, stored, until
 
 pytestmark = pytest.mark.slow
 

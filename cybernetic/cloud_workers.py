@@ -1,6 +1,8 @@
-"""Cloud workers on PostgreSQL for the scale-out tests: a real cloud broker, gateways' real
-outboxes and uplinks (in this process), and ``cybernetic cloud run`` worker processes that share
-the uplinks through an MQTT shared subscription, with the DSN passed in the environment."""
+"""Cloud workers for the scale-out tests and ``cybernetic bench cloud``: a real cloud broker,
+``cybernetic cloud run`` worker processes (``[cloud] role = "ingest"``) that share the gateway
+uplinks through an MQTT shared subscription, storing into PostgreSQL (the DSN passed in the
+environment, as deployed) or one SQLite file; gateways as real outboxes and uplinks in this
+process, or as a backlog of signed batches queued in the broker."""
 
 from __future__ import annotations
 
@@ -19,9 +21,11 @@ import tomli_w
 
 from amcp.link import GatewayLink
 from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.session import SessionSpec, connect_once
 from amcp.runtime.settings import BrokerLink
 from amcp.runtime.supervisor import ChildContext
-from amcp.wire.telemetry import Reading
+from amcp.wire import topics
+from amcp.wire.telemetry import Reading, TelemetryBatch
 from cybernetic.mosquitto import MosquittoBroker, free_port
 from cybernetic.stack import scrape
 from gateway.config import UplinkSettings
@@ -31,12 +35,14 @@ from gateway.uplink import Uplink
 
 
 class Fleet:
-    """Gateways and cloud workers around one cloud broker, storing into PostgreSQL."""
+    """Gateways and cloud workers around one cloud broker, storing into PostgreSQL (``dsn``)
+    or, with ``dsn=""``, into one SQLite file all workers share."""
 
-    def __init__(self, root: Path, dsn: str, *, standby_dsn: str = "") -> None:
+    def __init__(self, root: Path, dsn: str = "", *, standby_dsn: str = "") -> None:
         self.root = root
         self.dsn = dsn
         self.standby_dsn = standby_dsn
+        self.sqlite_path = root / "readings.sqlite3"
         self.broker = MosquittoBroker(root / "broker")
         self.secrets = root / "secrets"
         self.secrets.mkdir(parents=True, mode=0o700)
@@ -76,15 +82,20 @@ class Fleet:
                         "reconnect_max": 0.5,
                     },
                     "ingest": {"session": f"cloud-ingest-{name}", "shared_group": "cloud"},
-                    "storage": {"engine": "postgresql", "connect_timeout_s": 1.0,
-                                "retry_max_s": 0.5},
+                    "storage": (
+                        {"engine": "postgresql", "connect_timeout_s": 1.0, "retry_max_s": 0.5}
+                        if self.dsn
+                        else {"path": str(self.sqlite_path)}
+                    ),
                     "links": {"secrets_dir": str(self.links)},
                     "metrics": {"listen": f"127.0.0.1:{port}"},
-                }  # fmt: skip
+                    "log": {"format": "json"},
+                }
             )
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("CYBERNETIC")}
-        env["CYBERNETIC_STORAGE_DSN"] = self.dsn  # the DSN from the environment, as deployed
+        if self.dsn:  # the DSN from the environment, as deployed
+            env["CYBERNETIC_STORAGE_DSN"] = self.dsn
         if self.standby_dsn:
             env["CYBERNETIC_STORAGE_STANDBY_DSN"] = self.standby_dsn
         with (self.root / f"{name}.log").open("ab") as log:
@@ -123,13 +134,36 @@ class Fleet:
         self.broker.stop()
 
     # -- gateways -----------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def gateway(self, gateway_id: str, root: Path) -> AsyncIterator[Outbox]:
-        """A gateway's outbox and its real uplink to the cloud broker, running."""
+    def add_gateway(self, gateway_id: str) -> bytes:
+        """A gateway's link secret, known to the workers."""
         secret = os.urandom(32)
         path = self.links / gateway_id
         path.write_text(secret.hex())
         path.chmod(0o600)
+        return secret
+
+    async def queue_backlog(
+        self, gateway_id: str, readings: list[Reading], batch: int, state: Path
+    ) -> None:
+        """Publish ``readings`` as signed batches of ``batch``, as a gateway coming back
+        online does; they wait in the workers' persistent sessions."""
+        link = GatewayLink(gateway_id, self.add_gateway(gateway_id), state / f"{gateway_id}.rp")
+        topic = topics.telemetry(topics.DEFAULT_PREFIX, gateway_id)
+        try:
+            async with connect_once(
+                MqttTransport(), self.link("gateway"), SessionSpec(f"backlog-{gateway_id}", ())
+            ) as conn:
+                for i in range(0, len(readings), batch):
+                    body = TelemetryBatch(f"{gateway_id}-{i}", gateway_id, readings[i : i + batch])
+                    await conn.publish(topic, link.seal(body, topic), qos=1)
+        finally:
+            link.close()
+
+    @contextlib.asynccontextmanager
+    async def gateway(self, gateway_id: str, root: Path) -> AsyncIterator[Outbox]:
+        """A gateway's outbox and its real uplink to the cloud broker, running."""
+        secret = self.add_gateway(gateway_id)
+        path = self.links / gateway_id
         outbox = Outbox(root / f"{gateway_id}-outbox.sqlite3", OutboxSettings())
         await outbox.open()
         link = GatewayLink(gateway_id, secret, root / f"{gateway_id}-replay.sqlite3")
@@ -173,7 +207,7 @@ async def until(predicate: Callable[[], bool], within: float, what: str) -> None
 
 def stored(dsn: str) -> list[tuple[str, str, int]]:
     """Every reading's identity in the database (empty before the schema exists)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
         if conn.execute("SELECT to_regclass('readings')").fetchone() == (None,):
             return []
-        return [tuple(r) for r in conn.execute("SELECT device, boot, seq FROM readings")]  # type: ignore[misc]
+        return [tuple(r) for r in conn.execute("SELECT device, boot, seq FROM readings")]
