@@ -26,7 +26,7 @@ def test_bench_cloud_reports_its_fields_and_loses_nothing() -> None:
             "250",
             "--runs",
             "1",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         timeout=400,
