@@ -13,6 +13,8 @@ case "${1:-services}" in
   services)
     command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
     command -v mosquitto_passwd >/dev/null 2>&1 || need_apt+=(mosquitto)
+    # the cloud's PostgreSQL engine: tests use 127.0.0.1:5432, or a private cluster (initdb)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
     ;;
   *) echo "usage: $0 python|services" >&2; exit 2 ;;
 esac
@@ -27,5 +29,17 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "missing system packages: ${need_apt[*]}" >&2
     echo "install them with: sudo apt-get install ${need_apt[*]}" >&2
     exit 1
+  fi
+fi
+
+# Debian's PostgreSQL cluster, started when nothing answers on 5432 (tests that cannot log in
+# there as postgres make a private cluster instead: cybernetic/postgres.py)
+if [ "${1:-services}" = services ] && [ "$(id -u)" -eq 0 ] && command -v pg_lsclusters >/dev/null 2>&1; then
+  if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    read -r pg_version pg_cluster _ < <(pg_lsclusters -h | head -n 1) || true
+    if [ -n "${pg_version:-}" ]; then
+      pg_ctlcluster "$pg_version" "$pg_cluster" start >/dev/null 2>&1 \
+        || echo "note: could not start PostgreSQL $pg_version/$pg_cluster; tests use a private cluster" >&2
+    fi
   fi
 fi
