@@ -19,6 +19,8 @@ from cloud.llm.tokens import counter, fixed_tokens, message_tokens
 from cloud.llm.types import Message, Request
 
 NOTE_CHARS = 80
+NOTE_ROOM = 60
+"""Tokens kept free for the note when turns are left out (its text is at most ~200 bytes)."""
 
 
 def turns(messages: tuple[Message, ...]) -> list[list[Message]]:
@@ -51,6 +53,7 @@ def fit(request: Request, provider: Provider) -> Request:
     groups = turns(request.messages)
     kept: list[list[Message]] = []
     used = 0
+    room -= NOTE_ROOM
     index = len(request.messages)
     for group in reversed(groups):
         index -= len(group)
@@ -67,7 +70,5 @@ def fit(request: Request, provider: Provider) -> Request:
     kept.reverse()
     messages = [m for g in kept for m in g]
     dropped = list(request.messages[: len(request.messages) - len(messages)])
-    note = _note(dropped)
-    if used + message_tokens(note, count) <= room:
-        messages.insert(0, note)
+    messages.insert(0, _note(dropped))
     return msgspec.structs.replace(request, messages=tuple(messages))

@@ -69,7 +69,8 @@ class ProviderError(LlmError):
 class AllProvidersFailed(LlmError):  # noqa: N818 - reads as what happened
     def __init__(self, fallbacks: Sequence[Fallback]) -> None:
         self.fallbacks = tuple(fallbacks)
-        why = "; ".join(f"{f.provider}: {f.reason}" for f in self.fallbacks) or "no provider"
+        why = "; ".join(f.detail or f"{f.provider}: {f.reason}" for f in self.fallbacks)
+        why = why or "no provider in the chain"
         super().__init__(f"no provider answered ({why})")
 
 

@@ -13,8 +13,8 @@ site). The same answer always follows from the same data. What each task does:
   (auth_failure, replay, tamper, intrusion) quarantined, anything else notified; with a
   policy in the policy language that does it, printed from its syntax tree (so it compiles).
 - ``review_policy``: the policy parsed and looked at: a syntax error rejects it; a rule that
-  always matches hides the rules after it; a rule that never matches; duplicate names;
-  ``default deny`` with nothing let through rejects (it drops every reading).
+  always matches hides the rules after it; a rule that never matches (a duplicate name is
+  already a syntax error); ``default deny`` with nothing let through rejects (it drops every reading).
 
 A request without a task (``cybernetic llm ask``) gets a short text saying what the planner
 does and which task the question looks like.
@@ -218,17 +218,7 @@ def review_policy(data: PolicyData) -> dict[str, Any]:
         finding = {"severity": "error", "rule": "", "message": f"does not compile: {exc}"}
         return {"verdict": "reject", "findings": [finding]}
     findings: list[dict[str, Any]] = []
-    seen: set[str] = set()
     for i, rule in enumerate(policy.rules):
-        if rule.name in seen:
-            findings.append(
-                {
-                    "severity": "warning",
-                    "rule": rule.name,
-                    "message": "a rule of this name comes earlier",
-                }
-            )
-        seen.add(rule.name)
         always = _always(rule.when)
         if always is False:
             findings.append({"severity": "warning", "rule": rule.name, "message": "never matches"})
