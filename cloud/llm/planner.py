@@ -12,9 +12,9 @@ site). The same answer always follows from the same data. What each task does:
   rate), a value out of range is dropped, a stuck sensor flagged, a security event
   (auth_failure, replay, tamper, intrusion) quarantined, anything else notified; with a
   policy in the policy language that does it, printed from its syntax tree (so it compiles).
-- ``review_policy``: the policy parsed and looked at: a syntax error rejects it; a rule that
-  always matches hides the rules after it; a rule that never matches (a duplicate name is
-  already a syntax error); ``default deny`` with nothing let through rejects (it drops every reading).
+- ``review_policy``: the policy parsed and looked at: a syntax error (a duplicate rule name
+  included) rejects it; a rule that always matches hides the rules after it; a rule that
+  never matches; ``default deny`` with nothing let through rejects (it drops every reading).
 
 A request without a task (``cybernetic llm ask``) gets a short text saying what the planner
 does and which task the question looks like.

@@ -29,7 +29,7 @@ def history(n: int) -> tuple[Message, ...]:
     return tuple(out)
 
 
-def small(window: int = 600, max_output: int = 100):  # noqa: ANN201 - a provider
+def small(window: int = 600, max_output: int = 100):
     return build_provider(
         provider(
             "openai", "http://127.0.0.1:9", context_window=window, max_output_tokens=max_output
@@ -82,7 +82,8 @@ def test_a_tool_result_is_never_split_from_its_call() -> None:
     assert first_real.role != "tool"
     ids = [m.tool_call_id for m in trimmed.messages if m.role == "tool"]
     called = [c.id for m in trimmed.messages for c in m.tool_calls]
-    assert ids == [i for i in called if i in ids] and set(ids) <= set(called)
+    assert ids == [i for i in called if i in ids]
+    assert set(ids) <= set(called)
 
 
 def test_turns_group_tool_results_with_their_call() -> None:

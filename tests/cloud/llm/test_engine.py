@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from cloud.llm import (
     BudgetExceeded,
@@ -20,6 +21,7 @@ from cloud.llm import (
     ProviderError,
     Tool,
 )
+from cloud.llm.budget import Budget
 from cloud.llm.keys import read_key
 from tests.cloud.llm.support import ENV, KEY, Sleeps, ask, engine, provider
 from tests.cloud.llm.wire import Reply, WireServer, error, openai_chunks
@@ -144,8 +146,6 @@ async def test_a_cost_budget() -> None:
 
 
 def test_a_budget_period_starts_again() -> None:
-    from cloud.llm.budget import Budget
-
     now = [100.0]
     budget = Budget("caller x", BudgetSettings(requests=1, period_s=10), clock=lambda: now[0])
     budget.admit()
@@ -270,8 +270,6 @@ async def test_the_key_never_reaches_the_logs_or_errors(
     assert KEY not in str(failed)
     assert "[redacted]" in failed.fallbacks[0].detail
     metrics = eng.recorder.registry
-    from prometheus_client import generate_latest
-
     assert KEY.encode() not in generate_latest(metrics)
     assert KEY not in repr(eng.settings)
     assert KEY not in os.environ.get("TEST_LLM_KEY", "")  # the tests pass keys by mapping

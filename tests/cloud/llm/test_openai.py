@@ -15,7 +15,6 @@ from cloud.llm import (
     TextDelta,
     Tool,
     ToolCall,
-    ToolCallDelta,
     Usage,
 )
 from tests.cloud.llm.support import KEY, Sleeps, ask, engine, provider
@@ -134,7 +133,8 @@ async def test_429_is_retried_after_retry_after() -> None:
         await eng.aclose()
     assert response.text == "ok"
     assert len(srv.seen) == 2
-    assert sleeps.waits and sleeps.waits[0] >= 7.0
+    assert len(sleeps.waits) == 1
+    assert sleeps.waits[0] >= 7.0
     assert response.fallbacks == ()
     assert (
         eng.recorder.registry.get_sample_value(

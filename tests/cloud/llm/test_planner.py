@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloud.llm import Engine, LlmSettings, TaskDataError
+from cloud.llm import Engine, LlmSettings, Message, Request, TaskDataError
 from cloud.llm.planner import decide, free_text
 from cloud.llm.tasks import TASKS
 from cloud.llm.validate import check_value
@@ -90,7 +90,10 @@ def test_mitigations_are_policies_that_compile(
 def test_review_policy_findings() -> None:
     good = 'policy "p" version 1\nrule hot when temp > 30 then flag because "hot"\n'
     assert decide("review_policy", {"source": good}) == {"verdict": "approve", "findings": []}
-    shadow = "rule all when true then flag\nrule hot when temp > 30 then deny\nrule cold when false then deny"
+    shadow = (
+        "rule all when true then flag\nrule hot when temp > 30 then deny\n"
+        "rule cold when false then deny"
+    )
     answer = decide("review_policy", {"source": shadow})
     assert answer["verdict"] == "revise"
     messages = [(f["rule"], f["message"]) for f in answer["findings"]]
@@ -130,7 +133,5 @@ async def test_free_text_names_the_closest_task() -> None:
     assert "mitigate request" in chunks[0].text  # type: ignore[union-attr]
 
 
-def _ask(text: str):  # noqa: ANN202
-    from cloud.llm import Message, Request
-
+def _ask(text: str) -> Request:
     return Request(messages=(Message(role="user", content=text),))
