@@ -48,6 +48,13 @@ class Tx(Protocol):
         """Run several statements separated by ``;`` (migrations)."""
         ...
 
+    def insert_new(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]
+    ) -> int:
+        """Insert the rows whose key is not there yet (``ON CONFLICT DO NOTHING``); how many
+        were new. The bulk path: ``COPY`` through a staging table on PostgreSQL."""
+        ...
+
 
 class Engine(Protocol):
     """What the cloud's stores are written against (docs/architecture.md, Seams)."""

@@ -86,6 +86,31 @@ class PgTx:
     def script(self, sql: str) -> None:
         self.conn.execute(sql.encode())  # several statements, no parameters
 
+    def insert_new(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]
+    ) -> int:
+        """``COPY`` into a per-connection staging table (emptied at commit), then one
+        ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``: about three times the rate of
+        ``executemany`` (psycopg writes COPY rows in C; array parameters are built in Python)."""
+        if not rows:
+            return 0
+        stage = f"{table}_in"
+        names = ", ".join(f'"{c}"' for c in columns)
+        self.conn.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS".encode()
+        )
+        with self.conn.cursor() as cur:
+            with cur.copy(f"COPY {stage} ({names}) FROM STDIN".encode()) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(
+                f"INSERT INTO {table} ({names}) SELECT {names} FROM {stage} "  # noqa: S608
+                "ON CONFLICT DO NOTHING".encode()
+            )
+            count = max(cur.rowcount, 0)
+            cur.execute(f"DELETE FROM {stage}".encode())  # noqa: S608 - for the next call
+        return count
+
 
 def redact(dsn: str) -> str:
     """A DSN without its password: host, port, database and user (for logs and status)."""

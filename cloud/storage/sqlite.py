@@ -36,6 +36,16 @@ class SqliteTx:
         self.conn.executemany(sql, rows)
         return self.conn.total_changes - before
 
+    def insert_new(
+        self, table: str, columns: Sequence[str], rows: Sequence[Sequence[object]]
+    ) -> int:
+        names = ", ".join(f'"{c}"' for c in columns)
+        marks = ", ".join("?" * len(columns))
+        return self.executemany(
+            f"INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING",  # noqa: S608
+            rows,
+        )
+
     def script(self, sql: str) -> None:
         for statement in sql.split(";"):
             if statement.strip():
