@@ -49,6 +49,7 @@ from cloud.crl import crl_child_specs
 from cloud.enrolment import open_enrolment
 from cloud.fleet import Fleet
 from cloud.ingest import CloudIngest
+from cloud.llm.engine import Engine as LlmEngine
 from cloud.readings import ReadingStore
 from cloud.s1 import CloudS1
 from cloud.status import report as status_report
@@ -132,6 +133,8 @@ class Cloud:
             topic_prefix=config.ingest.topic_prefix,
             transport=self.transport,
         )
+        # S4/S5 reason through this engine: [llm]'s providers, then the built-in planner
+        self.llm = LlmEngine.from_settings(config.llm, registry=self.registry)
         # the durable resources under rest_for_one, the workers one_for_one beneath them: see
         # the tree in docs/architecture.md, section Supervision
         ingest_only = config.cloud.role == "ingest"
@@ -282,5 +285,6 @@ class Cloud:
             return await Service(self.supervisor, reload=self.reload).run()
         finally:
             self.links.close()
+            await self.llm.aclose()
             if server is not None:
                 server.close()

@@ -9,6 +9,7 @@ import msgspec
 from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings
 from amcp.sync import SyncSettings
 from amcp.wire import topics
+from cloud.llm.settings import LlmSettings
 from cloud.s1 import CloudS1Settings
 from cloud.storage.settings import StorageSettings
 
@@ -108,6 +109,8 @@ class CloudConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     s1: CloudS1Settings = msgspec.field(default_factory=CloudS1Settings)
     sync: SyncSettings = msgspec.field(default_factory=SyncSettings)
     fleet: FleetSettings = msgspec.field(default_factory=FleetSettings)
+    llm: LlmSettings = msgspec.field(default_factory=LlmSettings)
+    """The LLM engine's chain, keys and budgets (cloud.llm, docs/llm.md)."""
     metrics: MetricsSettings = msgspec.field(
         default_factory=lambda: MetricsSettings(listen="127.0.0.1:9465")
     )

@@ -9,33 +9,80 @@ planner that answers without any (docs/llm.md).
     chain:  openai │ anthropic │ ollama  (httpx, streaming)  ...  → planner (rules, offline)
 """
 
-from cloud.llm.engine import Engine, ProviderCheck, TaskAnswer
-from cloud.llm.errors import (
-    AllProvidersFailed,
-    BudgetExceeded,
-    ContextTooLarge,
-    LlmError,
-    LlmKeyError,
-    OutputRefused,
-    ProviderError,
-    TaskDataError,
-)
-from cloud.llm.settings import BudgetSettings, LlmSettings, ProviderSettings
-from cloud.llm.types import (
-    Chunk,
-    Done,
-    Fallback,
-    Message,
-    Request,
-    Response,
-    Restart,
-    Task,
-    TextDelta,
-    Tool,
-    ToolCall,
-    ToolCallDelta,
-    Usage,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cloud.llm.engine import Engine, ProviderCheck, TaskAnswer
+    from cloud.llm.errors import (
+        AllProvidersFailed,
+        BudgetExceeded,
+        ContextTooLarge,
+        LlmError,
+        LlmKeyError,
+        OutputRefused,
+        ProviderError,
+        TaskDataError,
+    )
+    from cloud.llm.settings import BudgetSettings, LlmSettings, ProviderSettings
+    from cloud.llm.types import (
+        Chunk,
+        Done,
+        Fallback,
+        Message,
+        Request,
+        Response,
+        Restart,
+        Task,
+        TextDelta,
+        Tool,
+        ToolCall,
+        ToolCallDelta,
+        Usage,
+    )
+
+# Names load on first use (PEP 562): reading cloud.toml ([llm] settings) loads no adapter.
+_WHERE = {
+    "Engine": "engine",
+    "ProviderCheck": "engine",
+    "TaskAnswer": "engine",
+    "AllProvidersFailed": "errors",
+    "BudgetExceeded": "errors",
+    "ContextTooLarge": "errors",
+    "LlmError": "errors",
+    "LlmKeyError": "errors",
+    "OutputRefused": "errors",
+    "ProviderError": "errors",
+    "TaskDataError": "errors",
+    "BudgetSettings": "settings",
+    "LlmSettings": "settings",
+    "ProviderSettings": "settings",
+    "Chunk": "types",
+    "Done": "types",
+    "Fallback": "types",
+    "Message": "types",
+    "Request": "types",
+    "Response": "types",
+    "Restart": "types",
+    "Task": "types",
+    "TextDelta": "types",
+    "Tool": "types",
+    "ToolCall": "types",
+    "ToolCallDelta": "types",
+    "Usage": "types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cloud.llm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"cloud.llm.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AllProvidersFailed",
