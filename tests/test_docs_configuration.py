@@ -62,6 +62,8 @@ EXAMPLES: dict[str, set[str]] = {
     "cloud.toml": {
         "broker.password_file",
         "enrolment.pki_dir",
+        "llm.providers",
+        "llm.callers",
     },
 }
 """Documented values that are examples, not defaults (the page marks each "example")."""
