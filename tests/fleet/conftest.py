@@ -27,7 +27,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packaging"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deb_support import (  # noqa: E402 - after the path to tests/packaging
+from deb_support import (
     CACHE,
     Container,
     build_rootfs,
@@ -37,7 +37,7 @@ from deb_support import (  # noqa: E402 - after the path to tests/packaging
     project_version,
     rootfs_recipe,
 )
-from fleet_support import (  # noqa: E402
+from fleet_support import (
     FleetHost,
     FleetNetwork,
     FleetPackages,
@@ -45,7 +45,7 @@ from fleet_support import (  # noqa: E402
     fleet_packages,
     lowerdir,
 )
-from needs import needs, needs_root  # noqa: E402
+from needs import needs, needs_root
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
@@ -223,9 +223,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(
-    fleet_rootfs: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Fleet]:
+def fleet(fleet_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """A cloud host and three gateways, booted and reachable over SSH from the hub namespace."""
     assert is_root()
     layer = build_device_layer(fleet_rootfs)

@@ -19,17 +19,15 @@ locks); this module adds only what a fleet needs on top of it:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from deb_support import (
     CACHE,
@@ -136,7 +134,7 @@ class FleetNetwork:
         self.hub = f"cybfleet-{uuid.uuid4().hex[:8]}"
         self.hosts = 0
 
-    def __enter__(self) -> FleetNetwork:
+    def __enter__(self) -> Self:
         run("ip", "netns", "add", self.hub)
         self.ip("link", "set", "lo", "up")
         self.ip("link", "add", "br0", "type", "bridge")
@@ -209,7 +207,7 @@ def _repack(source: Path, version: str, out: Path, *, broken: bool) -> FleetPack
     run("dpkg-deb", "-R", source, tree)
     control = tree / "DEBIAN/control"
     text = control.read_text()
-    control.write_text(re.sub(r"^Version: .*$", f"Version: {version}", text, flags=re.M))
+    control.write_text(re.sub(r"^Version: .*$", f"Version: {version}", text, flags=re.MULTILINE))
     if broken:
         sites = sorted(tree.glob("opt/cybernetic-edge/lib/python3*/site-packages"))
         assert sites, "no site-packages in the package"
@@ -235,7 +233,9 @@ def fleet_packages(base_version: str, run_id: str) -> FleetPackages:
     def pkg(version: str) -> FleetPackage:
         return FleetPackage(out / f"{PACKAGE}_{version}_{arch}.deb", version)
 
-    packages = FleetPackages(pkg(first), pkg(f"{base_version}+fleet2"), pkg(f"{base_version}+fleet3"))
+    packages = FleetPackages(
+        pkg(first), pkg(f"{base_version}+fleet2"), pkg(f"{base_version}+fleet3")
+    )
     with file_lock("deb-build"):  # build.sh's work folder is shared with the packaging tests
         marker = out / f".run-{run_id}"
         if not marker.exists():
@@ -274,7 +274,8 @@ class FleetHost:
         status, _, version = proc.stdout.rpartition(" ")
         return version if proc.returncode == 0 and status == "install ok installed" else None
 
-    def http_json(self, url: str) -> Any:
+    def http_text(self, url: str) -> str:
+        """GET ``url`` from inside the host (its loopback); the body of an error answer too."""
         code = (
             "import json, sys, urllib.request\n"
             "try:\n"
@@ -283,8 +284,10 @@ class FleetHost:
             "    body = getattr(exc, 'read', lambda: b'null')()\n"
             "sys.stdout.write(body.decode())\n"
         )
-        return json.loads(self.sh("python3", "-c", code, url).stdout or "null")
+        return self.sh("python3", "-c", code, url).stdout
+
+    def http_json(self, url: str) -> Any:
+        return json.loads(self.http_text(url) or "null")
 
     def journal(self, unit: str) -> str:
         return self.box.journal(unit)
-

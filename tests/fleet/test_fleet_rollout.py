@@ -33,7 +33,9 @@ TEST_VARS = {"gateway_heartbeat_interval": 1.0, "gateway_health_timeout_s": 20}
 def _journals(fleet: Fleet) -> str:
     units = ("cybernetic-cloud.service", "mosquitto.service")
     parts = [f"--- cloud-1 {u}\n{fleet.cloud.journal(u)}" for u in units]
-    parts += [f"--- {n} {GATEWAY_UNIT}\n{h.journal(GATEWAY_UNIT)}" for n, h in fleet.gateways.items()]
+    parts += [
+        f"--- {n} {GATEWAY_UNIT}\n{h.journal(GATEWAY_UNIT)}" for n, h in fleet.gateways.items()
+    ]
     return "\n".join(parts)
 
 
@@ -57,9 +59,7 @@ def _wait(what: str, probe: object, timeout: float, details: object) -> None:
 
 
 def _stored(fleet: Fleet) -> float:
-    text = fleet.cloud.sh(
-        "python3", "-c", "import urllib.request as u; print(u.urlopen('" + CLOUD_METRICS + "').read().decode())"
-    ).stdout
+    text = fleet.cloud.http_text(CLOUD_METRICS)
     match = re.search(r"^cybernetic_cloud_stored_readings_total (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
@@ -132,9 +132,8 @@ def test_fleet_install_enrol_rollout_rollback(fleet: Fleet, packages: FleetPacka
     # -- a second site.yml run changes nothing ----------------------------------------------
     again = fleet.playbook("site.yml", inventory)
     _ok(again, "the second site.yml", fleet)
-    assert again.changed() == dict.fromkeys(("cloud-1", "gw-1", "gw-2", "gw-3"), 0), (
-        again.output[-6000:]
-    )
+    everyone = dict.fromkeys(("cloud-1", "gw-1", "gw-2", "gw-3"), 0)
+    assert again.changed() == everyone, again.output[-6000:]
     lap("site.yml again")
 
     # -- rollout.yml: gw-2 gets a broken build ----------------------------------------------
