@@ -15,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cloud.llm.engine import Engine, ProviderCheck, TaskAnswer
+    from cloud.llm.engine import Engine, Outcome, ProviderCheck, TaskAnswer
     from cloud.llm.errors import (
         AllProvidersFailed,
         BudgetExceeded,
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 # Names load on first use (PEP 562): reading cloud.toml ([llm] settings) loads no adapter.
 _WHERE = {
     "Engine": "engine",
+    "Outcome": "engine",
     "ProviderCheck": "engine",
     "TaskAnswer": "engine",
     "AllProvidersFailed": "errors",
@@ -97,6 +98,7 @@ __all__ = [
     "LlmKeyError",
     "LlmSettings",
     "Message",
+    "Outcome",
     "OutputRefused",
     "ProviderCheck",
     "ProviderError",

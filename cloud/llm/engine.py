@@ -97,8 +97,9 @@ class ProviderCheck(msgspec.Struct, kw_only=True):
     detail: str = ""
 
 
-class _Outcome:
-    """What a run found out beside its chunks: who answered, who did not and why."""
+class Outcome:
+    """What a run found out beside its chunks: who answered, who did not and why (pass one
+    to :meth:`Engine.stream` to read it when the stream ends)."""
 
     __slots__ = ("cached", "fallbacks", "model", "provider", "retried")
 
@@ -194,15 +195,21 @@ class Engine:
 
     # -- streaming ---------------------------------------------------------------------
     async def stream(
-        self, request: Request, *, caller: str = "", only: str | None = None
+        self,
+        request: Request,
+        *,
+        caller: str = "",
+        only: str | None = None,
+        outcome: Outcome | None = None,
     ) -> AsyncGenerator[Chunk, None]:
         """The answer as it comes (see the module's docstring); ``only``: one provider."""
-        async with contextlib.aclosing(self._run(request, caller, _Outcome(), only)) as run:
+        out = outcome if outcome is not None else Outcome()
+        async with contextlib.aclosing(self._run(request, caller, out, only)) as run:
             async for chunk in run:
                 yield chunk
 
     async def _run(
-        self, request: Request, caller: str, out: _Outcome, only: str | None = None
+        self, request: Request, caller: str, out: Outcome, only: str | None = None
     ) -> AsyncGenerator[Chunk, None]:
         key = self.cache.key(request)
         hit = self.cache.get(key) if key is not None else None
@@ -261,7 +268,7 @@ class Engine:
         provider: Provider,
         request: Request,
         caller: str,
-        out: _Outcome,
+        out: Outcome,
         caller_budget: Budget | None,
         *,
         restart: bool,
@@ -327,7 +334,7 @@ class Engine:
 
     def _fall(
         self,
-        out: _Outcome,
+        out: Outcome,
         provider: Provider,
         reason: str,
         detail: str,
@@ -370,7 +377,7 @@ class Engine:
 
     # -- whole answers -------------------------------------------------------------------
     async def _collect(self, request: Request, caller: str, only: str | None = None) -> Response:
-        out = _Outcome()
+        out = Outcome()
         text: list[str] = []
         calls: list[ToolCall] = []
         usage = Usage()
@@ -533,7 +540,7 @@ def _no_check(_: dict[str, Any]) -> str:
     return ""
 
 
-def _why(out: _Outcome, provider: Provider) -> str:
+def _why(out: Outcome, provider: Provider) -> str:
     if out.retried:
         return out.retried
     last = out.fallbacks[-1] if out.fallbacks else None
