@@ -13,11 +13,12 @@ or journal.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
 import pytest
-from conftest import Fleet, PlaybookRun
+from conftest import ANSIBLE, Fleet, PlaybookRun
 from fleet_support import FleetHost, FleetPackages
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -105,6 +106,23 @@ def test_fleet_install_enrol_rollout_rollback(fleet: Fleet, packages: FleetPacka
     pid = _unit(gw1, "MainPID")
     status = gw1.sh("cat", f"/proc/{pid}/status").stdout
     assert re.search(r"^CapEff:\s+0+$", status, re.MULTILINE), status
+
+    # the dynamic inventory lists the fleet from the cloud's table (run on the cloud host,
+    # where its /status listens)
+    script = fleet.cloud.box.path("/root/fleet_inventory.py")
+    script.write_bytes((ANSIBLE / "fleet_inventory.py").read_bytes())
+    listed = json.loads(
+        fleet.cloud.sh(
+            "env",
+            "CYBERNETIC_FLEET_HOST_PATTERN={id}.fleet.test",
+            "python3",
+            "/root/fleet_inventory.py",
+            "--list",
+        ).stdout
+    )
+    assert listed["cybernetic_gateways"]["hosts"] == ["gw-1", "gw-2", "gw-3"], listed
+    assert listed["fleet_alive"]["hosts"] == ["gw-1", "gw-2", "gw-3"], listed
+    assert listed["_meta"]["hostvars"]["gw-2"]["ansible_host"] == "gw-2.fleet.test"
 
     # -- telemetry: a device on gw-1 -> the cloud's store -----------------------------------
     added = gw1.sh("cybernetic", "devices", "add", "sensor-1").stdout
