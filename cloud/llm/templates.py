@@ -8,10 +8,11 @@ structured request.
 from __future__ import annotations
 
 import functools
-import json
 from importlib import resources
 from string import Template
 from typing import Any
+
+import msgspec
 
 PACKAGE = "cloud.llm"
 
@@ -22,7 +23,9 @@ def template(name: str) -> Template:
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, indent=1, ensure_ascii=False)
+    if isinstance(value, str):
+        return value
+    return msgspec.json.format(msgspec.json.encode(value), indent=1).decode()
 
 
 def render(name: str, data: dict[str, Any]) -> str:
