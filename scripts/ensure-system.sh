@@ -13,6 +13,12 @@ case "${1:-services}" in
   services)
     command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
     command -v mosquitto_passwd >/dev/null 2>&1 || need_apt+=(mosquitto)
+    # tests/fleet: Debian hosts booted with systemd-nspawn on private network namespaces,
+    # reached by Ansible over SSH
+    command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+    command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
+    command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+    command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
     # the cloud's PostgreSQL engine: tests use 127.0.0.1:5432, or a private cluster (initdb)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
     ;;
