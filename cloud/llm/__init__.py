@@ -15,7 +15,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cloud.llm.engine import Engine, Outcome, ProviderCheck, TaskAnswer
+    from cloud.llm.answers import TaskAnswer
+    from cloud.llm.chain import ProviderCheck
+    from cloud.llm.engine import Engine, Outcome
     from cloud.llm.errors import (
         AllProvidersFailed,
         BudgetExceeded,
@@ -47,8 +49,8 @@ if TYPE_CHECKING:
 _WHERE = {
     "Engine": "engine",
     "Outcome": "engine",
-    "ProviderCheck": "engine",
-    "TaskAnswer": "engine",
+    "ProviderCheck": "chain",
+    "TaskAnswer": "answers",
     "AllProvidersFailed": "errors",
     "BudgetExceeded": "errors",
     "ContextTooLarge": "errors",

@@ -27,74 +27,40 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequen
 from typing import Any
 
 import httpx
-import msgspec
 from prometheus_client import CollectorRegistry
 
-from cloud.llm import tasks
-from cloud.llm.anthropic import AnthropicProvider
+from cloud.llm.answers import TaskAnswer, no_check, retry_request, task_request, validate
 from cloud.llm.budget import Budget
 from cloud.llm.cache import AnswerCache
+from cloud.llm.chain import ProviderCheck, build_chain, check_chain
 from cloud.llm.context import fit
 from cloud.llm.errors import (
     AllProvidersFailed,
     BudgetExceeded,
     ContextTooLarge,
-    LlmKeyError,
     OutputRefused,
     ProviderError,
 )
-from cloud.llm.http import HttpProvider
-from cloud.llm.keys import read_key
-from cloud.llm.ollama import OllamaProvider
-from cloud.llm.openai import OpenAIProvider
-from cloud.llm.planner import Planner
 from cloud.llm.provider import Provider
 from cloud.llm.record import CallRecord, Recorder
-from cloud.llm.settings import BudgetSettings, LlmSettings, ProviderSettings
-from cloud.llm.templates import render, system_prompt
+from cloud.llm.settings import BudgetSettings, LlmSettings
 from cloud.llm.tokens import request_tokens
 from cloud.llm.types import (
     Chunk,
     Done,
     Fallback,
-    Message,
     Request,
     Response,
     Restart,
-    Task,
     TextDelta,
     ToolCall,
     ToolCallDelta,
     Usage,
 )
-from cloud.llm.validate import check_answer
 
 log = logging.getLogger("cloud.llm")
-ADAPTERS: dict[str, type[HttpProvider]] = {
-    "openai": OpenAIProvider,
-    "anthropic": AnthropicProvider,
-    "ollama": OllamaProvider,
-}
 NO_BUDGET = BudgetSettings()
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class TaskAnswer(msgspec.Struct, kw_only=True):
-    """A structured request's answer, validated, and who gave it."""
-
-    value: dict[str, Any]
-    provider: str
-    fallbacks: tuple[Fallback, ...] = ()
-    cached: bool = False
-
-
-class ProviderCheck(msgspec.Struct, kw_only=True):
-    provider: str
-    kind: str
-    model: str
-    ok: bool
-    latency_ms: float | None = None
-    detail: str = ""
 
 
 class Outcome:
@@ -165,21 +131,9 @@ class Engine:
         environ: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> Engine:
-        """The chain ``[llm]`` describes. A provider whose key cannot be read is left out
-        (logged, and named in :attr:`unavailable`), so the engine still starts."""
-        chain: list[Provider] = []
-        unavailable: dict[str, str] = {}
-        for p in settings.providers:
-            try:
-                chain.append(build_provider(p, environ=environ, transport=transport))
-            except LlmKeyError as exc:
-                unavailable[p.label] = exc.problem
-                log.warning(
-                    "llm provider left out of the chain",
-                    extra={"provider": p.label, "problem": exc.problem},
-                )
-        if settings.planner:
-            chain.append(Planner())
+        """The chain ``[llm]`` describes (cloud.llm.chain); a provider whose key cannot
+        be read is left out and named in :attr:`unavailable`."""
+        chain, unavailable = build_chain(settings, environ=environ, transport=transport)
         return cls(settings, chain, registry=registry, unavailable=unavailable)
 
     async def aclose(self) -> None:
@@ -411,7 +365,7 @@ class Engine:
         self, request: Request, *, caller: str = "", only: str | None = None
     ) -> Response:
         """The whole answer, checked against the request's schema and tools."""
-        response, _ = await self._checked(request, caller, only, "answer", _no_check)
+        response, _ = await self._checked(request, caller, only, "answer", no_check)
         return response
 
     async def _checked(
@@ -423,7 +377,7 @@ class Engine:
         check: Callable[[dict[str, Any]], str],
     ) -> tuple[Response, Any]:
         response = await self._collect(request, caller, only)
-        value, error = _validate(request, response, check)
+        value, error = validate(request, response, check)
         if not error:
             if request.json_schema is not None or request.tools:
                 self.recorder.validations.labels("passed").inc()
@@ -434,20 +388,9 @@ class Engine:
             "llm answer failed its schema; asking again",
             extra={"provider": response.provider, "what": what, "error": error[:200]},
         )
-        retry = msgspec.structs.replace(
-            request,
-            messages=(
-                *request.messages,
-                Message(role="assistant", content=response.text, tool_calls=response.tool_calls),
-                Message(
-                    role="user",
-                    content=f"Your answer was refused: {error}. Answer again; it must match "
-                    "the schema exactly.",
-                ),
-            ),
-        )
+        retry = retry_request(request, response, error)
         again = await self._collect(retry, caller, only)
-        value, error = _validate(retry, again, check)
+        value, error = validate(retry, again, check)
         if error:
             self.recorder.validations.labels("refused").inc()
             raise OutputRefused(what, again.provider, error)
@@ -462,15 +405,7 @@ class Engine:
 
     async def run_task(self, name: str, data: dict[str, Any], *, caller: str = "") -> TaskAnswer:
         """A structured request (classify, decompose, mitigate, review_policy), validated."""
-        task = tasks.spec(name)
-        schema = task.schema(task.parse(data))
-        request = Request(
-            system=system_prompt(),
-            messages=(Message(role="user", content=render(name, data)),),
-            json_schema=schema,
-            temperature=0,
-            task=Task(name=name, data=data),
-        )
+        request, task = task_request(name, data)
         response, value = await self._checked(request, caller, None, f"task {name}", task.check)
         return TaskAnswer(
             value=value,
@@ -481,46 +416,8 @@ class Engine:
 
     # -- operators ------------------------------------------------------------------------
     async def check(self, wait_s: float = 15.0) -> list[ProviderCheck]:
-        """Ask each provider for a word, once, no retries: who answers, and how fast."""
-        probe = Request(
-            messages=(Message(role="user", content="Reply with the word OK."),),
-            max_tokens=5,
-            temperature=0,
-            timeout=wait_s,
-        )
-        results = [
-            ProviderCheck(provider=name, kind="?", model="?", ok=False, detail=problem)
-            for name, problem in self.unavailable.items()
-        ]
-        for p in self.chain:
-            started = self._clock()
-            try:
-                async with asyncio.timeout(wait_s), contextlib.aclosing(p.stream(probe)) as s:
-                    async for _ in s:
-                        pass
-            except ProviderError as exc:
-                results.append(
-                    ProviderCheck(
-                        provider=p.name, kind=p.kind, model=p.model, ok=False, detail=str(exc)
-                    )
-                )
-                continue
-            except TimeoutError:
-                results.append(
-                    ProviderCheck(
-                        provider=p.name,
-                        kind=p.kind,
-                        model=p.model,
-                        ok=False,
-                        detail=f"no answer in {wait_s:g} s",
-                    )
-                )
-                continue
-            ms = round((self._clock() - started) * 1000, 1)
-            results.append(
-                ProviderCheck(provider=p.name, kind=p.kind, model=p.model, ok=True, latency_ms=ms)
-            )
-        return results
+        """Each provider asked for a word, once, no retries: who answers, and how fast."""
+        return await check_chain(self.chain, self.unavailable, wait_s, self._clock)
 
     def report(self) -> dict[str, Any]:
         """For ``/status``: the chain, budgets spent this period, the cache."""
@@ -536,30 +433,8 @@ class Engine:
         }
 
 
-def _no_check(_: dict[str, Any]) -> str:
-    return ""
-
-
 def _why(out: Outcome, provider: Provider) -> str:
     if out.retried:
         return out.retried
     last = out.fallbacks[-1] if out.fallbacks else None
     return f"{last.provider}: {last.reason}" if last else f"answer restarted on {provider.name}"
-
-
-def _validate(
-    request: Request, response: Response, check: Callable[[dict[str, Any]], str]
-) -> tuple[Any, str]:
-    value, error = check_answer(request, response)
-    if not error and isinstance(value, dict):
-        error = check(value)
-    return value, error
-
-
-def build_provider(
-    settings: ProviderSettings,
-    *,
-    environ: Mapping[str, str] | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> HttpProvider:
-    return ADAPTERS[settings.kind](settings, read_key(settings, environ), transport=transport)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from cloud.llm import ContextTooLarge, Message, Request, ToolCall
+from cloud.llm.chain import build_provider
 from cloud.llm.context import fit, turns
-from cloud.llm.engine import build_provider
 from cloud.llm.tokens import BYTES_PER_TOKEN, estimate, request_tokens
 from tests.cloud.llm.support import ENV, engine, provider
 from tests.cloud.llm.wire import Reply, WireServer, openai_chunks
