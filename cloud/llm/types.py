@@ -68,7 +68,8 @@ class Request(msgspec.Struct, frozen=True, kw_only=True):
     """None: the provider's ``max_output_tokens``."""
     stop: tuple[str, ...] = ()
     timeout: float | None = None
-    """Seconds for one attempt; None: the provider's ``timeout_s``."""
+    """Seconds to connect and between two chunks of one attempt; None: the provider's
+    ``timeout_s``."""
     task: Task | None = None
 
     @property
