@@ -10,22 +10,19 @@ made and deleted by the fixture, and Ansible's own files go to a temporary folde
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packaging"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# deb_support and fleet_support are imported by name: the tests folders are not packages
+sys.path.append(str(Path(__file__).resolve().parents[1] / "packaging"))
 
 from deb_support import (
     CACHE,
@@ -38,6 +35,9 @@ from deb_support import (
     rootfs_recipe,
 )
 from fleet_support import (
+    GATEWAYS,
+    VENV_BIN,
+    Fleet,
     FleetHost,
     FleetNetwork,
     FleetPackages,
@@ -45,11 +45,9 @@ from fleet_support import (
     fleet_packages,
     lowerdir,
 )
-from needs import needs, needs_root
 
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE = REPO / "ansible"
-VENV_BIN = Path(sys.executable).parent
+from tests.needs import needs, needs_root
+
 # tool -> the Debian package that provides it
 FLEET_TOOLS = {
     "debootstrap": "debootstrap",
@@ -60,7 +58,6 @@ FLEET_TOOLS = {
     "ssh-keygen": "openssh-client",
     "dpkg-deb": "dpkg",
 }
-GATEWAYS = ("gw-1", "gw-2", "gw-3")
 
 
 @pytest.fixture(scope="session")
@@ -101,125 +98,6 @@ def fleet_rootfs(fleet_tools: None) -> Path:
 def packages(fleet_tools: None) -> FleetPackages:
     run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
     return fleet_packages(project_version(), run_id)
-
-
-@dataclass
-class PlaybookRun:
-    rc: int
-    output: str
-    # host -> {"ok": n, "changed": n, "failed": n, ...} from the PLAY RECAP
-    recap: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def changed(self) -> dict[str, int]:
-        return {host: counts["changed"] for host, counts in self.recap.items()}
-
-
-def parse_recap(output: str) -> dict[str, dict[str, int]]:
-    recap: dict[str, dict[str, int]] = {}
-    _, _, tail = output.rpartition("PLAY RECAP")
-    for line in tail.splitlines():
-        match = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
-        if match:
-            counts = dict(re.findall(r"(\w+)=(\d+)", match.group(2)))
-            recap[match.group(1)] = {k: int(v) for k, v in counts.items()}
-    return recap
-
-
-@dataclass
-class Fleet:
-    """The booted hosts and a way to run a playbook against them."""
-
-    network: FleetNetwork
-    cloud: FleetHost
-    gateways: dict[str, FleetHost]
-    folder: Path
-    key: Path
-
-    @property
-    def hosts(self) -> list[FleetHost]:
-        return [self.cloud, *self.gateways.values()]
-
-    def write_inventory(self, packages: dict[str, tuple[Path, str]], **group_vars: object) -> Path:
-        """The example inventory's shape (groups by site and zone) with these hosts.
-
-        ``packages``: host (or "all") -> (.deb, sha256). Written as JSON, which is YAML.
-        """
-
-        def host(h: FleetHost) -> dict[str, object]:
-            found: dict[str, object] = {"ansible_host": h.address}
-            if h.name in packages:
-                deb, sha = packages[h.name]
-                found |= {"cybernetic_package_file": str(deb), "cybernetic_package_sha256": sha}
-            return found
-
-        deb, sha = packages["all"]
-        zone_a = {n: host(self.gateways[n]) for n in GATEWAYS[:2]}
-        zone_b = {n: host(self.gateways[n]) for n in GATEWAYS[2:]}
-        inventory = {
-            "all": {
-                "vars": {
-                    "ansible_user": "root",
-                    "cybernetic_package_file": str(deb),
-                    "cybernetic_package_sha256": sha,
-                    **group_vars,
-                },
-                "children": {
-                    "cybernetic_cloud": {"hosts": {self.cloud.name: host(self.cloud)}},
-                    "cybernetic_gateways": {
-                        "children": {
-                            "site_test": {
-                                "vars": {"gateway_site": "test"},
-                                "children": {
-                                    "zone_test_a": {
-                                        "vars": {"gateway_zone": "zone-a"},
-                                        "hosts": zone_a,
-                                    },
-                                    "zone_test_b": {
-                                        "vars": {"gateway_zone": "zone-b"},
-                                        "hosts": zone_b,
-                                    },
-                                },
-                            }
-                        }
-                    },
-                },
-            }
-        }
-        path = self.folder / "inventory.yml"
-        path.write_text(json.dumps(inventory, indent=2))
-        return path
-
-    def playbook(self, name: str, inventory: Path, *args: str, timeout: float = 600) -> PlaybookRun:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")},
-            "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
-            "ANSIBLE_HOME": str(self.folder / "ansible-home"),
-            "ANSIBLE_LOCAL_TEMP": str(self.folder / "ansible-tmp"),
-            "ANSIBLE_PRIVATE_KEY_FILE": str(self.key),
-            "ANSIBLE_HOST_KEY_CHECKING": "False",
-            "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s "
-            "-o UserKnownHostsFile=/dev/null",
-            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(self.folder / "cp"),
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True",
-            "ANSIBLE_NOCOLOR": "1",
-            "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-        }
-        cmd = self.network.command(
-            VENV_BIN / "ansible-playbook", "-i", inventory, ANSIBLE / name, *args
-        )
-        proc = subprocess.run(
-            cmd,
-            cwd=ANSIBLE,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        output = proc.stdout + proc.stderr
-        (self.folder / f"{name}.{len(list(self.folder.glob(name + '.*')))}.log").write_text(output)
-        return PlaybookRun(proc.returncode, output, parse_recap(proc.stdout))
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,7 @@ import re
 import time
 
 import pytest
-from conftest import ANSIBLE, Fleet, PlaybookRun
-from fleet_support import FleetHost, FleetPackages
+from fleet_support import ANSIBLE, Fleet, FleetHost, FleetPackages, PlaybookRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -28,7 +27,7 @@ CLOUD_METRICS = "http://127.0.0.1:9465/metrics"
 GATEWAY_UNIT = "cybernetic-gateway.service"
 PY = "/opt/cybernetic-edge/bin/python"
 # fast heartbeats and a short health wait keep the broken gateway's detection quick
-TEST_VARS = {"gateway_heartbeat_interval": 1.0, "gateway_health_timeout_s": 20}
+TEST_VARS = {"gateway_heartbeat_interval": 1.0, "gateway_health_timeout_s": 15}
 
 
 def _journals(fleet: Fleet) -> str:

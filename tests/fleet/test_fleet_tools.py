@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from needs import needs
+from tests.needs import needs
 
 ANSIBLE = Path(__file__).resolve().parents[2] / "ansible"
 VENV_BIN = Path(sys.executable).parent
