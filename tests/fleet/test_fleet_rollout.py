@@ -1,14 +1,15 @@
 """The fleet playbooks on real hosts: a cloud and three gateways (booted Debian containers on
 one private network), reached by Ansible over SSH.
 
-One test, in the order an operator lives it (the phases share the booted fleet, which takes
-most of the time to make): site.yml installs, configures and enrols everything against the
-real cloud; telemetry flows from a device through a gateway to the cloud; a second site.yml
-run changes nothing; rollout.yml upgrades in batches of one, where a deliberately broken
-package on the second gateway is caught by the health check (its heartbeats never reach the
-cloud) and rolled back, and the third gateway is never touched; the fixed rollout upgrades
-the rest, and running it again changes nothing. No token or password shows in any output
-or journal.
+One test, in the order an operator lives it (each phase builds on the one before):
+site.yml installs, configures and enrols everything against the real cloud; the dynamic
+inventory lists the fleet from the cloud's table; telemetry flows from a device through a
+gateway to the cloud; a second site.yml run changes nothing; rollout.yml upgrades in batches
+of one, where a deliberately broken package on the second gateway is caught by the health
+check (its heartbeats never reach the cloud) and rolled back, and the third gateway is never
+touched; pre-flight refusals (a backlog over the limit, a package whose SHA-256 is not the
+inventory's) change nothing; the fixed rollout upgrades the rest, and running it again
+changes nothing. No token or password shows in any output or journal.
 """
 
 from __future__ import annotations
@@ -188,6 +189,28 @@ def test_fleet_install_enrol_rollout_rollback(fleet: Fleet, packages: FleetPacka
     assert f"gw-2: rolled back to {first.version} after {broken.version} failed" in rollout.output
     assert "gw-3: not touched" in rollout.output
 
+    # -- pre-flight refusals change nothing: a backlog that would not survive, a bad package
+    refused = fleet.playbook(
+        "rollout.yml", inventory, "--limit", "gw-3", "-e", "gateway_preflight_max_outbox_rows=-1"
+    )
+    assert refused.rc != 0, refused.output[-6000:]
+    assert "backlog would not survive" in refused.output
+    assert f"gw-3: refused by the pre-flight checks at {first.version}" in refused.output
+    inventory = fleet.write_inventory(
+        {"all": (second.path, second.sha256), "gw-3": (second.path, "0" * 64)}, **TEST_VARS
+    )
+    tampered = fleet.playbook("rollout.yml", inventory, "--limit", "gw-3")
+    assert tampered.rc != 0, tampered.output[-6000:]
+    assert f"the inventory says {'0' * 64}: not installed" in tampered.output
+    assert "gw-3: refused by the pre-flight checks" in tampered.output
+    assert gw3.package_version() == first.version
+    assert (_unit(gw3, "MainPID"), _unit(gw3, "ActiveEnterTimestampMonotonic")) == (
+        gw3_pid,
+        gw3_since,
+    )
+    assert not gw3.box.path(f"/var/cache/cybernetic-edge/packages/{second.path.name}").exists()
+    lap("pre-flight refusals")
+
     # -- the fixed rollout upgrades the rest; running it again changes nothing -------------
     inventory = fleet.write_inventory({"all": (second.path, second.sha256)}, **TEST_VARS)
     fixed = fleet.playbook("rollout.yml", inventory)
@@ -205,7 +228,7 @@ def test_fleet_install_enrol_rollout_rollback(fleet: Fleet, packages: FleetPacka
     # -- no secret in any output or journal -------------------------------------------------
     enrol_password = fleet.cloud.sh("cat", "/etc/cybernetic/secrets/enrol.password").stdout
     assert len(enrol_password) >= 20
-    for run in (site, again, rollout, fixed, idle):
+    for run in (site, again, rollout, refused, tampered, fixed, idle):
         assert "cet1." not in run.output
         assert enrol_password not in run.output
     for host in fleet.hosts:
