@@ -29,12 +29,15 @@ from deb_support import (
     Container,
     build_rootfs,
     file_lock,
+    host_snapshot,
     host_suite,
     is_root,
     project_version,
     rootfs_recipe,
+    snapshot_changes,
 )
 from fleet_support import (
+    CREATED_NAMESPACES,
     GATEWAYS,
     VENV_BIN,
     Fleet,
@@ -81,6 +84,34 @@ def fleet_tools() -> None:
         (VENV_BIN / "ansible-playbook").exists(),
         "ansible-core in this venv (pip install -e '.[dev]')",
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_left_unchanged() -> Iterator[None]:
+    """Fail the run if the fleet tests changed this machine as the package or they would.
+
+    The packaging tests' snapshot (packages, accounts, the package's files and units) before
+    the first fleet test and after the last, and no fleet network namespace left behind.
+    """
+    if not is_root():
+        yield
+        return
+
+    def snapshot() -> dict[str, str]:
+        with file_lock("deb-build"):  # build.sh mounts over /opt while it builds
+            return host_snapshot()
+
+    before = snapshot()
+    yield
+    changes = snapshot_changes(before, snapshot())
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    listed = {line.split()[0] for line in netns.stdout.splitlines() if line.strip()}
+    left = [name for name in CREATED_NAMESPACES if name in listed]
+    if changes or left:
+        pytest.fail(
+            "the fleet tests changed this machine; they must change only their containers:\n"
+            + "\n".join(changes[:50] + [f"network namespace {name} left" for name in left])
+        )
 
 
 @pytest.fixture(scope="session")

@@ -133,6 +133,9 @@ def _leader(box: Container) -> int:
     return box._leader
 
 
+CREATED_NAMESPACES: list[str] = []  # by this process, for the host guard
+
+
 class FleetNetwork:
     """A bridge in a hub network namespace; each container joins it through a veth pair."""
 
@@ -142,6 +145,7 @@ class FleetNetwork:
 
     def __enter__(self) -> Self:
         run("ip", "netns", "add", self.hub)
+        CREATED_NAMESPACES.append(self.hub)
         self.ip("link", "set", "lo", "up")
         self.ip("link", "add", "br0", "type", "bridge")
         self.ip("addr", "add", f"{HUB_ADDRESS}/24", "dev", "br0")
