@@ -28,7 +28,7 @@ CLOUD_METRICS = "http://127.0.0.1:9465/metrics"
 GATEWAY_UNIT = "cybernetic-gateway.service"
 PY = "/opt/cybernetic-edge/bin/python"
 # fast heartbeats and a short health wait keep the broken gateway's detection quick
-TEST_VARS = {"gateway_heartbeat_interval": 1.0, "gateway_health_timeout_s": 15}
+TEST_VARS = {"gateway_heartbeat_interval": 1.0, "gateway_health_timeout_s": 20}
 
 
 def _journals(fleet: Fleet) -> str:
