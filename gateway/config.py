@@ -9,6 +9,7 @@ import msgspec
 from amcp.runtime.settings import BrokerLink, LogSettings, MetricsSettings, Seconds
 from amcp.sync import SyncSettings
 from amcp.wire import topics
+from firmware_bridge.settings import BridgeSettings
 from gateway.outbox import OutboxSettings
 from gateway.rules import RulesSettings
 from gateway.s1 import S1Settings
@@ -84,5 +85,7 @@ class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     s2: S2Config = msgspec.field(default_factory=S2Config)
     policy: PolicyConfig | None = None
     """A WASM policy enforced at ingest (drop / flag / transform), docs/policy-language.md."""
+    bridge: BridgeSettings = msgspec.field(default_factory=BridgeSettings)
+    """OPC-UA and Modbus machines read as devices (docs/bridge.md); none by default."""
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)

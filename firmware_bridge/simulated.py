@@ -1,0 +1,93 @@
+"""Simulated machines for the demo, the benchmark and the tests: a real asyncua server with a
+small machine address space and a real pymodbus server (TCP, or RTU on a serial line)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from asyncua import Server, ua
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+NAMESPACE = "urn:cybernetic:simulated-machine"
+
+
+class OpcuaMachine:
+    """``Objects/Machine`` with Temperature (Double), Speed (Int32, writable), Running
+    (Boolean), Name (String) and a ``Reset`` method that sets Speed to 0."""
+
+    def __init__(self, port: int, *, host: str = "127.0.0.1") -> None:
+        self.endpoint = f"opc.tcp://{host}:{port}/machine"
+        self.server = Server()
+        self.ns = 0
+        self.variables: dict[str, ua.NodeId] = {}
+
+    async def setup(self) -> None:
+        s = self.server
+        await s.init()
+        s.set_endpoint(self.endpoint)
+        s.set_server_name("Cybernetic simulated machine")
+        self.ns = await s.register_namespace(NAMESPACE)
+        machine = await s.nodes.objects.add_object(ua.NodeId("Machine", self.ns), "Machine")
+        for name, value, vtype in (
+            ("Temperature", 20.0, ua.VariantType.Double),
+            ("Speed", 0, ua.VariantType.Int32),
+            ("Running", False, ua.VariantType.Boolean),
+            ("Name", "press-1", ua.VariantType.String),
+        ):
+            var = await machine.add_variable(
+                ua.NodeId(f"Machine.{name}", self.ns), name, ua.Variant(value, vtype)
+            )
+            if name == "Speed":
+                await var.set_writable()
+            self.variables[name] = var.nodeid
+
+        async def reset(_parent: ua.NodeId) -> list[ua.Variant]:
+            await self.write("Speed", 0)
+            return [ua.Variant(True, ua.VariantType.Boolean)]
+
+        await machine.add_method(
+            ua.NodeId("Machine.Reset", self.ns), "Reset", reset, [], [ua.VariantType.Boolean]
+        )
+
+    def node(self, name: str) -> str:
+        return self.variables[name].to_string()
+
+    async def write(self, name: str, value: object) -> None:
+        await self.server.write_attribute_value(self.variables[name], ua.DataValue(value))
+
+    async def read(self, name: str) -> object:
+        return self.server.read_attribute_value(self.variables[name]).Value.Value
+
+    async def tick(self) -> None:
+        """One simulated step: the temperature drifts."""
+        await self.write(
+            "Temperature", ua.Variant(20.0 + 5 * math.sin(time.time() / 10), ua.VariantType.Double)
+        )
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+
+def modbus_device(unit: int = 1, size: int = 256) -> SimDevice:
+    """A device with ``size`` coils, discrete inputs, holding and input registers from 0."""
+    bits = [SimData(0, count=size, values=False, datatype=DataType.BITS)]
+    regs = [SimData(0, count=size, values=0, datatype=DataType.REGISTERS)]
+    return SimDevice(id=unit, simdata=(list(bits), list(bits), list(regs), list(regs)))
+
+
+def modbus_tcp(
+    port: int, units: tuple[int, ...] = (1,), *, host: str = "127.0.0.1"
+) -> ModbusTcpServer:
+    """Call ``await server.serve_forever(background=True)``; ``await server.shutdown()``."""
+    return ModbusTcpServer([modbus_device(u) for u in units], address=(host, port))
+
+
+def modbus_rtu(
+    port: str, units: tuple[int, ...] = (1,), baudrate: int = 19200
+) -> ModbusSerialServer:
+    return ModbusSerialServer([modbus_device(u) for u in units], port=port, baudrate=baudrate)
