@@ -280,6 +280,7 @@ class Gateway:
                     if config.s1.enabled
                     else []
                 ),
+                *self._bridge(self.ingest.session.transport),
             ],
             strategy=Strategy.ONE_FOR_ONE,
             intensity=5,
@@ -337,6 +338,18 @@ class Gateway:
                     await self.outbox.expire()
         finally:
             await asyncio.shield(self.outbox.close())
+
+    def _bridge(self, transport: Transport) -> list[ChildSpec]:
+        """The field-device bridge (gateway.bridge), when ``[bridge]`` lists devices."""
+        if not self.config.bridge.devices:
+            return []
+        from gateway.bridge import Bridge  # noqa: PLC0415 - loads the adapters only when used
+
+        client_id = f"{self.config.gateway.id}-bridge"
+        self.bridge = Bridge(
+            self.config.bridge, self.config.local_broker, client_id=client_id, transport=transport
+        )
+        return [ChildSpec("bridge", self.bridge.run, shutdown_timeout=5)]
 
     def _on_renewed(self, _state: object) -> None:
         """A renewal made a new link secret: sign with it from now on (the TLS context picks
