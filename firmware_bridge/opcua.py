@@ -23,6 +23,7 @@ from typing import Any
 
 from asyncua import Client, Node, ua
 from asyncua.common.subscription import DataChangeEvent, Subscription
+from asyncua.crypto.uacrypto import CertProperties
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
@@ -104,9 +105,9 @@ async def make_client(config: OpcuaDevice) -> Client:
         )
         await client.set_security(
             SecurityPolicyBasic256Sha256,
-            cert,
-            Path(config.key_file).read_bytes(),
-            server_certificate=server_cert,
+            CertProperties(cert, extension="pem"),
+            CertProperties(Path(config.key_file).read_bytes(), extension="pem"),
+            server_certificate=server_cert and CertProperties(server_cert, extension="pem"),
             mode=ua.MessageSecurityMode.SignAndEncrypt,
         )
     if config.username:
@@ -230,8 +231,8 @@ class _OpcuaConnection:
             if point is None:
                 continue
             dv = item.Value
-            if dv.StatusCode_ is not None and not dv.StatusCode_.is_good():
-                health.failed("status", f"{point.node}: {dv.StatusCode_.name}")
+            if dv.StatusCode is not None and not dv.StatusCode.is_good():
+                health.failed("status", f"{point.node}: {dv.StatusCode.name}")
                 continue
             if point.name in values:
                 await queue.put(Sample(values, ts))
@@ -257,8 +258,8 @@ class _OpcuaConnection:
             else:
                 values: dict[str, Any] = {}
                 for point, dv in zip(points, results, strict=True):
-                    if dv.StatusCode_ is not None and not dv.StatusCode_.is_good():
-                        health.failed("status", f"{point.node}: {dv.StatusCode_.name}")
+                    if dv.StatusCode is not None and not dv.StatusCode.is_good():
+                        health.failed("status", f"{point.node}: {dv.StatusCode.name}")
                         continue
                     values[point.name] = _convert(point, dv.Value.Value if dv.Value else None)
                 health.ok(started)

@@ -55,6 +55,10 @@ class OpcuaMachine:
         return self.variables[name].to_string()
 
     async def write(self, name: str, value: object) -> None:
+        """Set a variable as the machine would (keeping its type)."""
+        if not isinstance(value, ua.Variant):
+            current = self.server.read_attribute_value(self.variables[name]).Value
+            value = ua.Variant(value, current.VariantType if current else None)
         await self.server.write_attribute_value(self.variables[name], ua.DataValue(value))
 
     async def read(self, name: str) -> object:
