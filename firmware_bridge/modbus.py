@@ -71,6 +71,16 @@ class ModbusAdapter:
             (group, plan_blocks(group, config.max_gap, config.max_block)) for group in config.groups
         ]
         self.points = {p.name: (g.unit, p) for g in config.groups for p in g.points}
+        self.plain = {
+            id(p)
+            for g in config.groups
+            for p in g.points
+            if p.table in ("holding", "input")
+            and p.type == "uint16"
+            and p.bit is None
+            and p.byte_order == "big"
+            and (p.scale, p.offset) == (1.0, 0.0)
+        }
         self.requests = 0
 
     def _client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
@@ -161,9 +171,13 @@ class _ModbusConnection:
             self._count(self.adapter.health, "short_answer", f"{what}: {len(words)} values")
             raise AnswerError(self.adapter.device, f"{what}: short answer")
         values: dict[str, Any] = {}
+        start = block.start
         for point in block.points:
-            offset = point.address - block.start
-            values[point.name] = decode(point, list(words[offset : offset + point.registers()]))
+            offset = point.address - start
+            if id(point) in self.adapter.plain:  # one register as it is: the common case, fast
+                values[point.name] = words[offset]
+            else:
+                values[point.name] = decode(point, list(words[offset : offset + point.registers()]))
         return values
 
     async def samples(self) -> AsyncIterator[Sample]:
