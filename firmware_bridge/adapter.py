@@ -30,7 +30,7 @@ class Sample:
 
 class Connection(Protocol):
     def samples(self) -> AsyncIterator[Sample]:
-        """Readings until the link is lost (then :class:`~firmware_bridge.errors.UnreachableError`)."""
+        """Readings until the link is lost (then raises ``UnreachableError``)."""
         ...
 
     async def command(self, action: str, args: dict[str, Any]) -> Any:

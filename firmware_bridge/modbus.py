@@ -157,13 +157,13 @@ class _ModbusConnection:
 
     async def _read(self, block: Block) -> dict[str, Any]:
         c = self.client
-        kw = {"count": block.count, "device_id": block.unit}
-        call = {
+        read = {
             "coil": c.read_coils,
             "discrete": c.read_discrete_inputs,
             "holding": c.read_holding_registers,
             "input": c.read_input_registers,
-        }[block.table](block.start, **kw)
+        }[block.table]
+        call = read(block.start, count=block.count, device_id=block.unit)
         what = f"read {block.table} {block.start}+{block.count} unit {block.unit}"
         reply = await self._request(call, what)
         words = reply.bits if block.table in ("coil", "discrete") else reply.registers

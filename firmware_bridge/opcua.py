@@ -21,10 +21,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from asyncua import Client, Node, ua
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeEvent, Subscription
-from asyncua.crypto.uacrypto import CertProperties
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from asyncua.crypto.uacrypto import CertProperties
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 
@@ -39,16 +43,16 @@ from firmware_bridge.errors import (
 from firmware_bridge.settings import OpcuaDevice, OpcuaPoint
 
 _SECURITY_CODES = {
-    ua.StatusCodes.BadSecurityChecksFailed,
-    ua.StatusCodes.BadCertificateInvalid,
-    ua.StatusCodes.BadCertificateUntrusted,
-    ua.StatusCodes.BadCertificateRevoked,
-    ua.StatusCodes.BadCertificateTimeInvalid,
-    ua.StatusCodes.BadCertificateUriInvalid,
-    ua.StatusCodes.BadSecurityPolicyRejected,
-    ua.StatusCodes.BadIdentityTokenRejected,
-    ua.StatusCodes.BadIdentityTokenInvalid,
-    ua.StatusCodes.BadUserAccessDenied,
+    StatusCodes.BadSecurityChecksFailed,
+    StatusCodes.BadCertificateInvalid,
+    StatusCodes.BadCertificateUntrusted,
+    StatusCodes.BadCertificateRevoked,
+    StatusCodes.BadCertificateTimeInvalid,
+    StatusCodes.BadCertificateUriInvalid,
+    StatusCodes.BadSecurityPolicyRejected,
+    StatusCodes.BadIdentityTokenRejected,
+    StatusCodes.BadIdentityTokenInvalid,
+    StatusCodes.BadUserAccessDenied,
 }
 
 
@@ -92,27 +96,35 @@ def application_uri(cert_pem: bytes) -> str:
     return str(uris[0])
 
 
+def _files(config: OpcuaDevice) -> tuple[bytes, bytes, bytes | None, str]:
+    """Certificate, key, the machine's certificate and the password, read from their files."""
+    cert = Path(config.certificate_file).read_bytes() if config.certificate_file else b""
+    key = Path(config.key_file).read_bytes() if config.key_file else b""
+    server = (
+        Path(config.server_certificate_file).read_bytes()
+        if config.server_certificate_file
+        else None
+    )
+    password = Path(config.password_file).read_text().strip() if config.password_file else ""
+    return cert, key, server, password
+
+
 async def make_client(config: OpcuaDevice) -> Client:
     client = Client(config.endpoint, timeout=config.timeout)
     client.name = client.description = f"Cybernetic Edge bridge ({config.id})"
+    cert, key, server_cert, password = await asyncio.to_thread(_files, config)
     if config.security == "sign_encrypt":
-        cert = Path(config.certificate_file).read_bytes()
         client.application_uri = application_uri(cert)
-        server_cert = (
-            Path(config.server_certificate_file).read_bytes()
-            if config.server_certificate_file
-            else None
-        )
         await client.set_security(
             SecurityPolicyBasic256Sha256,
             CertProperties(cert, extension="pem"),
-            CertProperties(Path(config.key_file).read_bytes(), extension="pem"),
+            CertProperties(key, extension="pem"),
             server_certificate=server_cert and CertProperties(server_cert, extension="pem"),
             mode=ua.MessageSecurityMode.SignAndEncrypt,
         )
     if config.username:
         client.set_user(config.username)
-        client.set_password(Path(config.password_file).read_text().strip())
+        client.set_password(password)
     return client
 
 
@@ -181,7 +193,7 @@ class _OpcuaConnection:
             item = ua.MonitoredItemCreateRequest()
             item.ItemToMonitor = ua.ReadValueId()
             item.ItemToMonitor.NodeId = ua.NodeId.from_string(point.node)
-            item.ItemToMonitor.AttributeId = ua.AttributeIds.Value
+            item.ItemToMonitor.AttributeId = AttributeIds.Value
             item.MonitoringMode = ua.MonitoringMode.Reporting
             item.RequestedParameters = params
             requests.append(item)
@@ -252,7 +264,7 @@ class _OpcuaConnection:
         while True:
             started = time.perf_counter()
             try:
-                results = await self.client.read_attributes(nodes, ua.AttributeIds.Value)
+                results = await self.client.read_attributes(nodes, AttributeIds.Value)
             except UaStatusCodeError as exc:
                 self._fail(exc, "poll")
             else:

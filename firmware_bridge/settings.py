@@ -166,7 +166,7 @@ def _collect(data: Any, tp: type[msgspec.Struct], path: str) -> list[str]:
     return errors
 
 
-def _check_modbus(device: ModbusDevice, path: str) -> list[str]:
+def _check_modbus(device: ModbusDevice, path: str) -> list[str]:  # noqa: C901 - one flat list of rules
     errors: list[str] = []
     if device.transport == "rtu" and not device.serial_port:
         errors.append(f"{path}.serial_port: required with transport = 'rtu'")
@@ -200,9 +200,11 @@ def _check_modbus(device: ModbusDevice, path: str) -> list[str]:
 def _check_opcua(device: OpcuaDevice, path: str) -> list[str]:
     errors: list[str] = []
     if device.security == "sign_encrypt":
-        for name in ("certificate_file", "key_file"):
-            if not getattr(device, name):
-                errors.append(f"{path}.{name}: required with security = 'sign_encrypt'")
+        errors.extend(
+            f"{path}.{name}: required with security = 'sign_encrypt'"
+            for name in ("certificate_file", "key_file")
+            if not getattr(device, name)
+        )
     if device.username and not device.password_file:
         errors.append(f"{path}.password_file: required with a username")
     names: set[str] = set()

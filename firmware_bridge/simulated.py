@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 import time
 
-from asyncua import Server, ua
+from asyncua import ua
+from asyncua.server.server import Server
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -29,7 +30,9 @@ class OpcuaMachine:
         s.set_endpoint(self.endpoint)
         s.set_server_name("Cybernetic simulated machine")
         self.ns = await s.register_namespace(NAMESPACE)
-        machine = await s.nodes.objects.add_object(ua.NodeId("Machine", self.ns), "Machine")
+        machine = await s.nodes.objects.add_object(
+            ua.NodeId.from_string(f"ns={self.ns};s=" + "Machine"), "Machine"
+        )
         for name, value, vtype in (
             ("Temperature", 20.0, ua.VariantType.Double),
             ("Speed", 0, ua.VariantType.Int32),
@@ -37,7 +40,9 @@ class OpcuaMachine:
             ("Name", "press-1", ua.VariantType.String),
         ):
             var = await machine.add_variable(
-                ua.NodeId(f"Machine.{name}", self.ns), name, ua.Variant(value, vtype)
+                ua.NodeId.from_string(f"ns={self.ns};s=" + f"Machine.{name}"),
+                name,
+                ua.Variant(value, vtype),
             )
             if name == "Speed":
                 await var.set_writable()
@@ -45,10 +50,14 @@ class OpcuaMachine:
 
         async def reset(_parent: ua.NodeId) -> list[ua.Variant]:
             await self.write("Speed", 0)
-            return [ua.Variant(True, ua.VariantType.Boolean)]
+            return [ua.Variant(Value=True, VariantType=ua.VariantType.Boolean)]
 
         await machine.add_method(
-            ua.NodeId("Machine.Reset", self.ns), "Reset", reset, [], [ua.VariantType.Boolean]
+            ua.NodeId.from_string(f"ns={self.ns};s=" + "Machine.Reset"),
+            "Reset",
+            reset,
+            [],
+            [ua.VariantType.Boolean],
         )
 
     def node(self, name: str) -> str:
@@ -58,11 +67,12 @@ class OpcuaMachine:
         """Set a variable as the machine would (keeping its type)."""
         if not isinstance(value, ua.Variant):
             current = self.server.read_attribute_value(self.variables[name]).Value
-            value = ua.Variant(value, current.VariantType if current else None)
+            value = ua.Variant(value, current.VariantType) if current else ua.Variant(value)
         await self.server.write_attribute_value(self.variables[name], ua.DataValue(value))
 
     async def read(self, name: str) -> object:
-        return self.server.read_attribute_value(self.variables[name]).Value.Value
+        variant = self.server.read_attribute_value(self.variables[name]).Value
+        return variant.Value if variant is not None else None
 
     async def tick(self) -> None:
         """One simulated step: the temperature drifts."""

@@ -37,17 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # -- the servers, each in its own process ----------------------------------------------------
 def _opcua_server(port: int, variables: int, update_ms: float, ready: Any) -> None:
-    from asyncua import Server, ua  # noqa: PLC0415
+    from asyncua import ua  # noqa: PLC0415
+    from asyncua.server.server import Server  # noqa: PLC0415
 
     async def main() -> None:
         s = Server()
         await s.init()
         s.set_endpoint(f"opc.tcp://127.0.0.1:{port}/bench")
         ns = await s.register_namespace("urn:bench")
-        obj = await s.nodes.objects.add_object(ua.NodeId("Bench", ns), "Bench")
-        nodes = [
-            await obj.add_variable(ua.NodeId(f"v{i}", ns), f"v{i}", 0.0) for i in range(variables)
-        ]
+        obj = await s.nodes.objects.add_object(f"ns={ns};s=Bench", "Bench")
+        nodes = [await obj.add_variable(f"ns={ns};s=v{i}", f"v{i}", 0.0) for i in range(variables)]
         async with s:
             ready.set()
             n = 0
@@ -89,13 +88,15 @@ def _process(target: Any, *args: Any) -> Any:
 
 # -- bare clients ------------------------------------------------------------------------------
 async def _raw_opcua(endpoint: str, variables: int, seconds: float) -> float:
-    from asyncua import Client, ua  # noqa: PLC0415
+    from asyncua import ua  # noqa: PLC0415
+    from asyncua.client.client import Client  # noqa: PLC0415
+    from asyncua.common.node import Node  # noqa: PLC0415
 
     async with Client(endpoint) as client:
         ns = await client.get_namespace_index("urn:bench")
         sub = await client.create_subscription(10, queue_maxsize=100_000)
-        nodes = [client.get_node(ua.NodeId(f"v{i}", ns)) for i in range(variables)]
-        await sub.subscribe_data_change(nodes, sampling_interval=0)
+        nodes: list[Node] = [client.get_node(f"ns={ns};s=v{i}") for i in range(variables)]
+        await sub.subscribe_data_change(nodes, sampling_interval=ua.Double(0.0))
         count = 0
         await asyncio.sleep(0.5)  # the initial values
         start = time.perf_counter()
@@ -176,7 +177,7 @@ def _median(label: str, runs: int, measure: Any) -> float:
         v = asyncio.run(measure())
         progress(f"{label} run {i + 1}/{runs}: {v:,.0f}/s")
         values.append(v)
-    return statistics.median(values)
+    return float(statistics.median(values))
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:

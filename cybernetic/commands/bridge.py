@@ -39,7 +39,7 @@ def register(sub: Any) -> None:
 def _browse(args: argparse.Namespace) -> int:
     if not str(args.endpoint).startswith("opc.tcp://"):
         raise CliError(f"not an OPC-UA endpoint: {args.endpoint!r} (opc.tcp://host:port)")
-    from asyncua import Client  # noqa: PLC0415 - only this verb needs asyncua
+    from asyncua.client.client import Client  # noqa: PLC0415 - only this verb needs asyncua
     from asyncua.ua.uaerrors import UaError  # noqa: PLC0415
 
     from firmware_bridge.opcua import browse  # noqa: PLC0415
@@ -56,7 +56,9 @@ def _browse(args: argparse.Namespace) -> int:
     try:
         found = asyncio.run(run())
     except (OSError, TimeoutError, UaError, ConnectionError) as exc:
-        raise CliError(f"{args.endpoint}: cannot browse ({exc or type(exc).__name__})", UNREACHABLE) from exc
+        raise CliError(
+            f"{args.endpoint}: cannot browse ({exc or type(exc).__name__})", UNREACHABLE
+        ) from exc
     for entry in found:
         if args.json:
             print(json.dumps(entry))

@@ -37,8 +37,8 @@ class Listener:
         self.readings: list[tuple[str, dict[str, Any]]] = []
         self.new = asyncio.Event()
 
-    async def wait_for(self, check: Any, timeout: float = 15.0) -> tuple[str, dict[str, Any]]:
-        async with asyncio.timeout(timeout):
+    async def wait_for(self, check: Any, within: float = 15.0) -> tuple[str, dict[str, Any]]:
+        async with asyncio.timeout(within):
             seen = 0
             while True:
                 for item in self.readings[seen:]:
@@ -85,6 +85,12 @@ async def running_bridge(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def until(predicate: Any, within: float = 15.0) -> None:
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - polls state the code under test owns
+            await asyncio.sleep(0.05)
 
 
 @pytest.fixture

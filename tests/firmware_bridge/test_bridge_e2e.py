@@ -31,9 +31,7 @@ async def test_machines_reach_the_cloud_and_a_dead_one_only_degrades(tmp_path: P
             "protocol": "modbus",
             "id": "plc-1",
             "port": mb_port,
-            "groups": [
-                {"interval": 0.2, "points": [{"name": "temp", "address": 0, "scale": 0.1}]}
-            ],
+            "groups": [{"interval": 0.2, "points": [{"name": "temp", "address": 0, "scale": 0.1}]}],
         },
         {
             "protocol": "modbus",

@@ -62,7 +62,11 @@ def test_semantic_errors_and_the_gateway_config() -> None:
             ],
         }
     ]
-    config = {"gateway": {"id": "gw"}, "uplink": {"link_secret_file": "/x"}, "bridge": {"devices": raw}}
+    config = {
+        "gateway": {"id": "gw"},
+        "uplink": {"link_secret_file": "/x"},
+        "bridge": {"devices": raw},
+    }
     with pytest.raises(ConfigError) as caught:
         from_dict(config, GatewayConfig, environ={})
     text = str(caught.value)
@@ -87,7 +91,9 @@ def test_semantic_errors_and_the_gateway_config() -> None:
     ],
 )
 def test_codec_round_trips(kind: str, value: float, byte_order: str, word_order: str) -> None:
-    point = ModbusPoint(name="p", address=0, type=kind, byte_order=byte_order, word_order=word_order)  # type: ignore[arg-type]
+    point = ModbusPoint(
+        name="p", address=0, type=kind, byte_order=byte_order, word_order=word_order
+    )  # type: ignore[arg-type]
     regs = encode(point, value)
     assert len(regs) == point.registers()
     assert decode(point, regs) == pytest.approx(value)

@@ -4,11 +4,11 @@ exception answers."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,8 +20,8 @@ from firmware_bridge.settings import ModbusGroup, ModbusPoint
 from firmware_bridge.simulated import modbus_rtu, modbus_tcp
 from gateway.s1.commands import CommandExecutor
 from gateway.s2.leases import LeaseTable
+from tests.firmware_bridge.conftest import gateway_link, listening, running_bridge, until
 from tests.needs import needs
-from tests.firmware_bridge.conftest import gateway_link, listening, running_bridge
 
 POINTS = [
     {"name": "temp", "address": 0, "type": "int16", "scale": 0.1, "units": "C"},
@@ -51,11 +51,15 @@ def test_blocks_are_merged() -> None:
     tables = [(b.table, b.start, b.count) for b in blocks]
     assert tables == [("coil", 1, 1), ("discrete", 5, 1), ("holding", 0, 13)]
     assert [(b.start, b.count) for b in plan_blocks(group, 0, 125) if b.table == "holding"] == [
-        (0, 1), (2, 2), (10, 3),
+        (0, 1),
+        (2, 2),
+        (10, 3),
     ]  # fmt: skip  (gap 0 still merges neighbours)
 
 
-async def test_values_flow_and_commands_respect_the_lease(broker: MosquittoBroker, port: int) -> None:
+async def test_values_flow_and_commands_respect_the_lease(
+    broker: MosquittoBroker, port: int
+) -> None:
     server = modbus_tcp(port)
     await server.serve_forever(background=True)
     try:
@@ -70,7 +74,8 @@ async def test_values_flow_and_commands_respect_the_lease(broker: MosquittoBroke
             assert v["count"] == 0x00010002
             assert v["flags"] == 0b11
             assert v["alarm"] is True
-            assert reading["boot"] == bridge.boot_id and reading["seq"] >= 1
+            assert reading["boot"] == bridge.boot_id
+            assert reading["seq"] >= 1
 
             # commands through S1's executor: it takes the S2 lease of the device first
             leases = LeaseTable(time.monotonic, ttl_s=5.0)
@@ -122,14 +127,10 @@ async def test_peer_restart_and_exception_answers(broker: MosquittoBroker, port:
     async with listening(broker) as listener, running_bridge(broker, [dev]) as bridge:
         await listener.wait_for(lambda d, r: "temp" in r["values"])
         health = bridge.health["plc-1"]
-        async with asyncio.timeout(5):
-            while health.errors_by_kind.get("exception", 0) < 2:
-                await asyncio.sleep(0.05)
+        await until(lambda: health.errors_by_kind.get("exception", 0) >= 2, 5)
         assert health.connected  # exception answers are counted, not fatal
         await server.shutdown()
-        async with asyncio.timeout(10):
-            while health.connected:
-                await asyncio.sleep(0.05)
+        await until(lambda: not health.connected, 10)
         server = modbus_tcp(port)
         await server.serve_forever(background=True)
         await server.async_setValues(1, 3, 0, [77])
@@ -146,11 +147,10 @@ async def test_rtu_over_a_pty_pair(broker: MosquittoBroker) -> None:
     assert socat is not None
     d = tempfile.mkdtemp()
     a, b = f"{d}/server", f"{d}/bridge"
-    proc = subprocess.Popen([socat, f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"])
+    line = [socat, f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"]
+    proc = subprocess.Popen(line)  # noqa: ASYNC220 - socat runs beside the test's loop
     try:
-        async with asyncio.timeout(5):
-            while not (os.path.exists(a) and os.path.exists(b)):
-                await asyncio.sleep(0.05)
+        await until(lambda: Path(a).exists() and Path(b).exists(), 5)
         server = modbus_rtu(a)
         await server.serve_forever(background=True)
         await server.async_setValues(1, 4, 3, [1234])
@@ -161,7 +161,11 @@ async def test_rtu_over_a_pty_pair(broker: MosquittoBroker) -> None:
             "serial_port": b,
             "timeout": 0.5,
             "groups": [
-                {"unit": 1, "interval": 0.1, "points": [{"name": "kwh", "table": "input", "address": 3}]}
+                {
+                    "unit": 1,
+                    "interval": 0.1,
+                    "points": [{"name": "kwh", "table": "input", "address": 3}],
+                }
             ],
         }
         async with listening(broker) as listener, running_bridge(broker, [dev]):

@@ -4,7 +4,6 @@ refused one."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from cybernetic.mosquitto import MosquittoBroker
 from firmware_bridge.certs import issue_opcua
 from firmware_bridge.opcua import browse
 from firmware_bridge.simulated import OpcuaMachine
-from tests.firmware_bridge.conftest import listening, running_bridge
+from tests.firmware_bridge.conftest import listening, running_bridge, until
 
 
 @contextlib.asynccontextmanager
@@ -60,48 +59,56 @@ def opcua_device(m: OpcuaMachine, **extra: object) -> dict[str, object]:
             {"name": "name", "node": m.node("Name"), "mode": "poll"},
         ],
         "methods": [
-            {"name": "reset", "object": f"ns={m.ns};s=Machine", "method": f"ns={m.ns};s=Machine.Reset"}
+            {
+                "name": "reset",
+                "object": f"ns={m.ns};s=Machine",
+                "method": f"ns={m.ns};s=Machine.Reset",
+            }
         ],
         **extra,
     }
 
 
 async def test_subscription_write_call_and_restart(broker: MosquittoBroker, port: int) -> None:
-    async with machine(port) as m, listening(broker) as listener:
-        async with running_bridge(broker, [opcua_device(m, poll_interval=0.1)]) as bridge:
-            await listener.wait_for(lambda d, r: "temperature" in r["values"])
-            await listener.wait_for(lambda d, r: r["values"].get("name") == "press-1")
-            await m.write("Temperature", ua.Variant(31.5, ua.VariantType.Double))
-            await listener.wait_for(lambda d, r: r["values"].get("temperature") == 31.5)
-            runner = bridge.runners["press-1"]
-            assert await runner.command("write", {"point": "speed", "value": 1200}) == {
-                "point": "speed",
-                "value": 1200,
-            }
-            assert await m.read("Speed") == 1200
-            await listener.wait_for(lambda d, r: r["values"].get("speed") == 1200)
-            assert await runner.command("call", {"method": "reset"}) is True
-            assert await m.read("Speed") == 0
-            with pytest.raises(Exception, match="not writable"):
-                await runner.command("write", {"point": "temperature", "value": 1})
+    async with (
+        machine(port) as m,
+        listening(broker) as listener,
+        running_bridge(broker, [opcua_device(m, poll_interval=0.1)]) as bridge,
+    ):
+        await listener.wait_for(lambda d, r: "temperature" in r["values"])
+        await listener.wait_for(lambda d, r: r["values"].get("name") == "press-1")
+        await m.write("Temperature", ua.Variant(31.5, ua.VariantType.Double))
+        await listener.wait_for(lambda d, r: r["values"].get("temperature") == 31.5)
+        runner = bridge.runners["press-1"]
+        assert await runner.command("write", {"point": "speed", "value": 1200}) == {
+            "point": "speed",
+            "value": 1200,
+        }
+        assert await m.read("Speed") == 1200
+        await listener.wait_for(lambda d, r: r["values"].get("speed") == 1200)
+        assert await runner.command("call", {"method": "reset"}) is True
+        assert await m.read("Speed") == 0
+        with pytest.raises(Exception, match="not writable"):
+            await runner.command("write", {"point": "temperature", "value": 1})
     # restart: the server goes away and comes back on the same port
-    async with machine(port) as m, listening(broker) as listener:
-        async with running_bridge(broker, [opcua_device(m)]) as bridge:
-            await listener.wait_for(lambda d, r: "temperature" in r["values"])
-            health = bridge.health["press-1"]
-            await m.stop()
-            async with asyncio.timeout(15):
-                while health.connected:
-                    await asyncio.sleep(0.1)
-            m2 = OpcuaMachine(port)
-            await m2.setup()
-            await m2.start()
-            try:
-                await m2.write("Temperature", ua.Variant(55.0, ua.VariantType.Double))
-                await listener.wait_for(lambda d, r: r["values"].get("temperature") == 55.0, 20)
-                assert health.connects >= 2
-            finally:
-                await m2.stop()
+    async with (
+        machine(port) as m,
+        listening(broker) as listener,
+        running_bridge(broker, [opcua_device(m)]) as bridge,
+    ):
+        await listener.wait_for(lambda d, r: "temperature" in r["values"])
+        health = bridge.health["press-1"]
+        await m.stop()
+        await until(lambda: not health.connected, 15)
+        m2 = OpcuaMachine(port)
+        await m2.setup()
+        await m2.start()
+        try:
+            await m2.write("Temperature", ua.Variant(55.0, ua.VariantType.Double))
+            await listener.wait_for(lambda d, r: r["values"].get("temperature") == 55.0, 20)
+            assert health.connects >= 2
+        finally:
+            await m2.stop()
 
 
 async def test_browse(port: int) -> None:
@@ -120,9 +127,13 @@ async def test_basic256sha256_and_a_refused_certificate(
     other.init(name="someone else")
     (tmp_path / "trusted").mkdir()
     (tmp_path / "trusted" / "root.der").write_bytes(
-        ca.certificate().public_bytes(__import__("cryptography").hazmat.primitives.serialization.Encoding.DER)
+        ca.certificate().public_bytes(
+            __import__("cryptography").hazmat.primitives.serialization.Encoding.DER
+        )
     )
-    key, cert = issue_opcua(ca, "urn:cybernetic:simulated-machine:server", ["127.0.0.1", "localhost"])
+    key, cert = issue_opcua(
+        ca, "urn:cybernetic:simulated-machine:server", ["127.0.0.1", "localhost"]
+    )
     (tmp_path / "server-key.pem").write_bytes(key)
     (tmp_path / "server.pem").write_bytes(cert)
     for name, authority in (("good", ca), ("bad", other)):
@@ -144,8 +155,6 @@ async def test_basic256sha256_and_a_refused_certificate(
         async with running_bridge(broker, devices) as bridge:
             await listener.wait_for(lambda d, r: d == "press-good" and "temperature" in r["values"])
             bad = bridge.health["press-bad"]
-            async with asyncio.timeout(10):
-                while not bad.errors_by_kind.get("security"):
-                    await asyncio.sleep(0.1)
+            await until(lambda: bool(bad.errors_by_kind.get("security")), 10)
             assert not bad.connected
             assert bridge.health["press-good"].connected
