@@ -11,6 +11,7 @@ Tree (docs/architecture.md, "Supervision")::
     └── workers (one_for_one)
         ├── ingest      cloud broker → store → ack (or nack) to the gateway
         ├── upkeep      rollups per minute and hour, retention (cloud.storage.upkeep)
+        ├── audit       gateway audit chains into the Merkle log, signed tree heads
         ├── sync        CRDT deltas with every gateway (amcp.sync)
         ├── s1          capability registry from announcements, intent router
         ├── fleet       every gateway's heartbeats → the fleet table (alive, late, lost)
@@ -30,6 +31,8 @@ from typing import Any
 import msgspec
 from prometheus_client import CollectorRegistry
 
+from amcp.crypto.keys import Ed25519Signer
+from amcp.crypto.keystore import KeyStore
 from amcp.link import CloudLinks, secrets_in_dir
 from amcp.runtime.config import load
 from amcp.runtime.logs import set_level
@@ -41,6 +44,7 @@ from amcp.runtime.statemarker import write_marker
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor, holding
 from amcp.store import Store
 from amcp.sync import CloudSync
+from cloud.audit import AuditLog
 from cloud.authoring import Authoring
 from cloud.config import CloudConfig
 from cloud.control import SOCKET_NAME as CONTROL_SOCKET
@@ -58,6 +62,13 @@ from cloud.storage.settings import engine_for
 from cloud.storage.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
+
+
+def _audit_signer(state: Path, cloud_id: str) -> Ed25519Signer:
+    """The key that signs the audit log's tree heads (made on first start, in the state
+    directory: its public half is in ``audit-key/keyring.json``)."""
+    keys = KeyStore(state / "audit-key")
+    return keys.signer() if keys.exists() else keys.generate(cloud_id)
 
 
 class Cloud:
@@ -89,6 +100,9 @@ class Cloud:
         )
         state.mkdir(parents=True, exist_ok=True)
         write_marker(state)
+        # gateway audit chains as one Merkle log with signed tree heads (cloud.audit)
+        signer = _audit_signer(state, config.cloud.id)
+        self.audit = AuditLog(self.engine, signer, registry=self.registry)
         self.links = CloudLinks(
             secrets_in_dir(Path(config.links.secrets_dir)),
             state / "replay.sqlite3",
@@ -148,6 +162,7 @@ class Cloud:
             else [
                 ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("upkeep", self.upkeep.run, shutdown_timeout=5),
+                ChildSpec("audit", self.audit.run, wait_ready=True, shutdown_timeout=5),
                 *(
                     [ChildSpec("sync", self.sync.run, shutdown_timeout=5)]
                     if config.sync.enabled

@@ -15,6 +15,7 @@ table outside this module and cloud.storage.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -171,6 +172,8 @@ def _store_many(tx: Tx, batches: Sequence[StoreBatch], now_ms: int) -> list[Stor
         event_row = functools.partial(_event_row, gateway, now_ms)
         event_rows, refused_events = _storable(events, check_event, event_row)
         tx.executemany(_INSERT_EVENT, event_rows)
+        audit_rows = [_audit_row(gateway, e, now_ms) for e in events if e.name == AUDIT_ENTRY]
+        tx.insert_new("audit_inbox", _AUDIT_COLUMNS, [r for r in audit_rows if r is not None])
         results.append(Stored(stored, len(rows) - stored, refused, refused_events, len(event_rows)))
         for r in rows:
             device, boot, seq, ts_ms = r[0], r[1], r[2], r[3]
@@ -190,6 +193,25 @@ def _store_many(tx: Tx, batches: Sequence[StoreBatch], now_ms: int) -> list[Stor
         _GATEWAY, [(g, now_ms, now_ms, n, stored) for g, (n, stored) in sorted(gateways.items())]
     )
     return results
+
+
+AUDIT_ENTRY = "audit.entry"
+"""Gateway audit entries travel up as events of this name (gateway.audit); each also goes to
+the audit inbox, from which the cloud's audit log takes it (cloud.audit)."""
+_AUDIT_COLUMNS = ("source", "seq", "entry", "payload", "received_ms")
+
+
+def _audit_row(gateway: str, e: EventRecord, now_ms: int) -> tuple[object, ...] | None:
+    """An inbox row for an ``audit.entry`` event (None when it is not shaped like one: the
+    event itself is kept, and the audit log finds the gap)."""
+    seq, entry, payload = e.attrs.get("seq"), e.attrs.get("entry"), e.attrs.get("payload", {})
+    if not isinstance(seq, int) or not isinstance(entry, str):
+        return None
+    try:
+        raw = base64.b64decode(entry, validate=True)
+    except ValueError:
+        return None
+    return (gateway, seq, raw, _json(payload), now_ms)
 
 
 def _reading_row(gateway: str, now_ms: int, r: Reading) -> tuple[object, ...]:

@@ -28,6 +28,7 @@ The outbox starts first and stops last, so nothing is written to a closed databa
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from amcp.crypto.keys import Signer
+from amcp.crypto.keystore import KeyStore
 from amcp.link import GatewayLink, read_secret
 from amcp.runtime.config import load
 from amcp.runtime.logs import set_level
@@ -46,6 +49,7 @@ from amcp.runtime.statemarker import write_marker
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor, holding
 from amcp.store import Store
 from amcp.sync import GatewaySync
+from gateway.audit import AuditChain
 from gateway.config import GatewayConfig
 from gateway.control import SOCKET_NAME, ControlServer
 from gateway.desired import DesiredTwins
@@ -91,6 +95,7 @@ class Gateway:
         self.config = config
         self.config_path = config_path
         self.started = time.monotonic()
+        self._signer: Signer | None = None
         gw = config.gateway
         self.metrics = GatewayMetrics()
         # every MQTT session reports its state on the gateway's registry through the transport
@@ -117,7 +122,10 @@ class Gateway:
         # every gateway event (S2, rules, policy flags) reaches the outbox through this one
         # algedonic signals and alerts, sent ahead of any backlog (gateway.urgent)
         self.urgent = UrgentLane(state / "urgent.sqlite3")
-        self.events = EventWriter(self.outbox.append_events, urgent=self.urgent)
+        # the audit chain: control-relevant actions, hash-linked, durable before they are
+        # reported up (gateway.audit); the event writer records each batch's share first
+        self.audit = AuditChain(state / "audit.sqlite3", gw.id, signer=self._node_signer)
+        self.events = EventWriter(self.outbox.append_events, urgent=self.urgent, audit=self.audit)
         self.metrics.watch_events(self.events.dropped, self.events.queued)
         # the gateway's CRDT state (capabilities, twins, patterns, limits), shared by S1, the
         # rules and sync so a row merged from the cloud notifies whoever uses it
@@ -256,6 +264,7 @@ class Gateway:
             "workers",
             [
                 ChildSpec("events", self.events.run, wait_ready=True, shutdown_timeout=5),
+                ChildSpec("audit-ship", self._ship_audit, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("twins", self.twins.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("s2", self._run_s2, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("limits", self.limits.run, wait_ready=True, shutdown_timeout=5),
@@ -294,6 +303,12 @@ class Gateway:
                 ChildSpec(
                     "urgent",
                     holding(self.urgent.open, self.urgent.close, self.urgent.held),
+                    wait_ready=True,
+                    shutdown_timeout=10,
+                ),
+                ChildSpec(
+                    "audit",
+                    holding(self.audit.open, self.audit.close, self.audit.held),
                     wait_ready=True,
                     shutdown_timeout=10,
                 ),
@@ -350,6 +365,24 @@ class Gateway:
             self.config.bridge, self.config.local_broker, client_id=client_id, transport=transport
         )
         return [ChildSpec("bridge", self.bridge.run, shutdown_timeout=5)]
+
+    def _node_signer(self) -> Signer | None:
+        """The gateway's node key when it is enrolled (it signs the audit chain's head)."""
+        if not self.config.uplink.enrol_dir:
+            return None
+        if self._signer is None:
+            keys = KeyStore(EnrolPaths(Path(self.config.uplink.enrol_dir)).keys)
+            self._signer = keys.signer() if keys.exists() else None
+        return self._signer
+
+    async def _ship_audit(self, ctx: ChildContext) -> None:
+        """Audit entries to the outbox (then to the cloud), the chain's head to the store."""
+
+        async def put_head(row: dict[str, object]) -> None:
+            value = json.dumps(row, sort_keys=True).encode()
+            await self.store.put("audit.heads", f"{self.config.gateway.id}/head", value)
+
+        await self.audit.ship(ctx, self.outbox.append_events, put_head)
 
     def _on_renewed(self, _state: object) -> None:
         """A renewal made a new link secret: sign with it from now on (the TLS context picks
@@ -423,6 +456,9 @@ class Gateway:
             log.warning(
                 "configuration changed: takes effect at the next restart", extra={"setting": name}
             )
+        await self.audit.append(
+            "config.reloaded", "operator", str(self.config_path), {"needs_restart": later}
+        )
         log.info(
             "configuration reloaded",
             extra={"path": str(self.config_path), "needs_restart": later},

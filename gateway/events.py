@@ -30,6 +30,7 @@ from amcp.runtime.session import Backoff
 from amcp.runtime.storage import StorageFullError
 from amcp.runtime.supervisor import ChildContext
 from amcp.wire.telemetry import EventRecord
+from gateway.audit import AuditChain
 from gateway.hooks import EventSink
 from gateway.outbox import encode_row
 from gateway.urgent import UrgentLane
@@ -42,11 +43,20 @@ RETRY_S = (0.25, 5.0)
 
 class EventWriter:
     def __init__(
-        self, sink: EventSink, *, urgent: UrgentLane | None = None, queue_max: int = 10_000
+        self,
+        sink: EventSink,
+        *,
+        urgent: UrgentLane | None = None,
+        audit: AuditChain | None = None,
+        queue_max: int = 10_000,
     ) -> None:
         """``urgent``: where records marked urgent go (algedonic signals, alerts), ahead of the
-        outbox's queue; without it they go to ``sink`` with the rest."""
+        outbox's queue; without it they go to ``sink`` with the rest. ``audit``: the chain
+        that records each batch's control-relevant events before the batch is written."""
         self.sink = sink
+        self.audit = audit
+        self._audited: set[int] = set()
+        """ids of queued records already in the chain (a retried batch is not recorded twice)."""
         self.urgent = urgent
         self.queue_max = queue_max
         self.queue: deque[EventRecord] = deque()
@@ -91,6 +101,10 @@ class EventWriter:
                 continue
             batch = [queue[i] for i in range(min(BATCH_MAX, len(queue)))]
             try:
+                if self.audit is not None:
+                    fresh = [r for r in batch if id(r) not in self._audited]
+                    await self.audit.record_events(fresh)
+                    self._audited.update(id(r) for r in fresh)
                 if queue is self.urgent_queue and self.urgent is not None:
                     await self._write_urgent(self.urgent, batch)
                 else:
@@ -108,7 +122,7 @@ class EventWriter:
                 await asyncio.sleep(delay)
                 continue
             for _ in batch:
-                queue.popleft()
+                self._audited.discard(id(queue.popleft()))
             if self._failing:
                 self._failing = False
                 log.warning("events written to the outbox again", extra={"events": len(batch)})

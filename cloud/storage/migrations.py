@@ -140,7 +140,7 @@ CREATE TABLE IF NOT EXISTS nonce_registry (
 ){norowid};
 CREATE INDEX IF NOT EXISTS nonce_registry_ts ON nonce_registry (ts_ms);
 CREATE TABLE IF NOT EXISTS audit_events (
-    id {serial},
+    leaf {big} PRIMARY KEY,
     source TEXT NOT NULL,
     seq {big} NOT NULL,
     ts_ms {big} NOT NULL,
@@ -148,7 +148,7 @@ CREATE TABLE IF NOT EXISTS audit_events (
     actor TEXT NOT NULL,
     subject TEXT NOT NULL,
     digest {blob} NOT NULL,
-    causation TEXT,
+    causation TEXT NOT NULL,
     prev_hash {blob} NOT NULL,
     hash {blob} NOT NULL,
     payload {json} NOT NULL,
@@ -157,6 +157,31 @@ CREATE TABLE IF NOT EXISTS audit_events (
 CREATE INDEX IF NOT EXISTS audit_events_ts ON audit_events (ts_ms);
 CREATE INDEX IF NOT EXISTS audit_events_kind_ts ON audit_events (kind, ts_ms);
 CREATE INDEX IF NOT EXISTS audit_events_subject ON audit_events (subject);
+CREATE INDEX IF NOT EXISTS audit_events_causation ON audit_events (causation);
+CREATE TABLE IF NOT EXISTS audit_inbox (
+    source TEXT NOT NULL,
+    seq {big} NOT NULL,
+    entry {blob} NOT NULL,
+    payload {json} NOT NULL,
+    received_ms {big} NOT NULL,
+    PRIMARY KEY (source, seq)
+);
+CREATE TABLE IF NOT EXISTS audit_heads (
+    size {big} PRIMARY KEY,
+    ts_ms {big} NOT NULL,
+    root {blob} NOT NULL,
+    key_id TEXT NOT NULL,
+    signature {blob} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_findings (
+    id {serial},
+    ts_ms {big} NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    seq {big} NOT NULL,
+    expected TEXT NOT NULL,
+    found TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS policies (
     name TEXT NOT NULL,
     version {big} NOT NULL,
@@ -214,7 +239,7 @@ CREATE INDEX IF NOT EXISTS context_graph_edges_dst ON context_graph_edges (dst, 
 
 STEPS: tuple[Step, ...] = (
     Step(1, "readings and events", _V1),
-    Step(2, "schema table, indexes, rollups, fleet, nonce registry, seed tables", _V2),
+    Step(2, "schema table, indexes, rollups, fleet, nonce registry, audit, seed tables", _V2),
 )
 VERSION = len(STEPS)
 
