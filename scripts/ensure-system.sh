@@ -13,6 +13,8 @@ case "${1:-services}" in
   services)
     command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
     command -v mosquitto_passwd >/dev/null 2>&1 || need_apt+=(mosquitto)
+    # tests/firmware_bridge: a Modbus RTU line as a pseudo-terminal pair
+    command -v socat >/dev/null 2>&1 || need_apt+=(socat)
     # tests/fleet: Debian hosts booted with systemd-nspawn on private network namespaces,
     # reached by Ansible over SSH
     command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
