@@ -356,7 +356,7 @@ class Gateway:
 
     def _bridge(self, transport: Transport) -> list[ChildSpec]:
         """The field-device bridge (gateway.bridge), when ``[bridge]`` lists devices."""
-        if not self.config.bridge.devices:
+        if not self.config.bridge.devices or self.config.bridge.process == "separate":
             return []
         from gateway.bridge import Bridge  # noqa: PLC0415 - loads the adapters only when used
 
