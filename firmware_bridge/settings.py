@@ -254,6 +254,10 @@ class BridgeSettings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     devices: list[dict[str, Any]] = msgspec.field(default_factory=list)
     """``[[bridge.devices]]`` tables, checked by :func:`parse_devices` (every bad field)."""
+    process: Literal["inline", "separate"] = "inline"
+    """``inline``: a child of the gateway daemon; ``separate``: the gateway leaves it to its own
+    process, ``cybernetic bridge run`` (its own unit), so a misbehaving adapter cannot take
+    ingest down and the gateway's memory stays small."""
     health_interval: Seconds = 5.0
     """Seconds between two health readings of a connected device (its S2 heartbeat)."""
     reconnect_initial: Seconds = 0.5

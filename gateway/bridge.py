@@ -28,9 +28,10 @@ from typing import Any
 import msgspec
 
 from amcp.runtime.mqtt import MqttTransport
+from amcp.runtime.service import Service
 from amcp.runtime.session import Link, Session, SessionSpec, Transport
 from amcp.runtime.settings import BrokerLink
-from amcp.runtime.supervisor import ChildContext
+from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
 from amcp.wire import topics
 from firmware_bridge.adapter import Health, Sample, build, now_ms
 from firmware_bridge.errors import BridgeError
@@ -83,6 +84,23 @@ class Bridge:
 
     async def _emit(self, device: str, sample: Sample) -> None:
         await self.queue.put((device, self._reading(device, sample.values, sample.ts_ms)))
+
+    async def serve(self) -> int:
+        """Alone in a process (``[bridge] process = "separate"``, ``cybernetic bridge run``):
+        one supervised child, signals and sd_notify as the gateway daemon has them."""
+        tree = Supervisor(
+            "bridge",
+            [ChildSpec("bridge", self.run, wait_ready=True, shutdown_timeout=5)],
+            strategy=Strategy.ONE_FOR_ONE,
+            intensity=5,
+            period=30,
+        )
+
+        def line() -> str:
+            up = sum(h.connected for h in self.health.values())
+            return f"bridge: {up}/{len(self.health)} machines connected, {self.published} sent"
+
+        return await Service(tree, status=line).run()
 
     def status(self) -> dict[str, Any]:
         return {

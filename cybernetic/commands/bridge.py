@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cybernetic.cli import UNREACHABLE, USAGE, CliError, describe_os_error
+from cybernetic.cli import UNREACHABLE, USAGE, CliError, describe_os_error, require_config
 
 
 def register(sub: Any) -> None:
@@ -28,6 +28,12 @@ def register(sub: Any) -> None:
     browse.add_argument("--timeout", type=float, default=5.0, help="seconds per request (5)")
     browse.add_argument("--json", action="store_true", help="print JSON lines")
     browse.set_defaults(handler=_browse)
+    run = verbs.add_parser("run", help="run the bridge alone ([bridge] process = 'separate')")
+    run.add_argument(
+        "-c", "--config", type=Path, default=Path("/etc/cybernetic/gateway.toml"),
+        help="gateway.toml: its [bridge] and [local_broker] (default /etc/cybernetic/gateway.toml)",
+    )  # fmt: skip
+    run.set_defaults(handler=_run)
     cert = verbs.add_parser("cert", help="issue a gateway's OPC-UA certificate (fleet CA)")
     cert.add_argument("gateway", help="the gateway id (names the application URI)")
     cert.add_argument("--pki-dir", type=Path, default=None, help="the fleet CA directory")
@@ -65,6 +71,23 @@ def _browse(args: argparse.Namespace) -> int:
         else:
             print(f"{entry['node']:<40} {entry['type']:<10} {entry['path']}")
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from amcp.runtime.service import run_daemon  # noqa: PLC0415
+    from gateway.bridge import Bridge  # noqa: PLC0415
+    from gateway.config import GatewayConfig  # noqa: PLC0415
+
+    config = require_config(args.config, GatewayConfig)
+    if not config.bridge.devices:
+        raise CliError(f"{args.config}: [bridge] lists no devices (docs/bridge.md)")
+    return run_daemon(
+        "bridge",
+        config.gateway.id,
+        args.config,
+        config.log,
+        lambda: Bridge(config.bridge, config.local_broker, client_id=f"{config.gateway.id}-bridge"),
+    )
 
 
 def _cert(args: argparse.Namespace) -> int:

@@ -175,3 +175,43 @@ async def test_rtu_over_a_pty_pair(broker: MosquittoBroker) -> None:
     finally:
         proc.terminate()
         proc.wait()
+
+
+async def test_the_bridge_in_its_own_process(
+    broker: MosquittoBroker, port: int, tmp_path: Path
+) -> None:
+    """``process = "separate"``: `cybernetic bridge run` alone, stopped by SIGTERM with 0."""
+    import signal  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    import tomli_w  # noqa: PLC0415
+
+    server = modbus_tcp(port)
+    await server.serve_forever(background=True)
+    await server.async_setValues(1, 3, 0, [123])
+    config = {
+        "gateway": {"id": "gw-b", "state_dir": str(tmp_path / "state")},
+        "local_broker": {
+            "port": broker.port,
+            "username": "gateway",
+            "password": broker.password("gateway"),
+        },
+        "uplink": {"link_secret_file": str(tmp_path / "unused")},
+        "bridge": {"process": "separate", "devices": [device(port)]},
+    }
+    path = tmp_path / "gateway.toml"
+    path.write_text(tomli_w.dumps(config))
+    async with listening(broker) as listener:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cybernetic", "bridge", "run", "-c", str(path),
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            _, reading = await listener.wait_for(lambda d, r: "temp" in r["values"], 30)
+            assert reading["values"]["temp"] == pytest.approx(12.3)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(20):
+                _, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()[-2000:]
+    await server.shutdown()
