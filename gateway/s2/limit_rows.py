@@ -199,10 +199,11 @@ class LimitRows:
             changed.append(f"{self.sources.pop(slot)} (removed)")
             self.counts["restored"] += 1
         if changed:
-            log.info(
-                "limits from the store applied",
-                extra={"changed": changed[:20], "in_force": len(self.applied), "zone": self.zone},
-            )
+            attrs = {"changed": changed[:20], "in_force": len(self.applied), "zone": self.zone}
+            log.info("limits from the store applied", extra=attrs)
+            # an event of its own: the audit chain records it (gateway.audit)
+            now = int(self._wall() * 1000)
+            self._report([EventRecord("s2.limits.applied", now, "s2", "info", dict(attrs))])
 
     def apply_config(self, config: LimitsConfig) -> None:
         """A reloaded ``[s2.limits]``: adopt it, then put the rows' values back on top."""
