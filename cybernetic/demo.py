@@ -60,6 +60,7 @@ from amcp.runtime.supervisor import stop_task
 from amcp.wire import topics
 from cloud.control import SOCKET_NAME, Answer, AppliedQuery, LimitSet, Request, send
 from cybernetic.cli import FAILED, OK, USAGE, one_line
+from cybernetic.mosquitto import free_port
 from cybernetic.stack import CloudEvent, Stack, scrape
 from gateway.s1.responder import DeviceResponder
 from gateway.s1.simulated import temperature_handlers
@@ -108,8 +109,10 @@ EVENTS_LINE = (
 )
 
 
-def _gateway_overrides() -> dict[str, object]:
+def _gateway_overrides(machines: list[dict[str, object]] | None = None) -> dict[str, object]:
     overrides: dict[str, object] = {"s1": {"capabilities": [DEMO_CAPABILITY]}}
+    if machines:  # a simulated OPC-UA press and Modbus meter, read by the gateway's bridge
+        overrides["bridge"] = {"devices": machines}
     policy = EXAMPLES / "policies" / "demo.policy"
     if policy.exists():  # shipped with the source tree
         overrides["policy"] = {"file": str(policy)}
@@ -679,7 +682,9 @@ class Monitor:
         )
         # the devices' count is read after the daemons' counts, so that it is not behind them
         # (a reading taken meanwhile would show the gateway storing more than was published)
-        return Flow(self.published(), gw, cloud)
+        # the bridge's machine readings are published by the gateway itself (docs/bridge.md)
+        machines = _int(gw, "cybernetic_bridge_readings_total")
+        return Flow(self.published() + machines, gw, cloud)
 
     def start(self) -> None:
         self.clock = Clock()
@@ -989,8 +994,13 @@ async def run_demo(opts: DemoOptions) -> int:
     stack: Stack | None = None
     failure: DemoError | None = None
     try:
-        stack = Stack(state, gateway_id="demo-gw", gateway=_gateway_overrides(), tls=True)
-        await _run(stack, opts, stopper, out)
+        from firmware_bridge.simulated import demo_devices, demo_machines  # noqa: PLC0415
+
+        ports = (free_port(), free_port())
+        overrides = _gateway_overrides(demo_devices(*ports))
+        stack = Stack(state, gateway_id="demo-gw", gateway=overrides, tls=True)
+        async with demo_machines(*ports):
+            await _run(stack, opts, stopper, out)
     except Exception as exc:  # every failure is one line, never a traceback
         kept = f" (its state is kept in {state})" if temporary else ""
         failure = DemoError(f"the demo could not run: {one_line(str(exc)) or exc!r}{kept}")

@@ -3,8 +3,12 @@ small machine address space and a real pymodbus server (TCP, or RTU on a serial 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
 import time
+from collections.abc import AsyncIterator
 
 from asyncua import ua
 from asyncua.server.server import Server
@@ -25,6 +29,8 @@ class OpcuaMachine:
         self.variables: dict[str, ua.NodeId] = {}
 
     async def setup(self) -> None:
+        # a simulator: asyncua's notes on its own open endpoint are not the operator's concern
+        logging.getLogger("asyncua.server").setLevel(logging.ERROR)
         s = self.server
         await s.init()
         s.set_endpoint(self.endpoint)
@@ -105,3 +111,61 @@ def modbus_rtu(
     port: str, units: tuple[int, ...] = (1,), baudrate: int = 19200
 ) -> ModbusSerialServer:
     return ModbusSerialServer([modbus_device(u) for u in units], port=port, baudrate=baudrate)
+
+
+def demo_devices(opcua_port: int, modbus_port: int) -> list[dict[str, object]]:
+    """``[[bridge.devices]]`` for the demo's two machines."""
+    ns = "ns=2;s=Machine."
+    return [
+        {
+            "protocol": "opcua",
+            "id": "press-1",
+            "endpoint": f"opc.tcp://127.0.0.1:{opcua_port}/machine",
+            "publish_ms": 500,
+            "points": [
+                {"name": "temperature", "node": ns + "Temperature", "sampling_ms": 500},
+                {"name": "speed", "node": ns + "Speed", "writable": True},
+            ],
+        },
+        {
+            "protocol": "modbus",
+            "id": "meter-1",
+            "port": modbus_port,
+            "groups": [
+                {
+                    "interval": 1.0,
+                    "points": [
+                        {"name": "power_w", "address": 0, "type": "uint32"},
+                        {"name": "voltage", "address": 2, "type": "int16", "scale": 0.1},
+                    ],
+                }
+            ],
+        },
+    ]
+
+
+@contextlib.asynccontextmanager
+async def demo_machines(opcua_port: int, modbus_port: int) -> AsyncIterator[None]:
+    """The demo's press (OPC-UA) and power meter (Modbus TCP), their values drifting."""
+    press = OpcuaMachine(opcua_port)
+    await press.setup()
+    await press.start()
+    meter = modbus_tcp(modbus_port)
+    await meter.serve_forever(background=True)
+
+    async def drift() -> None:
+        while True:
+            await press.tick()
+            watts = int(1500 + 300 * math.sin(time.time() / 7))
+            await meter.async_setValues(1, 3, 0, [watts >> 16, watts & 0xFFFF, 2301])
+            await asyncio.sleep(1.0)
+
+    task = asyncio.create_task(drift())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await meter.shutdown()  # type: ignore[no-untyped-call]
+        await press.stop()

@@ -362,7 +362,11 @@ class Gateway:
 
         client_id = f"{self.config.gateway.id}-bridge"
         self.bridge = Bridge(
-            self.config.bridge, self.config.local_broker, client_id=client_id, transport=transport
+            self.config.bridge,
+            self.config.local_broker,
+            client_id=client_id,
+            transport=transport,
+            registry=self.metrics.registry,
         )
         return [ChildSpec("bridge", self.bridge.run, shutdown_timeout=5)]
 

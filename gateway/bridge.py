@@ -26,6 +26,9 @@ import uuid
 from typing import Any
 
 import msgspec
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from amcp.runtime.mqtt import MqttTransport
 from amcp.runtime.service import Service
@@ -44,6 +47,38 @@ QUEUE_MAX = 10_000
 """Readings waiting for the local broker; when full, the machines' reads wait (back pressure)."""
 
 
+class BridgeCollector(Collector):
+    """The bridge's figures on the gateway's /metrics (per machine: up, reads, errors, latency)."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    def collect(self) -> Any:
+        b = self.bridge
+        sent = CounterMetricFamily(
+            "cybernetic_bridge_readings", "Machine readings the bridge published to ingest"
+        )
+        sent.add_metric([], b.published)
+        yield sent
+        up = GaugeMetricFamily(
+            "cybernetic_bridge_device_up", "1 while connected", labels=["device"]
+        )
+        reads = CounterMetricFamily("cybernetic_bridge_reads", "Good reads", labels=["device"])
+        errors = CounterMetricFamily(
+            "cybernetic_bridge_errors", "Failed reads and links", labels=["device", "kind"]
+        )
+        latency = GaugeMetricFamily(
+            "cybernetic_bridge_latency_ms", "Smoothed request latency", labels=["device"]
+        )
+        for device, h in b.health.items():
+            up.add_metric([device], float(h.connected))
+            reads.add_metric([device], h.reads_ok)
+            latency.add_metric([device], h.latency_ms)
+            for kind, n in h.errors_by_kind.items():
+                errors.add_metric([device, kind], n)
+        yield from (up, reads, errors, latency)
+
+
 class Bridge:
     def __init__(
         self,
@@ -53,6 +88,7 @@ class Bridge:
         client_id: str,
         transport: Transport | None = None,
         devices: list[Device] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.devices = devices if devices is not None else settings.parsed()
@@ -76,6 +112,8 @@ class Bridge:
             SessionSpec(client_id, tuple(topics.device_commands_filter(d) for d in self.runners)),
             name="bridge",
         )
+        if registry is not None:
+            registry.register(BridgeCollector(self))
 
     def _reading(self, device: str, values: dict[str, Any], ts_ms: int) -> bytes:
         seq = self._seq[device] = self._seq[device] + 1
