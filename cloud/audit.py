@@ -135,7 +135,7 @@ class AuditLog:
                 taken.append((source, seq))
                 if any(f.kind in {"repeat", "foreign"} for f in found):
                     continue  # not a new leaf
-                digest = entry_hash(entry)
+                digest = state.head  # the entry's hash, as check_chain computed it
                 leaf = leaf_hash(_leaf_data(digest))
                 appended.append((size + len(leaves), entry, digest, _json(payload)))
                 leaves.append(leaf)

@@ -5,7 +5,7 @@ first), so changing, dropping, swapping or inserting an entry breaks every link 
 entry's hash is ``SHA-256("cybernetic-audit-entry-v1" || 0x00 || msgpack(entry))`` over the
 entry as an array (field order fixed), so any implementation can recompute it
 (docs/audit.md). ``digest`` is the SHA-256 of the payload's canonical JSON (sorted keys, no
-spaces), so the payload can travel and be stored apart and still be checked.
+spaces, UTF-8), so the payload can travel and be stored apart and still be checked.
 
 :func:`check_chain` walks entries in order and returns :class:`Finding` s — never raises on bad
 data: a gap, a repeat, a fork (a link to the wrong previous hash), a bad digest, another
@@ -15,7 +15,6 @@ gateway's entry — each with the sequence number and what was expected and foun
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -24,6 +23,7 @@ import msgspec
 DOMAIN = b"cybernetic-audit-entry-v1\x00"
 GENESIS = bytes(32)
 _encode = msgspec.msgpack.Encoder().encode
+_canonical = msgspec.json.Encoder(order="sorted", enc_hook=str).encode
 
 
 class Entry(msgspec.Struct, frozen=True, array_like=True):
@@ -45,8 +45,9 @@ class Entry(msgspec.Struct, frozen=True, array_like=True):
 
 
 def payload_digest(payload: Mapping[str, Any]) -> bytes:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).digest()
+    """SHA-256 of the payload as canonical JSON: keys sorted, no spaces, UTF-8 (msgspec's
+    ``order="sorted"``; values JSON cannot hold are written as their text)."""
+    return hashlib.sha256(_canonical(payload)).digest()
 
 
 def entry_hash(entry: Entry) -> bytes:
