@@ -4,6 +4,7 @@ exception answers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 import tempfile
@@ -215,3 +216,24 @@ async def test_the_bridge_in_its_own_process(
                 _, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()[-2000:]
     await server.shutdown()
+
+
+async def test_a_peer_answering_garbage_is_counted_not_fatal(
+    broker: MosquittoBroker, port: int
+) -> None:
+    """A TCP peer that answers every request with bytes that are no Modbus frame."""
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(256):
+                writer.write(b"\xde\xad\xbe\xef not modbus at all \x00\x01")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", port)
+    bridged = running_bridge(broker, [device(port, timeout=0.2)], health_interval=600)
+    async with server, bridged as bridge:
+        health = bridge.health["plc-1"]
+        await until(lambda: health.errors_by_kind.get("no_answer", 0) >= 3, 15)
+        await until(lambda: health.connects >= 2, 15)  # gave up on the link, connected again
+        assert bridge.published == 0  # nothing made up from garbage
