@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from cybernetic.cloud_workers import Fleet, fill, stored, until
 from cybernetic.postgres import PostgresCluster
 from cybernetic.stack import scrape
-from cybernetic.cloud_workers import Fleet, fill, stored, until
 
 pytestmark = pytest.mark.slow
 
