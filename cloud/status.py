@@ -40,5 +40,21 @@ def report(cloud: Cloud) -> dict[str, Any]:
             "peers": len(cloud.sync.engine.sessions),
         },
         "fleet": cloud.fleet.report(),
+        "storage": {
+            "engine": cloud.engine.name,
+            "at": cloud.engine.describe(),
+            "reachable": cloud.registry.get_sample_value("cybernetic_storage_reachable") != 0,
+        },
+        "audit": {
+            "entries": len(cloud.audit.tree),
+            "findings": int(
+                sum(
+                    s.value
+                    for m in cloud.audit.findings.collect()
+                    for s in m.samples
+                    if s.name.endswith("_total")
+                )
+            ),
+        },
         "supervisor": tree_json(cloud.supervisor.tree()),
     }

@@ -152,6 +152,13 @@ def summary(r: dict[str, Any]) -> list[str]:
             if counts
             else "  fleet: no gateway heard from yet"
         )
+    if "storage" in r:
+        st = r["storage"]
+        state = "" if st.get("reachable", True) else " (unreachable: ingest waits)"
+        lines.append(f"  storage: {st['engine']} at {st['at']}{state}")
+    if "audit" in r:
+        a = r["audit"]
+        lines.append(f"  audit log: {a['entries']} entries, {a['findings']} findings")
     trouble = _restarts(r.get("supervisor", []))
     lines.append("  parts: " + ("; ".join(trouble) if trouble else "all running, no restarts"))
     return lines

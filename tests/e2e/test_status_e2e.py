@@ -67,6 +67,9 @@ async def test_status_of_a_running_gateway_and_cloud(tmp_path: Path) -> None:
         assert cloud["ready"] is True
         shown_cloud = await asyncio.to_thread(status, stack.cloud_config)
         assert "fleet: " in shown_cloud.stdout
+        assert "storage: sqlite at sqlite:" in shown_cloud.stdout
+        assert "audit log: " in shown_cloud.stdout
+        assert cloud["storage"]["reachable"] is True
 
         stack.cloud_broker.stop()  # the cloud link goes: the gateway still takes telemetry
         await asyncio.sleep(1.0)
