@@ -50,10 +50,6 @@ class TreeHead(msgspec.Struct, frozen=True):
         )
 
 
-def _leaf_data(entry_digest: bytes) -> bytes:
-    return entry_digest
-
-
 class AuditLog:
     def __init__(
         self,
@@ -113,10 +109,10 @@ class AuditLog:
         for source, rows in _by_source(pending).items():
             state = chains.get(source, ChainState())
             for seq, raw, payload, received_ms, logged in rows:
-                try:
-                    entry = _decode_entry(raw)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    findings.append(Finding(source, "hash", seq, "an entry", f"undecodable: {exc}"))
+                entry = _decode(raw)
+                if isinstance(entry, str):
+                    # refused with its reason: an entry no store can hold must not stop the log
+                    findings.append(Finding(source, "hash", seq, "a storable entry", entry))
                     taken.append((source, seq))
                     continue
                 if logged is not None or entry.seq <= state.seq:
@@ -136,7 +132,7 @@ class AuditLog:
                 if any(f.kind in {"repeat", "foreign"} for f in found):
                     continue  # not a new leaf
                 digest = state.head  # the entry's hash, as check_chain computed it
-                leaf = leaf_hash(_leaf_data(digest))
+                leaf = leaf_hash(digest)  # the leaf data is the entry's hash
                 appended.append((size + len(leaves), entry, digest, _json(payload)))
                 leaves.append(leaf)
             chains[source] = state
@@ -170,6 +166,31 @@ class AuditLog:
 
     def consistency(self, old: int, new: int) -> list[bytes]:
         return self.tree.consistency_proof(old, new)
+
+
+_INT64 = 1 << 63
+
+
+def _decode(raw: bytes) -> Entry | str:
+    """The entry, or why it cannot be taken."""
+    try:
+        entry = _decode_entry(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return f"undecodable: {exc}"
+    return unstorable(entry) or entry
+
+
+def unstorable(entry: Entry) -> str | None:
+    """Why ``entry`` cannot be stored as it is (None when it can): numbers beyond 64 bits,
+    text with NUL characters (PostgreSQL refuses them), hashes of the wrong length."""
+    if not 0 < entry.seq < _INT64 or not -_INT64 <= entry.ts_ms < _INT64:
+        return f"seq or ts_ms out of range ({entry.seq}, {entry.ts_ms})"
+    texts = (entry.source, entry.kind, entry.actor, entry.subject, entry.causation)
+    if any("\x00" in t for t in texts):
+        return "a text field holds a NUL character"
+    if len(entry.digest) != 32 or len(entry.prev) != 32:
+        return "digest and prev must be 32 bytes"
+    return None
 
 
 def _json(value: Any) -> str:

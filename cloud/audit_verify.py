@@ -15,17 +15,16 @@ expected and found. The findings recorded at ingest are listed too.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from amcp.audit.chain import ChainState, Entry, check_chain, entry_hash
 from amcp.audit.merkle import MerkleTree, ProofError, leaf_hash, verify_consistency
+from amcp.crypto.keyring import Keyring
+from amcp.crypto.keystore import KeyStore, KeyStoreError
 from cloud.audit import TreeHead
 from cloud.storage.engine import Tx
 
@@ -39,18 +38,13 @@ class Report(msgspec.Struct):
     """Findings recorded at ingest (gaps, forks... in what gateways sent)."""
 
 
-def public_keys(key_dir: Path) -> dict[str, bytes]:
-    """The audit key's public halves by key id, from its keyring file."""
+def audit_keys(key_dir: Path) -> Keyring:
+    """The audit key's keyring (its public halves), or an empty one when there is none."""
+    store = KeyStore(key_dir)
     try:
-        data = json.loads((key_dir / "keyring.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    entries = data.get("entries", []) if isinstance(data, dict) else []
-    return {
-        e["key_id"]: base64.b64decode(e["material"])
-        for e in entries
-        if isinstance(e, dict) and e.get("alg") == "ed25519" and "material" in e
-    }
+        return store.keyring() if store.exists() else Keyring()
+    except (KeyStoreError, OSError, ValueError):
+        return Keyring()
 
 
 def _rows(tx: Tx, gateway: str | None) -> Iterator[tuple[int, Entry, bytes, object]]:
@@ -70,7 +64,7 @@ def _rows(tx: Tx, gateway: str | None) -> Iterator[tuple[int, Entry, bytes, obje
         yield int(leaf), entry, bytes(h), payload
 
 
-def verify(tx: Tx, keys: dict[str, bytes], gateway: str | None = None) -> Report:
+def verify(tx: Tx, keys: Keyring, gateway: str | None = None) -> Report:
     report = Report()
     recorded = tx.execute(
         "SELECT source, seq, kind, expected, found FROM audit_findings ORDER BY id"
@@ -112,7 +106,7 @@ def verify(tx: Tx, keys: dict[str, bytes], gateway: str | None = None) -> Report
     return report
 
 
-def _heads(tx: Tx, tree: MerkleTree, keys: dict[str, bytes], report: Report) -> None:
+def _heads(tx: Tx, tree: MerkleTree, keys: Keyring, report: Report) -> None:
     previous: TreeHead | None = None
     for size, ts, root, key_id, sig in tx.execute(
         "SELECT size, ts_ms, root, key_id, signature FROM audit_heads ORDER BY size"
@@ -127,7 +121,7 @@ def _heads(tx: Tx, tree: MerkleTree, keys: dict[str, bytes], report: Report) -> 
                 f"tree head {head.size}: root expected {tree.root(head.size).hex()}, "
                 f"found {head.root.hex()}"
             )
-        if not _signed(head, keys.get(head.key_id)):
+        if not _signed(head, keys):
             report.problems.append(f"tree head {head.size}: bad signature (key {head.key_id})")
         if previous is not None and previous.size < head.size:
             try:
@@ -140,11 +134,6 @@ def _heads(tx: Tx, tree: MerkleTree, keys: dict[str, bytes], report: Report) -> 
         previous = head
 
 
-def _signed(head: TreeHead, public: bytes | None) -> bool:
-    if public is None:
-        return False
-    try:
-        Ed25519PublicKey.from_public_bytes(public).verify(head.signature, head.signed_bytes())
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+def _signed(head: TreeHead, keys: Keyring) -> bool:
+    found = keys.get(head.key_id)
+    return found is not None and found[1](head.signature, head.signed_bytes())

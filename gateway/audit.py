@@ -2,7 +2,7 @@
 
 What is recorded (docs/audit.md): policy bundles applied or refused, pattern sets swapped or
 refused, limit rows applied or refused, zombies declared and recovered, leases expired, desired
-twin values applied, configuration reloads and capability reassignments. Most of these are
+twin values applied, configuration reloads. All but reloads are
 gateway events already; :meth:`AuditChain.record_events` is called by the event writer with
 each batch *before* the batch goes to the outbox, so the chain holds an action before anything
 reports it up. Others are appended where they happen (:meth:`AuditChain.append`).
@@ -46,10 +46,9 @@ AUDITED = (
     "s2.zombie",
     "s2.lease.",
     "twin.desired.applied",
-    "s1.reassigned",
-    "config.reloaded",
 )
-"""Event names (prefixes) the chain records."""
+"""Event names (prefixes) the chain records from the event writer's batches (reloads are
+appended where they happen: gateway.app, Gateway.reload)."""
 ENTRY_EVENT = "audit.entry"
 
 _V1 = """

@@ -26,7 +26,7 @@ from typing import Any
 from amcp.audit.merkle import verify_inclusion
 from amcp.crypto.keystore import KeyStore
 from cloud.audit import AuditLog
-from cloud.audit_verify import public_keys, verify
+from cloud.audit_verify import audit_keys, verify
 from cloud.readings import ReadingStore, StoreBatch
 from cloud.storage.engine import Engine, Tx
 from cloud.storage.postgres import PostgresEngine
@@ -168,7 +168,7 @@ async def _main(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         statistics.median(_proofs(log, 20_000) for _ in range(args.runs))
     )
     started = time.perf_counter()
-    report = await engine.read(lambda tx: verify(tx, public_keys(keys.directory)))
+    report = await engine.read(lambda tx: verify(tx, audit_keys(keys.directory)))
     result["verify_full_log_s"] = round(time.perf_counter() - started, 2)
     result["verified_entries"] = report.entries
     result["verify_problems"] = len(report.problems)

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cloud.audit_verify import Report, public_keys, verify
+from cloud.audit_verify import Report, audit_keys, verify
 from cloud.config import CloudConfig
 from cloud.storage.engine import Engine, StorageConfigError, Tx
 from cloud.storage.settings import engine_for
@@ -91,7 +91,7 @@ def _read(args: argparse.Namespace, fn: Any) -> Any:
 
 def _verify(args: argparse.Namespace) -> int:
     report: Report = _read(
-        args, lambda tx, state: verify(tx, public_keys(state / "audit-key"), args.gateway)
+        args, lambda tx, state: verify(tx, audit_keys(state / "audit-key"), args.gateway)
     )
     if args.json:
         print(

@@ -4,15 +4,19 @@ located; what gateways send wrong recorded as findings."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from amcp.audit.chain import GENESIS, Entry
 from amcp.audit.merkle import leaf_hash, verify_inclusion
 from amcp.crypto.keystore import KeyStore
+from amcp.wire.telemetry import EventRecord
 from cloud.audit import AuditLog
-from cloud.audit_verify import Report, public_keys, verify
+from cloud.audit_verify import Report, audit_keys, verify
 from cloud.readings import ReadingStore, StoreBatch
 from cloud.storage.engine import Tx
 from cloud.storage.postgres import PostgresEngine
@@ -65,7 +69,7 @@ async def _ship(store: ReadingStore, chain: AuditChain, sender: str | None = Non
 
 
 async def _verify(store: ReadingStore, keys: KeyStore, gateway: str | None = None) -> Report:
-    found = public_keys(keys.directory)
+    found = audit_keys(keys.directory)
     return await store.engine.read(lambda tx: verify(tx, found, gateway))
 
 
@@ -207,3 +211,39 @@ async def test_a_truncated_chain_and_another_gateways_entries_are_findings(
     assert "gw-1 entry 6: gap: expected seq 4, found seq 6" in report.findings
     assert any(f.startswith("gw-2 entry 1: foreign") for f in report.findings), report.findings
     await chain.close()
+
+
+async def test_an_entry_no_store_can_hold_is_a_finding_and_the_others_are_logged(
+    store: ReadingStore, keys: KeyStore, tmp_path: Path
+) -> None:
+    clock = Clock()
+    log = AuditLog(store.engine, keys.signer(), clock=clock, gap_wait_s=0)
+    await log.load()
+    hostile = [
+        Entry("gw-bad", 1, 1, "a\x00b", "x", "y", bytes(32), "", GENESIS),  # NUL in text
+        Entry("gw-bad", 2, 2**63 + 5, "k", "x", "y", bytes(32), "", GENESIS),  # beyond 64 bits
+        Entry("gw-bad", 3, 1, "k", "x", "y", b"short", "", GENESIS),  # not a hash
+    ]
+    events = [
+        EventRecord(
+            "audit.entry",
+            1,
+            "gw-bad",
+            "info",
+            {"seq": e.seq, "entry": base64.b64encode(msgspec.msgpack.encode(e)).decode()},
+        )
+        for e in hostile
+    ]
+    await store.store_many([StoreBatch("gw-bad", [], events)], 1)
+    good = await _chain(tmp_path, "gw-good", clock, 5)
+    await _ship(store, good)
+    assert await log.round() == 5
+    report = await _verify(store, keys)
+    assert report.problems == []
+    assert report.entries == 5
+    bad = [f for f in report.findings if f.startswith("gw-bad")]
+    assert len(bad) == 3, report.findings
+    assert "NUL" in bad[0]
+    assert "out of range" in bad[1]
+    assert "32 bytes" in bad[2]
+    await good.close()
