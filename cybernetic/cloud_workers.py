@@ -27,7 +27,7 @@ from amcp.runtime.supervisor import ChildContext
 from amcp.wire import topics
 from amcp.wire.telemetry import Reading, TelemetryBatch
 from cybernetic.mosquitto import MosquittoBroker, free_port
-from cybernetic.stack import scrape
+from cybernetic.stack import Stack, scrape
 from gateway.config import UplinkSettings
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox, OutboxSettings, encode_row
@@ -114,15 +114,7 @@ class Fleet:
         return scrape(self.metrics[name], 0.5).get("cybernetic_cloud_ingest_connected") == 1
 
     def stop_worker(self, name: str, sig: int = signal.SIGTERM) -> None:
-        proc = self.workers[name]
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        Stack.stop_process(self.workers[name], sig)
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"

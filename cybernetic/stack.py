@@ -265,7 +265,10 @@ class Stack:
         return path.read_text(errors="replace") if path.exists() else ""
 
     @staticmethod
-    def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float = 20.0) -> int | None:
+    def stop_process(
+        proc: subprocess.Popen[bytes] | None, sig: int, timeout: float = 20.0
+    ) -> int | None:
+        """Signal a daemon's process group, wait, SIGKILL it past ``timeout``; its exit code."""
         if proc is None or proc.poll() is not None:
             return proc.returncode if proc else None
         with contextlib.suppress(ProcessLookupError):
@@ -277,16 +280,16 @@ class Stack:
             return proc.wait()
 
     def stop_gateway(self) -> int | None:
-        return self._stop(self.gateway_proc, signal.SIGTERM)
+        return self.stop_process(self.gateway_proc, signal.SIGTERM)
 
     def kill_gateway(self) -> None:
-        self._stop(self.gateway_proc, signal.SIGKILL)
+        self.stop_process(self.gateway_proc, signal.SIGKILL)
 
     def stop_cloud(self) -> int | None:
-        return self._stop(self.cloud_proc, signal.SIGTERM)
+        return self.stop_process(self.cloud_proc, signal.SIGTERM)
 
     def kill_cloud(self) -> None:
-        self._stop(self.cloud_proc, signal.SIGKILL)
+        self.stop_process(self.cloud_proc, signal.SIGKILL)
 
     def close(self) -> None:
         self.stop_gateway()

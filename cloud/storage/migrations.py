@@ -100,28 +100,8 @@ CREATE TABLE IF NOT EXISTS devices (
     first_seen_ms {big} NOT NULL
 ){norowid};
 CREATE INDEX IF NOT EXISTS devices_gateway ON devices (gateway);
-CREATE TABLE IF NOT EXISTS rollup_minute (
-    device TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    bucket_ms {big} NOT NULL,
-    n {big} NOT NULL,
-    total {real} NOT NULL,
-    low {real} NOT NULL,
-    high {real} NOT NULL,
-    PRIMARY KEY (device, metric, bucket_ms)
-){norowid};
-CREATE INDEX IF NOT EXISTS rollup_minute_bucket ON rollup_minute (bucket_ms);
-CREATE TABLE IF NOT EXISTS rollup_hour (
-    device TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    bucket_ms {big} NOT NULL,
-    n {big} NOT NULL,
-    total {real} NOT NULL,
-    low {real} NOT NULL,
-    high {real} NOT NULL,
-    PRIMARY KEY (device, metric, bucket_ms)
-){norowid};
-CREATE INDEX IF NOT EXISTS rollup_hour_bucket ON rollup_hour (bucket_ms);
+{rollup_minute}
+{rollup_hour}
 CREATE TABLE IF NOT EXISTS rollup_pending (
     device TEXT NOT NULL,
     bucket_ms {big} NOT NULL,
@@ -236,6 +216,26 @@ CREATE TABLE IF NOT EXISTS context_graph_edges (
 );
 CREATE INDEX IF NOT EXISTS context_graph_edges_dst ON context_graph_edges (dst, kind)
 """
+
+
+def _rollup(table: str) -> str:
+    """One rollup table (minute or hour: the same shape)."""
+    return f"""CREATE TABLE IF NOT EXISTS {table} (
+    device TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    bucket_ms {{big}} NOT NULL,
+    n {{big}} NOT NULL,
+    total {{real}} NOT NULL,
+    low {{real}} NOT NULL,
+    high {{real}} NOT NULL,
+    PRIMARY KEY (device, metric, bucket_ms)
+){{norowid}};
+CREATE INDEX IF NOT EXISTS {table}_bucket ON {table} (bucket_ms);"""
+
+
+_V2 = _V2.replace("{rollup_minute}", _rollup("rollup_minute")).replace(
+    "{rollup_hour}", _rollup("rollup_hour")
+)
 
 STEPS: tuple[Step, ...] = (
     Step(1, "readings and events", _V1),
