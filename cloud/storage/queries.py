@@ -1,4 +1,5 @@
-"""The read queries the API and console use, the same SQL on both engines.
+"""The read queries the API and console will use, the same SQL on both engines (no daemon serves
+them yet: the API is a later issue; tests/cloud/storage runs them on both engines).
 
 Each is a function of a :class:`~cloud.storage.engine.Tx` (run it with ``engine.read``), with
 keyset pagination: a page ends with the key of its last row, and the next page starts after it
