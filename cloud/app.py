@@ -12,6 +12,7 @@ Tree (docs/architecture.md, "Supervision")::
         ├── ingest      cloud broker → store → ack (or nack) to the gateway
         ├── upkeep      rollups per minute and hour, retention (cloud.storage.upkeep)
         ├── audit       gateway audit chains into the Merkle log, signed tree heads
+        ├── mitigations S4: a mitigation proposed for every alert (cloud.mitigations)
         ├── sync        CRDT deltas with every gateway (amcp.sync)
         ├── s1          capability registry from announcements, intent router
         ├── fleet       every gateway's heartbeats → the fleet table (alive, late, lost)
@@ -54,6 +55,7 @@ from cloud.enrolment import open_enrolment
 from cloud.fleet import Fleet
 from cloud.ingest import CloudIngest
 from cloud.llm.engine import Engine as LlmEngine
+from cloud.mitigations import Mitigations
 from cloud.readings import ReadingStore
 from cloud.s1 import CloudS1
 from cloud.status import report as status_report
@@ -149,6 +151,8 @@ class Cloud:
         )
         # S4/S5 reason through this engine: [llm]'s providers, then the built-in planner
         self.llm = LlmEngine.from_settings(config.llm, registry=self.registry)
+        # S4: a mitigation proposed for every alert, in the causality graph (cloud.mitigations)
+        self.mitigations = Mitigations(self.engine, self.llm)
         # the durable resources under rest_for_one, the workers one_for_one beneath them: see
         # the tree in docs/architecture.md, section Supervision
         ingest_only = config.cloud.role == "ingest"
@@ -163,6 +167,7 @@ class Cloud:
                 ChildSpec("ingest", self.ingest.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("upkeep", self.upkeep.run, shutdown_timeout=5),
                 ChildSpec("audit", self.audit.run, wait_ready=True, shutdown_timeout=5),
+                ChildSpec("mitigations", self.mitigations.run, shutdown_timeout=5),
                 *(
                     [ChildSpec("sync", self.sync.run, shutdown_timeout=5)]
                     if config.sync.enabled

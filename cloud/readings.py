@@ -34,6 +34,7 @@ from amcp.wire.telemetry import (
     check_event,
     check_reading,
 )
+from cloud import causality
 from cloud.storage.engine import Engine, Tx
 from cloud.storage.sqlite import SqliteEngine
 
@@ -172,6 +173,8 @@ def _store_many(tx: Tx, batches: Sequence[StoreBatch], now_ms: int) -> list[Stor
         event_row = functools.partial(_event_row, gateway, now_ms)
         event_rows, refused_events = _storable(events, check_event, event_row)
         tx.executemany(_INSERT_EVENT, event_rows)
+        traced = [e for i, e in enumerate(events) if i not in refused_events]
+        causality.write(tx, *causality.event_rows(gateway, _traced(traced), now_ms))
         audit_rows = [_audit_row(gateway, e, now_ms) for e in events if e.name == AUDIT_ENTRY]
         tx.insert_new("audit_inbox", _AUDIT_COLUMNS, [r for r in audit_rows if r is not None])
         results.append(Stored(stored, len(rows) - stored, refused, refused_events, len(event_rows)))
@@ -193,6 +196,11 @@ def _store_many(tx: Tx, batches: Sequence[StoreBatch], now_ms: int) -> list[Stor
         _GATEWAY, [(g, now_ms, now_ms, n, stored) for g, (n, stored) in sorted(gateways.items())]
     )
     return results
+
+
+def _traced(events: Sequence[EventRecord]) -> list[EventRecord]:
+    """The events the causality graph holds: all but audit entries (copies of events)."""
+    return [e for e in events if e.name != AUDIT_ENTRY]
 
 
 AUDIT_ENTRY = "audit.entry"

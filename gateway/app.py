@@ -49,11 +49,12 @@ from amcp.runtime.statemarker import write_marker
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor, holding
 from amcp.store import Store
 from amcp.sync import GatewaySync
+from amcp.wire.telemetry import EventRecord
 from gateway.audit import AuditChain
 from gateway.config import GatewayConfig
 from gateway.control import SOCKET_NAME, ControlServer
 from gateway.desired import DesiredTwins
-from gateway.enrol import EnrolPaths, RenewalPolicy, Renewer
+from gateway.enrol import EnrolmentError, EnrolmentState, EnrolPaths, RenewalPolicy, Renewer
 from gateway.events import EventWriter
 from gateway.heartbeat import HeartbeatSender
 from gateway.hooks import IngestFilter, IngestObserver
@@ -148,6 +149,7 @@ class Gateway:
             on_intent_final=self.metrics.observe_intent,
             gate=gate,
             leases=leases,
+            report=self.events.submit,
         )
         self.s2 = S2Service(config.s2, reassign=self.s1.reassign, gate=gate, leases=leases)
         self.s2.register(self.metrics.registry)
@@ -386,13 +388,33 @@ class Gateway:
             value = json.dumps(row, sort_keys=True).encode()
             await self.store.put("audit.heads", f"{self.config.gateway.id}/head", value)
 
+        await self._record_trust()
         await self.audit.ship(ctx, self.outbox.append_events, put_head)
 
-    def _on_renewed(self, _state: object) -> None:
+    async def _record_trust(self) -> None:
+        """The enrolment (``cybernetic gateway enrol`` runs before the daemon) and a renewal
+        the daemon did not record (it stopped first), each appended to the audit chain once."""
+        if not self.config.uplink.enrol_dir:
+            return
+        try:
+            state = EnrolPaths(Path(self.config.uplink.enrol_dir)).load()
+        except (OSError, ValueError, EnrolmentError):  # not enrolled, or unreadable
+            return
+        payload = _trust_payload(state)
+        last = await self.audit.last("trust.")
+        if last is not None and {k: last.get(k) for k in payload} == payload:
+            return
+        kind = "trust.enrolled" if last is None else "trust.renewed"
+        await self.audit.append(kind, "gateway", state.gateway, payload)
+
+    def _on_renewed(self, state: EnrolmentState) -> None:
         """A renewal made a new link secret: sign with it from now on (the TLS context picks
         up a renewed certificate by itself at the next connection)."""
         self.link.rekey(read_secret(EnrolPaths(Path(self.config.uplink.enrol_dir)).link_secret))
         log.info("link keys renewed")
+        now = int(time.time() * 1000)
+        payload = _trust_payload(state)
+        self.events.submit([EventRecord("trust.renewed", now, state.gateway, "info", payload)])
 
     def _s2_event(self, event: S2Event) -> None:
         """The events of S2's gate and lease table (built before S2): to the event writer."""
@@ -484,3 +506,14 @@ class Gateway:
             self.link.close()
             if server is not None:
                 server.close()
+
+
+def _trust_payload(state: EnrolmentState) -> dict[str, Any]:
+    """What the audit chain records of the gateway's trust (no secret: ids, epoch, times)."""
+    return {
+        "cloud": state.cloud,
+        "epoch": state.epoch,
+        "cert_ms": state.cert_ms,
+        "cert_not_after_ms": state.cert_not_after_ms,
+        "link_ms": state.link_ms,
+    }

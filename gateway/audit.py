@@ -1,11 +1,13 @@
 """The gateway's audit chain: every control-relevant action, hash-linked in ``audit.sqlite3``.
 
-What is recorded (docs/audit.md): policy bundles applied or refused, pattern sets swapped or
-refused, limit rows applied or refused, zombies declared and recovered, leases expired, desired
-twin values applied, configuration reloads. All but reloads are
-gateway events already; :meth:`AuditChain.record_events` is called by the event writer with
-each batch *before* the batch goes to the outbox, so the chain holds an action before anything
-reports it up. Others are appended where they happen (:meth:`AuditChain.append`).
+What is recorded (docs/audit.md): policy bundles applied or refused, policies enforced (the
+first reading each rule of a version denies), pattern sets swapped or refused, limit rows
+applied or refused, zombies declared and recovered, capabilities reassigned to a standby,
+leases granted, refused and expired, desired twin values applied, enrolment and renewals
+(``trust.*``), configuration reloads. All but reloads and the enrolment are gateway events
+already; :meth:`AuditChain.record_events` is called by the event writer with each batch
+*before* the batch goes to the outbox, so the chain holds an action before anything reports it
+up. Others are appended where they happen (:meth:`AuditChain.append`).
 
 An append commits with ``synchronous=FULL`` (durable when it returns). The shipper
 (:meth:`AuditChain.ship`, a supervised child) puts each entry not yet shipped into the outbox as
@@ -40,11 +42,14 @@ log = logging.getLogger(__name__)
 
 AUDITED = (
     "policy.bundle.",
+    "policy.enforced",
     "rules.swapped",
     "rules.refused",
+    "s1.capability.reassigned",
     "s2.limits",
     "s2.zombie",
     "s2.lease.",
+    "trust.",
     "twin.desired.applied",
 )
 """Event names (prefixes) the chain records from the event writer's batches (reloads are
@@ -193,6 +198,18 @@ class AuditChain:
         return len(items)
 
     # -- reading --------------------------------------------------------------------------
+    async def last(self, prefix: str) -> dict[str, Any] | None:
+        """The payload of the newest entry whose kind starts with ``prefix``."""
+
+        def find(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute(
+                "SELECT payload FROM chain WHERE kind >= ? AND kind < ? ORDER BY seq DESC LIMIT 1",
+                (prefix, prefix + "\uffff"),
+            ).fetchone()
+            return json.loads(row[0]) if row else None
+
+        return await self.db.read(find)
+
     async def entries(
         self, after: int = 0, limit: int = 1000
     ) -> list[tuple[Entry, bytes, dict[str, Any]]]:

@@ -213,6 +213,8 @@ class PolicyBundles:
             "previous": None if previous is None else previous.version,
             "swap_ms": round(self.swap_ms, 2),
         }
+        if bundle.cause:
+            attrs["causation"] = bundle.cause  # the audit entry's causation (gateway.audit)
         log.info("policy bundle applied", extra=attrs)
         self._emit("policy.bundle.applied", "info", attrs)
         async with self._changed:

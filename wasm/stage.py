@@ -17,6 +17,7 @@ from typing import Literal
 
 from amcp.wire.telemetry import EventRecord, Reading
 from wasm.config import PolicyConfig
+from wasm.decision import Decision
 from wasm.enforcement import enforce
 from wasm.errors import AgentFaultError
 from wasm.host import PolicyAgent
@@ -40,6 +41,7 @@ Report = Callable[[list[EventRecord]], object]
 """Where ``policy.flagged`` events go (the gateway's event writer)."""
 
 Identity = tuple[str, str, int]
+_ENFORCED_SLOTS = 4096
 
 
 class PolicyStage:
@@ -60,6 +62,8 @@ class PolicyStage:
         self.report = report
         self._flagged: dict[Identity, tuple[str | None, str]] = {}
         """This batch's flags, waiting for the commit (only stored readings are reported)."""
+        self._enforced: set[tuple[str, int, str]] = set()
+        """(policy, version, rule) that denied a reading already (``policy.enforced``)."""
 
     @classmethod
     def from_config(
@@ -109,7 +113,36 @@ class PolicyStage:
                 self._flagged[identity] = (decision.rule, decision.reason)
         for reading, decision in result.denied:
             log.debug("reading denied", extra=_extra(reading, decision.rule, decision.reason))
+        if result.denied and self.report is not None:
+            self._first_denials(result.denied)
         return result.kept
+
+    def _first_denials(self, denied: list[tuple[Reading, Decision]]) -> None:
+        """A ``policy.enforced`` event for the first reading each rule of the running policy
+        version denies: the moment a policy (a mitigation, say) starts to act, audited on the
+        gateway and traced in the cloud back to the bundle and what caused it."""
+        manifest = self.agent.manifest
+        events = []
+        for reading, decision in denied:
+            slot = (manifest.policy, manifest.version, decision.rule or "")
+            if slot in self._enforced:
+                continue
+            if len(self._enforced) >= _ENFORCED_SLOTS:
+                continue  # bounded: a policy with this many rules reports the first ones
+            self._enforced.add(slot)
+            attrs: dict[str, object] = {
+                "policy": manifest.policy,
+                "version": manifest.version,
+                "rule": decision.rule or "",
+                "reason": decision.reason,
+                "boot": reading.boot,
+                "seq": reading.seq,
+            }
+            events.append(
+                EventRecord("policy.enforced", reading.ts_ms, reading.device, "info", attrs)
+            )
+        if events and self.report is not None:
+            self.report(events)
 
     def observe(self, readings: list[Reading]) -> None:
         """After the commit, on the stored readings: a ``policy.flagged`` event for each

@@ -141,6 +141,10 @@ class PolicyBundle(_Kind, frozen=True, tag="policy.bundle"):
     """The zone whose gateways apply it; ``""``: every zone."""
     source: str = ""
     issued_ms: int = 0
+    cause: str = ""
+    """What this bundle answers, as a causality-graph node id (``mitigation:...``, see
+    ``cloud.causality``); the gateway names it as the cause of applying the bundle, so the
+    trace of an enforcement walks back through the bundle to what led to it."""
 
 
 class Heartbeat(_Kind, frozen=True, tag="heartbeat"):

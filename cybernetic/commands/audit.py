@@ -9,19 +9,15 @@ are listed either way. docs/audit.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
 from cloud.audit_verify import Report, audit_keys, verify
-from cloud.config import CloudConfig
-from cloud.storage.engine import Engine, StorageConfigError, Tx
-from cloud.storage.settings import engine_for
-from cybernetic.cli import FAILED, OK, UNREACHABLE, CliError, group_option, require_config
-
-TIMEOUT_S = 30.0
+from cloud.storage.engine import Tx
+from cybernetic import cloudstore
+from cybernetic.cli import FAILED, OK, CliError, group_option
 
 
 def register(sub: Any) -> None:
@@ -61,32 +57,7 @@ def register(sub: Any) -> None:
 
 
 def _read(args: argparse.Namespace, fn: Any) -> Any:
-    config = require_config(args.config, CloudConfig)
-    try:
-        engine: Engine = engine_for(config.storage, Path(config.cloud.state_dir), on_open="check")
-    except StorageConfigError as exc:
-        raise CliError(str(exc)) from exc
-    state = Path(config.cloud.state_dir)
-
-    async def run() -> Any:
-        await engine.open()
-        try:
-            return await engine.read(lambda tx: fn(tx, state))
-        finally:
-            await engine.close()
-
-    async def bounded() -> Any:
-        try:
-            return await asyncio.wait_for(run(), TIMEOUT_S)
-        except TimeoutError:
-            raise CliError(
-                f"{engine.describe()}: not reachable within {TIMEOUT_S:g}s", UNREACHABLE
-            ) from None
-
-    try:
-        return asyncio.run(bounded())
-    except StorageConfigError as exc:
-        raise CliError(str(exc)) from exc
+    return cloudstore.read(args.config, fn)
 
 
 def _verify(args: argparse.Namespace) -> int:

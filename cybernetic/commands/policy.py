@@ -60,6 +60,13 @@ def register(sub: Any) -> None:
     push.add_argument("file", type=Path, metavar="FILE", help="a .policy source or a .wasm agent")
     push.add_argument("--version", type=_positive, required=True, help="the bundle's version")
     push.add_argument("--name", default="", help="bundle name (default: the policy's own name)")
+    push.add_argument(
+        "--cause",
+        default="",
+        metavar="ID",
+        help="what the bundle answers, e.g. mitigation:ID from `cybernetic mitigation list` "
+        "(carried to the gateways; `cybernetic trace` follows it)",
+    )
     _target_args(push)
     push.set_defaults(handler=_handle(_push))
 
@@ -99,6 +106,9 @@ def _target_args(p: argparse.ArgumentParser, zone_default: str | None = "") -> N
     p.add_argument(
         "--expires-in", type=_days, default=30.0, metavar="DAYS", help="days until it expires (30)"
     )
+
+
+MAX_CAUSE = 200
 
 
 def _positive(text: str) -> int:
@@ -290,9 +300,19 @@ def _push(args: argparse.Namespace) -> int:
         zone=args.zone,
         source=source,
         issued_ms=now,
+        cause=_cause(args.cause),
     )
     read, live = cloud.read()
     return _sign_and_write(cloud, bundle, read, live, "pushed")
+
+
+def _cause(text: str) -> str:
+    if text and (len(text) > MAX_CAUSE or ":" not in text or not text.isprintable()):
+        raise CliError(
+            f"--cause {text[:40]!r}: not a trace id (kind:id, e.g. mitigation:0123abcd, "
+            f"at most {MAX_CAUSE} characters; see `cybernetic mitigation list`)"
+        )
+    return text
 
 
 def _rollback(args: argparse.Namespace) -> int:

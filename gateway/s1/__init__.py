@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -36,6 +37,7 @@ from amcp.runtime.storage import is_storage_full
 from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Supervisor
 from amcp.store import Store
 from amcp.wire.messages import Intent, IntentUpdate
+from amcp.wire.telemetry import EventRecord
 from gateway.s1.commands import CommandExecutor
 from gateway.s1.dispatcher import Dispatcher
 from gateway.s1.errors import (
@@ -145,6 +147,7 @@ class S1:
         on_intent_final: Callable[[float, IntentUpdate], None] | None = None,
         gate: RateGate | None = None,
         leases: LeaseTable | None = None,
+        report: Callable[[list[EventRecord]], object] | None = None,
     ) -> None:
         """``gate`` and ``leases`` are S2's (docs/s2.md, "Wiring"); without a lease table S1
         keeps its own, so device commands are serialized per device in every setup."""
@@ -156,6 +159,8 @@ class S1:
         self.tree_path = state_dir / settings.tree_file
         self.registry = CapabilityRegistry(self.store, gateway, now=self.clock.time)
         self._carriers = {c.name: (c.device, list(c.standby)) for c in settings.capabilities}
+        self._report = report
+        """Where ``s1.capability.reassigned`` events go (the gateway's event writer)."""
         self._assigning: set[asyncio.Task[bool]] = set()
         self.units = UnitTree(
             gateway,
@@ -304,8 +309,12 @@ class S1:
         if kind != "device":
             return False
         moves = plan_moves(self._carriers, unit, healthy)
+        now = int(time.time() * 1000)
+        moved = []
         for name, (device, standby) in moves.items():
             self._carriers[name] = (device, standby)
+            attrs = {"capability": name, "from": unit, "to": device, "standby": standby}
+            moved.append(EventRecord("s1.capability.reassigned", now, name, "warning", attrs))
             log.warning(
                 "capability moved to a standby device",
                 extra={"capability": name, "zombie": unit, "device": device},
@@ -315,6 +324,8 @@ class S1:
             )
             self._assigning.add(task)
             task.add_done_callback(self._assigned)
+        if moved and self._report is not None:
+            self._report(moved)  # audited on the gateway (gateway.audit) and sent up
         return bool(moves)
 
     def _assigned(self, task: asyncio.Task[bool]) -> None:

@@ -92,6 +92,28 @@ class LeaseExpired(msgspec.Struct, frozen=True, tag="s2.lease.expired", omit_def
     ts_ms: int
 
 
+class LeaseGranted(msgspec.Struct, frozen=True, tag="s2.lease.granted", omit_defaults=True):
+    """A command took an actuator's lease (audited on the gateway: who drove what, when)."""
+
+    device: str
+    actuator: str | None
+    holder: str
+    command_id: str
+    token: int
+    ts_ms: int
+
+
+class LeaseRefused(msgspec.Struct, frozen=True, tag="s2.lease.refused", omit_defaults=True):
+    """A command was refused an actuator's lease, with the reason and who held it."""
+
+    device: str
+    actuator: str | None
+    command_id: str
+    reason: str
+    held_by: str | None
+    ts_ms: int
+
+
 class EventsSuppressed(msgspec.Struct, frozen=True, tag="s2.events.suppressed", omit_defaults=True):
     """Per-device events over the event budget since ``since_ms``, counted instead of sent.
 
@@ -122,6 +144,8 @@ S2Event = (
     | MetricsConsistent
     | LimitsChanged
     | LeaseExpired
+    | LeaseGranted
+    | LeaseRefused
     | EventsSuppressed
 )
 

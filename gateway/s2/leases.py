@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from gateway.s2.events import EventSink, LeaseExpired, discard
+from gateway.s2.events import EventSink, LeaseExpired, LeaseGranted, LeaseRefused, discard
 
 
 class RefusalReason(enum.StrEnum):
@@ -325,6 +325,16 @@ class LeaseTable:
         self._next_token += 1
         self._held.setdefault(device, []).append(lease)
         self.granted += 1
+        self._emit(
+            LeaseGranted(
+                device=device,
+                actuator=lease.actuator,
+                holder=lease.holder,
+                command_id=lease.command_id,
+                token=lease.token,
+                ts_ms=int(self._wall() * 1000),
+            )
+        )
         return lease
 
     def _refuse(
@@ -338,6 +348,17 @@ class LeaseTable:
         retry_after: float = 0.0,
     ) -> Refused:
         self.refused[reason] += 1
+        held_by = blocker.holder if blocker is not None else None
+        self._emit(
+            LeaseRefused(
+                device=device,
+                actuator=actuator,
+                command_id=command_id,
+                reason=reason.value,
+                held_by=held_by,
+                ts_ms=int(self._wall() * 1000),
+            )
+        )
         return Refused(
             reason,
             device,
@@ -368,9 +389,11 @@ class LeaseTable:
 
     def _expire_device(self, device: str, now: float) -> None:
         held = self._held.get(device)
+        freed: float | None = None
         if held:
             for lease in [x for x in held if x.expires_at <= now]:
                 held.remove(lease)
+                freed = lease.expires_at if freed is None else max(freed, lease.expires_at)
                 self.expired += 1
                 self._emit(
                     LeaseExpired(
@@ -381,13 +404,18 @@ class LeaseTable:
                         ts_ms=int(self._wall() * 1000),
                     )
                 )
-        self._drain(device, now)
+        self._drain(device, now, freed)
 
-    def _drain(self, device: str, now: float) -> None:
-        """Grant queued commands in order while they do not conflict with a held lease."""
+    def _drain(self, device: str, now: float, freed: float | None = None) -> None:
+        """Grant queued commands in order while they do not conflict with a held lease.
+
+        ``freed``: when the expired leases ran out. A waiter whose deadline is not before that
+        was still waiting when the device became free: it is served, not timed out (the check
+        that noticed the expiry may run a little after both times)."""
         queue = self._queues.get(device)
         if queue:
-            for waiter in [w for w in queue if w.deadline <= now]:
+            late = [w for w in queue if w.deadline <= now and (freed is None or w.deadline < freed)]
+            for waiter in late:
                 queue.remove(waiter)
                 self._deliver(
                     waiter.command_id,

@@ -40,6 +40,8 @@ _SEVERITY = {
     "s2.sensor.stuck": "warning",
     "s2.metrics.inconsistent": "warning",
     "s2.lease.expired": "info",
+    "s2.lease.granted": "info",
+    "s2.lease.refused": "info",
     "s2.events.suppressed": "warning",
 }
 

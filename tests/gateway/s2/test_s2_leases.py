@@ -175,3 +175,31 @@ def test_no_two_conflicting_leases_are_ever_held(steps: list[tuple[str, str, str
                     assert a.actuator is not None
                     assert b.actuator is not None
                     assert a.actuator != b.actuator
+
+
+def test_a_waiter_whose_deadline_is_the_holders_expiry_gets_the_lease_when_noticed_late() -> None:
+    """The holder's lease runs out at t+10 and the waiter (queued a moment later) would give up
+    at t+10.001; the table only looks at t+10.5. The device was free before the waiter gave
+    up, so it is served, not timed out, and every grant and refusal is an event (audited)."""
+    clock = Clock()
+    events: list[S2Event] = []
+    outcomes: list[tuple[str, Granted | Refused]] = []
+    table = LeaseTable(
+        clock, ttl_s=10, notify=lambda c, o: outcomes.append((c, o)), emit=events.append
+    )
+    assert isinstance(table.acquire("valve", "crashed", "gone"), Granted)
+    clock.now += 0.001
+    assert isinstance(table.acquire("valve", "bob", "cmd-2", wait=True), Queued)
+    clock.now += 10.5
+    table.sweep()
+    ((cid, outcome),) = outcomes
+    assert cid == "cmd-2"
+    assert isinstance(outcome, Granted)
+    assert [type(e).__name__ for e in events] == ["LeaseGranted", "LeaseExpired", "LeaseGranted"]
+    # one that really waited too long (the device stayed busy past its deadline) is refused
+    assert isinstance(table.acquire("valve", "carol", "cmd-3", wait=True, wait_s=1), Queued)
+    clock.now += 2
+    table.sweep()
+    assert isinstance(outcomes[-1][1], Refused)
+    assert outcomes[-1][1].reason is RefusalReason.WAIT_TIMEOUT
+    assert type(events[-1]).__name__ == "LeaseRefused"
