@@ -13,6 +13,7 @@ Tree (docs/architecture.md, "Supervision")::
         ├── upkeep      rollups per minute and hour, retention (cloud.storage.upkeep)
         ├── audit       gateway audit chains into the Merkle log, signed tree heads
         ├── mitigations S4: a mitigation proposed for every alert (cloud.mitigations)
+        ├── snapshots   digests of the CRDT state, into the audit log (cloud.snapshots)
         ├── sync        CRDT deltas with every gateway (amcp.sync)
         ├── s1          capability registry from announcements, intent router
         ├── fleet       every gateway's heartbeats → the fleet table (alive, late, lost)
@@ -46,6 +47,7 @@ from amcp.runtime.supervisor import ChildContext, ChildSpec, Strategy, Superviso
 from amcp.store import Store
 from amcp.sync import CloudSync
 from cloud.audit import AuditLog
+from cloud.audit_trail import CloudTrail
 from cloud.authoring import Authoring
 from cloud.config import CloudConfig
 from cloud.control import SOCKET_NAME as CONTROL_SOCKET
@@ -58,6 +60,7 @@ from cloud.llm.engine import Engine as LlmEngine
 from cloud.mitigations import Mitigations
 from cloud.readings import ReadingStore
 from cloud.s1 import CloudS1
+from cloud.snapshots import Snapshots
 from cloud.status import report as status_report
 from cloud.storage.engine import PendingMigrationsError
 from cloud.storage.settings import engine_for
@@ -105,6 +108,8 @@ class Cloud:
         # gateway audit chains as one Merkle log with signed tree heads (cloud.audit)
         signer = _audit_signer(state, config.cloud.id)
         self.audit = AuditLog(self.engine, signer, registry=self.registry)
+        # what the cloud itself decides and writes, a chain in the same log (cloud.audit_trail)
+        self.trail = CloudTrail(self.engine, config.cloud.id)
         self.links = CloudLinks(
             secrets_in_dir(Path(config.links.secrets_dir)),
             state / "replay.sqlite3",
@@ -139,7 +144,10 @@ class Cloud:
         )
         # `cybernetic fleet` sets limits, desired twins, patterns and zones, and `cybernetic
         # policy push|rollback` writes signed bundles, through this one socket (cloud.control)
-        self.authoring = Authoring(self.state_store, known_gateways=self._known_gateways)
+        self.authoring = Authoring(
+            self.state_store, known_gateways=self._known_gateways, trail=self.trail
+        )
+        self.snapshots = Snapshots(self.state_store, self.engine, self.trail)
         self.control = CloudControl(state / CONTROL_SOCKET, self.authoring)
         self.fleet = Fleet(
             config.fleet,
@@ -152,7 +160,7 @@ class Cloud:
         # S4/S5 reason through this engine: [llm]'s providers, then the built-in planner
         self.llm = LlmEngine.from_settings(config.llm, registry=self.registry)
         # S4: a mitigation proposed for every alert, in the causality graph (cloud.mitigations)
-        self.mitigations = Mitigations(self.engine, self.llm)
+        self.mitigations = Mitigations(self.engine, self.llm, trail=self.trail)
         # the durable resources under rest_for_one, the workers one_for_one beneath them: see
         # the tree in docs/architecture.md, section Supervision
         ingest_only = config.cloud.role == "ingest"
@@ -168,6 +176,7 @@ class Cloud:
                 ChildSpec("upkeep", self.upkeep.run, shutdown_timeout=5),
                 ChildSpec("audit", self.audit.run, wait_ready=True, shutdown_timeout=5),
                 ChildSpec("mitigations", self.mitigations.run, shutdown_timeout=5),
+                ChildSpec("snapshots", self.snapshots.run, shutdown_timeout=5),
                 *(
                     [ChildSpec("sync", self.sync.run, shutdown_timeout=5)]
                     if config.sync.enabled

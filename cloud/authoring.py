@@ -29,6 +29,7 @@ Rows and targeting (formats in :mod:`amcp.fleet`; docs/s2.md, "Limits from the c
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -58,6 +59,7 @@ from amcp.fleet import (
 )
 from amcp.store import LWWStore, Store
 from amcp.store.twins import DESIRED
+from cloud.audit_trail import CloudTrail
 
 __all__ = [
     "DESIRED",
@@ -135,12 +137,18 @@ def _split_key(key: str) -> tuple[str, str]:
 
 class Authoring:
     def __init__(
-        self, store: Store, *, known_gateways: Callable[[], Iterable[str]] = tuple
+        self,
+        store: Store,
+        *,
+        known_gateways: Callable[[], Iterable[str]] = tuple,
+        trail: CloudTrail | None = None,
     ) -> None:
         """``store`` is the cloud's CRDT store (open while calls are made); ``known_gateways``
-        lists the gateways the cloud knows besides its sync peers (its link secrets)."""
+        lists the gateways the cloud knows besides its sync peers (its link secrets);
+        ``trail`` records every write in the cloud's audit chain (cloud.audit_trail)."""
         self.store = store
         self.known_gateways = known_gateways
+        self.trail = trail
 
     # -- writes -----------------------------------------------------------------------------
     async def _write(
@@ -157,7 +165,13 @@ class Authoring:
                 namespace, key, str(target), core.version, removed=value is None, existed=existed
             )
 
-        return await self.store.call(write)
+        written = await self.store.call(write)
+        if self.trail is not None and not (written.removed and not written.existed):
+            payload = {"target": str(target), "version": written.version}
+            payload["value"] = None if value is None else _printable(value)
+            kind = f"fleet.{namespace}.{'removed' if value is None else 'set'}"
+            await self.trail.append(kind, key, payload)
+        return written
 
     async def set_limit(
         self, target: Target | str, key: str, value: LimitValue | Mapping[str, Any]
@@ -231,7 +245,12 @@ class Authoring:
             core.write(checked)
             return len(checked)
 
-        return await self.store.call(write_if_unchanged)
+        count = await self.store.call(write_if_unchanged)
+        if self.trail is not None:
+            await self.trail.append_many(
+                [_bundle_entry(key, value) for ns, key, value in checked if ns == bundles.NAMESPACE]
+            )
+        return count
 
     # -- reads ------------------------------------------------------------------------------
     async def patterns(self, target: Target | str | None = None) -> dict[str, Any]:
@@ -345,3 +364,27 @@ def _policy_row(namespace: str, key: str, value: bytes | None) -> tuple[str, str
         except bundles.BundleRefusedError as exc:
             raise RowError("value", f"{key}: not a signed bundle: {exc.detail}") from None
     return namespace, key, value
+
+
+def _printable(value: bytes) -> str:
+    """A row's value for the audit payload: its text when it is UTF-8 (JSON rows), else hex."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.hex()
+
+
+def _bundle_entry(key: str, value: bytes | None) -> tuple[str, str, dict[str, Any], str]:
+    """The ``policy.pushed`` (or ``policy.removed``) entry of one ``policies`` row."""
+    if value is None:
+        return ("policy.removed", key, {}, "")
+    signed, body = bundles.decode(value)  # checked already by _policy_row
+    payload = {
+        "name": body.name,
+        "version": body.version,
+        "zone": body.zone,
+        "key_id": signed.key_id,
+        "expires_ms": body.expires_ms,
+        "digest": hashlib.sha256(signed.body).hexdigest(),
+    }
+    return ("policy.pushed", key, payload, body.cause)

@@ -30,6 +30,7 @@ import time
 from typing import Any, Protocol
 
 from amcp.runtime.supervisor import ChildContext
+from cloud.audit_trail import CloudTrail
 from cloud.causality import EDGE_COLUMNS, NODE_COLUMNS
 from cloud.llm.errors import LlmError, OutputRefused, TaskDataError
 from cloud.storage.engine import Engine, Tx
@@ -86,9 +87,17 @@ def _unanswered(tx: Tx, since_ms: int) -> list[tuple[str, str, int]]:
 
 
 class Mitigations:
-    def __init__(self, engine: Engine, llm: MitigationTask, *, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        llm: MitigationTask,
+        *,
+        interval_s: float = 1.0,
+        trail: CloudTrail | None = None,
+    ) -> None:
         self.engine = engine
         self.llm = llm
+        self.trail = trail
         self.interval_s = interval_s
         self.proposed = 0
         self._since_ms = 0
@@ -124,6 +133,13 @@ class Mitigations:
         if not done:
             return 0
         await self.engine.write(lambda tx: _write(tx, nodes, edges))
+        if self.trail is not None:
+            await self.trail.append_many(
+                [
+                    ("s4.mitigation.proposed", str(pid), {"action": label}, str(alert))
+                    for (pid, _k, label, *_), (alert, *_) in zip(nodes, edges, strict=True)
+                ]
+            )
         # a transaction stamped earlier may commit later: look back a minute (answered alerts
         # are skipped by the query, so this costs a scan of that minute, never a repeat)
         self._since_ms = max(self._since_ms, done[-1][2] - 60_000)
