@@ -71,13 +71,18 @@ class CloudTrail:
         return entry
 
     async def append_many(
-        self, items: list[Item], *, also: Callable[[Tx], None] | None = None
+        self,
+        items: list[Item],
+        *,
+        also: Callable[[Tx], None] | None = None,
+        by: str | None = None,
     ) -> list[Entry]:
         """Several entries in one transaction, durable when this returns; ``also`` writes
-        what they record in the same transaction (both or neither)."""
+        what they record in the same transaction (both or neither); ``by``: the actor, when
+        not :data:`actor` (a part of the cloud acting on its own: ``s4``, ``snapshots``)."""
         if not items:
             return []
-        who = actor.get()
+        who = by or actor.get()
         now = int(self.clock() * 1000)
 
         def write(tx: Tx) -> list[Entry]:

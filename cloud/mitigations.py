@@ -138,7 +138,8 @@ class Mitigations:
                 [
                     ("s4.mitigation.proposed", str(pid), {"action": label}, str(alert))
                     for (pid, _k, label, *_), (alert, *_) in zip(nodes, edges, strict=True)
-                ]
+                ],
+                by="s4",
             )
         # a transaction stamped earlier may commit later: look back a minute (answered alerts
         # are skipped by the query, so this costs a scan of that minute, never a repeat)

@@ -99,6 +99,7 @@ class Snapshots:
                 for ns, t, d, _state, n in rows
             ],
             also=write,
+            by="snapshots",
         )
         self.taken += len(rows)
         log.info("crdt snapshots taken", extra={"namespaces": [r[0] for r in rows]})

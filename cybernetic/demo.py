@@ -572,11 +572,18 @@ FLAG_EVENT = "policy.flagged"
 """The event the gateway sends for each reading its ingest policy flagged."""
 
 
+AUDIT_EVENT = "audit.entry"
+"""How the gateway ships an entry of its audit chain: a copy of an action shown already."""
+
+
 def _kind(event: CloudEvent) -> str:
     """``alert`` (raised by a GoldRush pattern, window or situation), ``flag`` (a reading
-    the ingest policy flagged) or ``event`` (anything else)."""
+    the ingest policy flagged), ``audit`` (an audit chain entry: counted, not shown) or
+    ``event`` (anything else)."""
     if event.name == FLAG_EVENT:
         return "flag"
+    if event.name == AUDIT_EVENT:
+        return "audit"
     if event.name.startswith("rules.") and "rule" in event.attrs:
         return "alert"
     return "event"
@@ -710,7 +717,7 @@ class Monitor:
                 self.seen[kind] += 1
                 if kind == "flag":
                     flags.setdefault(event.source, []).append(event)
-                else:
+                elif kind != "audit":
                     self.out.stream(_describe(event, self._at(event)))
             for same in flags.values():
                 self.out.stream(_flag_line(same[-1], len(same) - 1, self._at(same[-1])))
@@ -846,7 +853,8 @@ def _summary(
             events.total(),
             "",
             f"{alerts} pattern alert{_s(alerts)}, {flags} policy flag{_s(flags)},"
-            f" {events['event']} other",
+            f" {events['event']} other, {events['audit']} audit entr"
+            f"{'y' if events['audit'] == 1 else 'ies'}",
         ),
         f"  {EVENTS_LINE}",
     ]
@@ -920,6 +928,11 @@ def _header(stack: Stack, out: Output) -> None:
         f" cloud http://127.0.0.1:{stack.cloud_metrics}/metrics"
     )
     out.stream(f"  {EVENTS_LINE}")
+    out.stream(
+        f"  why did that happen? (while it runs) cybernetic trace --recent alert"
+        f" -c {stack.cloud_config}; then cybernetic trace ID -c ...; cybernetic audit verify"
+        " -c ..."
+    )
     out.stream("  Ctrl-C stops cleanly with a summary; a second Ctrl-C stops at once")
 
 

@@ -103,8 +103,6 @@ def _print_tree(t: Trace, forward: bool) -> None:
             show(other, prefix + "    ", word)
 
     show(t.root, "", "")
-    if t.truncated:
-        print("(cut: more nodes than shown; use --depth or start from another node)")
 
 
 def _trace(args: argparse.Namespace) -> int:
@@ -129,6 +127,11 @@ def _trace(args: argparse.Namespace) -> int:
         raise CliError(f"{args.id}: no such node in the causality graph (see --recent)")
     if args.json:
         print(msgspec.json.encode(result).decode())
-    else:
-        _print_tree(result, forward=direction == "forward")
+        return OK
+    _print_tree(result, forward=direction == "forward")
+    if direction == "both":
+        print("what it led to:")
+        _print_tree(result, forward=True)
+    if result.truncated:
+        print("(cut: more nodes than shown; use --depth or start from another node)")
     return OK

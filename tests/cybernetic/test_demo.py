@@ -307,7 +307,9 @@ def test_quiet_prints_only_the_summary_and_it_accounts_for_every_reading(
     assert (published, refused, dropped, in_flight) == (stored, 0, 0, 0)
     assert re.search(r"published\s+\d+\s+[\d.]+/s", out.stdout)  # with its rate
     assert re.search(
-        r"events\s+\d+\s+\d+ pattern alerts?, \d+ policy flags?, \d+ other\n", out.stdout
+        r"events\s+\d+\s+\d+ pattern alerts?, \d+ policy flags?, \d+ other,"
+        r" \d+ audit entr(y|ies)\n",
+        out.stdout,
     )
     assert "  events: what the gateway itself reports to the cloud" in out.stdout
     assert "Traceback" not in out.stderr, out.stderr
