@@ -4,11 +4,15 @@
   the Merkle log by :class:`~cloud.audit.AuditLog` rounds (chain checks, leaves, a signed tree
   head, one durable transaction a round), against ``raw_insert_per_s``: the same rows inserted
   bare in one transaction each round, the same run; ``append_ratio``.
-- ``proof_verify_per_s``: RFC 9162 inclusion proofs of random leaves of the log verified.
+- ``proof_verify_per_s``: RFC 9162 inclusion proofs of random leaves of the log verified, against
+  ``bare_hash_chains_per_s``: the same node hashes computed bare; ``proof_ratio``.
 - ``verify_full_log_s``: ``cybernetic audit verify``'s check of the whole log (every entry hashed
-  again, every chain walked, the tree rebuilt, every head checked) for ``--entries`` entries.
+  again, every chain walked, the tree rebuilt, every head checked) for ``--entries`` entries,
+  against ``raw_scan_hash_s``: every entry read and hashed once; ``verify_ratio`` (raw / verify).
 - ``gateway_chain_appends_per_s``: entries appended to a gateway chain, durable, 100 a
-  transaction (the event writer's batches), and ``gateway_single_appends_per_s`` one at a time.
+  transaction (the event writer's batches), and ``gateway_single_appends_per_s`` one at a time,
+  against ``gateway_raw_appends_per_s``: the same durable batches into a bare table;
+  ``gateway_chain_ratio``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import hashlib
 import random
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -107,7 +113,9 @@ async def _appends(
     return done / took, len(rows) / raw_took
 
 
-def _proofs(log: AuditLog, n: int) -> float:
+def _proofs(log: AuditLog, n: int) -> tuple[float, float]:
+    """Inclusion proofs verified per second, and the reference: the same SHA-256 node hashes
+    (``0x01 || left || right``, one per proof step) computed bare, with no proof logic."""
     size = len(log.tree)
     root = log.tree.root()
     picks = [random.randrange(size) for _ in range(n)]
@@ -115,7 +123,27 @@ def _proofs(log: AuditLog, n: int) -> float:
     started = time.perf_counter()
     for i, leaf, proof in proofs:
         verify_inclusion(i, size, leaf, proof, root)
-    return n / (time.perf_counter() - started)
+    rate = n / (time.perf_counter() - started)
+    sha = hashlib.sha256
+    started = time.perf_counter()
+    for _i, leaf, proof in proofs:
+        node = leaf
+        for sibling in proof:
+            node = sha(b"\x01" + node + sibling).digest()
+    return rate, n / (time.perf_counter() - started)
+
+
+def _raw_scan(tx: Tx) -> int:
+    """The reference of a full verification: every stored entry read and hashed once."""
+    sha = hashlib.sha256
+    n = 0
+    for row in tx.execute(
+        "SELECT source, seq, ts_ms, kind, actor, subject, digest, causation, "
+        "prev_hash FROM audit_events ORDER BY leaf"
+    ):
+        sha(repr(row).encode()).digest()
+        n += 1
+    return n
 
 
 async def _chain_rates(root: Path) -> tuple[float, float]:
@@ -132,7 +160,28 @@ async def _chain_rates(root: Path) -> tuple[float, float]:
         single = 200 / (time.perf_counter() - started)
     finally:
         await chain.close()
-    return batched, single
+    return batched, single, _raw_chain_rate(root / "raw.sqlite3")
+
+
+def _raw_chain_rate(path: Path) -> float:
+    """The reference of chain appends: the same 100-row durable transactions into a bare
+    table (``synchronous=FULL``), no hashing, no chain."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, kind TEXT, payload TEXT)")
+        started = time.perf_counter()
+        for b in range(100):
+            db.execute("BEGIN")
+            db.executemany(
+                "INSERT INTO t VALUES (?, ?, ?)",
+                [(b * 100 + i, "s2.zombie", f'{{"i": {i}}}') for i in range(100)],
+            )
+            db.execute("COMMIT")
+        return 10_000 / (time.perf_counter() - started)
+    finally:
+        db.close()
 
 
 async def _main(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -164,18 +213,27 @@ async def _main(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     await log.load()
     while await log.round():
         pass
-    result["proof_verify_per_s"] = round(
-        statistics.median(_proofs(log, 20_000) for _ in range(args.runs))
-    )
+    proofs = [_proofs(log, 20_000) for _ in range(args.runs)]
+    result["proof_verify_per_s"] = round(statistics.median(r[0] for r in proofs))
+    result["bare_hash_chains_per_s"] = round(statistics.median(r[1] for r in proofs))
+    result["proof_ratio"] = round(statistics.median(r[0] / r[1] for r in proofs), 3)
     started = time.perf_counter()
     report = await engine.read(lambda tx: verify(tx, audit_keys(keys.directory)))
     result["verify_full_log_s"] = round(time.perf_counter() - started, 2)
+    started = time.perf_counter()
+    await engine.read(_raw_scan)
+    result["raw_scan_hash_s"] = round(time.perf_counter() - started, 2)
+    result["verify_ratio"] = round(
+        result["raw_scan_hash_s"] / max(result["verify_full_log_s"], 1e-3), 3
+    )
     result["verified_entries"] = report.entries
     result["verify_problems"] = len(report.problems)
     await store.close()
-    batched, single = await _chain_rates(root)
+    batched, single, raw = await _chain_rates(root)
     result["gateway_chain_appends_per_s"] = round(batched)
     result["gateway_single_appends_per_s"] = round(single)
+    result["gateway_raw_appends_per_s"] = round(raw)
+    result["gateway_chain_ratio"] = round(batched / raw, 3)
     return result
 
 

@@ -28,8 +28,13 @@ def test_bench_audit_reports_its_fields() -> None:
         "proof_verify_per_s",
         "gateway_chain_appends_per_s",
         "gateway_single_appends_per_s",
+        "bare_hash_chains_per_s",
+        "gateway_raw_appends_per_s",
+        "proof_ratio",
+        "gateway_chain_ratio",
     ):
         assert result[name] > 0, name
+    assert result["raw_scan_hash_s"] >= 0
     assert result["verified_entries"] == 5000
     assert result["verify_problems"] == 0
     assert isinstance(result["verify_full_log_s"], float)
