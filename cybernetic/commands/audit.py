@@ -42,6 +42,7 @@ def register(sub: Any) -> None:
     show.add_argument(
         "--since", metavar="TIME", help="only entries at or after this ISO time (UTC)"
     )
+    show.add_argument("--until", metavar="TIME", help="only entries before this ISO time (UTC)")
     show.add_argument("--limit", type=int, default=100, metavar="N", help="at most N entries")
     show.set_defaults(handler=_show)
     group_option(
@@ -89,25 +90,31 @@ def _verify(args: argparse.Namespace) -> int:
     return OK if not report.problems else FAILED
 
 
+def _when(flag: str, text: str | None, default: int) -> int:
+    """An ISO time (UTC when it names no zone) as Unix ms."""
+    if not text:
+        return default
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{flag}: not an ISO time: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
 def _show(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise CliError("--limit must be at least 1")
-    since_ms = 0
-    if args.since:
-        try:
-            when = dt.datetime.fromisoformat(args.since)
-        except ValueError:
-            raise CliError(f"--since: not an ISO time: {args.since!r}") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        since_ms = int(when.timestamp() * 1000)
+    since_ms = _when("--since", args.since, 0)
+    until_ms = _when("--until", args.until, 2**62)
 
     def rows(tx: Tx, _state: Path) -> list[tuple[Any, ...]]:
         sql = (
             "SELECT leaf, ts_ms, source, seq, kind, actor, subject, causation "
-            "FROM audit_events WHERE ts_ms >= ?"
+            "FROM audit_events WHERE ts_ms >= ? AND ts_ms < ?"
         )
-        params: list[object] = [since_ms]
+        params: list[object] = [since_ms, until_ms]
         for column, value in (("source", args.gateway), ("kind", args.kind), ("actor", args.actor)):
             if value:
                 sql += f" AND {column} = ?"
