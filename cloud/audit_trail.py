@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -92,7 +91,7 @@ class CloudTrail:
             out = []
             for kind, subject, payload, causation in items:
                 seq += 1
-                body = dict(payload)
+                body = msgspec.json.decode(msgspec.json.encode(payload))  # as the inbox holds it
                 entry = Entry(
                     self.source,
                     seq,
@@ -108,7 +107,7 @@ class CloudTrail:
                 tx.execute(
                     "INSERT INTO audit_inbox (source, seq, entry, payload, received_ms) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    (self.source, seq, _encode(entry), json.dumps(body, sort_keys=True), now),
+                    (self.source, seq, _encode(entry), msgspec.json.encode(body).decode(), now),
                 )
                 out.append(entry)
             return out
