@@ -70,15 +70,24 @@ def write_secret_file(path: Path, data: bytes, *, owner: str | None = None) -> N
     """Write ``data`` atomically, mode 0600, owned by ``owner`` (the service user) if given.
 
     The file is created 0600 before a byte is written, so a secret is never readable by others
-    even for an instant; ``owner`` matters when root runs the command for a service account.
+    even for an instant; ``owner`` matters when root runs the command for a service account
+    (folders made for the file are the owner's too). Without ``owner``, root rewriting an
+    existing file keeps its owner (a CA's register stays the cloud user's).
     """
+    ids = None if owner is None else (pwd.getpwnam(owner).pw_uid, pwd.getpwnam(owner).pw_gid)
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if ids is not None:
+        for made in missing:  # the folders made here belong to the service too
+            os.chown(made, *ids)
+    elif os.geteuid() == 0 and path.exists():
+        st = path.stat()  # root rewriting a service's file: it stays the service's
+        ids = (st.st_uid, st.st_gid)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
     try:
         os.fchmod(fd, 0o600)
-        if owner is not None:
-            entry = pwd.getpwnam(owner)
-            os.fchown(fd, entry.pw_uid, entry.pw_gid)
+        if ids is not None:
+            os.fchown(fd, *ids)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -146,7 +146,7 @@ def _server_cert(args: argparse.Namespace) -> int:
     _check_dir(args.dir)
     if args.out.exists() and not args.out.is_dir():
         raise CliError(f"--out {args.out} is a file: give the directory for server.key/.pem")
-    ca = FleetCA(args.dir / "ca", owner=args.owner)
+    ca = FleetCA(args.dir / "ca")  # --owner is the server key's; the CA's register keeps its own
     if not ca.exists():
         raise CliError(f"no fleet CA in {args.dir} (run `cybernetic pki init`, or give --dir)")
     try:

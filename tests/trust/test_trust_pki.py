@@ -15,9 +15,17 @@ from hypothesis import strategies as st
 
 from amcp.crypto.agreement import AgreementError, GatewayAgreement, Offer, cloud_answer
 from amcp.crypto.keys import Ed25519Signer
-from amcp.crypto.pki import FleetCA, PkiError, common_name, make_csr, new_tls_key
+from amcp.crypto.pki import (
+    FleetCA,
+    PkiError,
+    common_name,
+    make_csr,
+    new_tls_key,
+    write_secret_file,
+)
 from amcp.wire import enrol as wire
 from cybernetic.__main__ import main
+from tests.needs import needs_root
 
 
 def test_init_writes_owner_only_files_and_refuses_twice(tmp_path: Path) -> None:
@@ -193,3 +201,19 @@ def test_pki_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["pki", "--dir", str(tmp_path / "none"), "token"]) == 2
     with pytest.raises(SystemExit):
         main(["pki", "--dir", d, "token", "--expires", "soon"])
+
+
+def test_files_written_for_a_service_user_and_their_folders_are_its_own(tmp_path: Path) -> None:
+    """`gateway enrol --owner` made tls/ as root before: the service could not renew into it.
+    Folders made for a file are the owner's; root rewriting a service's file keeps its owner
+    (`pki server-cert --owner mosquitto` no longer hands the CA's register to mosquitto)."""
+    needs_root("changing file owners")
+    target = tmp_path / "enrol" / "tls" / "client.pem"
+    write_secret_file(target, b"secret", owner="nobody")
+    for p in (target, target.parent, target.parent.parent):
+        assert (p.stat().st_uid, p.stat().st_gid) == (65534, 65534), p
+    assert tmp_path.stat().st_uid == 0  # what existed before is left alone
+    assert target.stat().st_mode & 0o777 == 0o600
+    write_secret_file(target, b"renewed")  # root, no owner given: the file stays nobody's
+    assert target.stat().st_uid == 65534
+    assert target.read_bytes() == b"renewed"
