@@ -146,7 +146,7 @@ def _raw_scan(tx: Tx) -> int:
     return n
 
 
-async def _chain_rates(root: Path) -> tuple[float, float]:
+async def _chain_rates(root: Path) -> tuple[float, float, float]:
     chain = AuditChain(root / "rate.sqlite3", "gw-rate")
     await chain.open()
     try:
